@@ -1,0 +1,2 @@
+#![forbid(unsafe_code)]
+//! Wire types of the arca control protocol (see PROTOCOL.md).

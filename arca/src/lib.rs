@@ -1,0 +1,1 @@
+//! Guest library (see README.md). Filled in by the control-protocol work.

@@ -1,0 +1,1 @@
+//! Host daemon library (see README.md). Filled in by the control-protocol work.

@@ -1,0 +1,1063 @@
+//! SPSC byte rings over a [`RingHeader`] and a power-of-two data area.
+//!
+//! Each side keeps its own index, the capacity and the data base in private
+//! memory; it only *publishes* its index to the header and never reads it
+//! back. The peer's index is loaded once per operation, validated
+//! (`tail - head <= capacity`) and only that copy is used. A violation is a
+//! [`RingError::Corrupt`] that poisons the pipe: every later operation on
+//! either half returns it too.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::sync::{fence, Ordering};
+use crate::wait::{Notify, Wait, WaitError};
+
+/// How long a blocking wait spins before it sleeps: about what a wake through
+/// an eventfd costs on these machines, so a peer that answers quickly is met
+/// without a sleep, and an idle one costs no CPU after this.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(10);
+
+/// A ring operation that did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// Nothing to read (writer still open) or no space to write.
+    #[error("operation would block")]
+    WouldBlock,
+    /// The reader has closed: nothing written now will ever be read.
+    #[error("broken pipe: the reader has closed")]
+    BrokenPipe,
+    /// This side already closed its half.
+    #[error("this half is closed")]
+    Closed,
+    /// The peer broke the ring's invariant; the pipe is poisoned.
+    #[error("ring corrupt: head {head}, tail {tail}, capacity {capacity}")]
+    Corrupt {
+        /// The head index seen (or held privately).
+        head: u64,
+        /// The tail index seen (or held privately).
+        tail: u64,
+        /// The ring's capacity.
+        capacity: u64,
+    },
+    /// `commit`/`consume` was asked for more than the segments offered.
+    #[error("commit of {requested} bytes exceeds the {available} bytes offered")]
+    Overcommit {
+        /// Bytes the caller claimed.
+        requested: usize,
+        /// Bytes the segments offered.
+        available: usize,
+    },
+}
+
+impl From<RingError> for std::io::Error {
+    fn from(e: RingError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match e {
+            RingError::WouldBlock => ErrorKind::WouldBlock,
+            RingError::BrokenPipe | RingError::Closed => ErrorKind::BrokenPipe,
+            RingError::Corrupt { .. } => ErrorKind::InvalidData,
+            RingError::Overcommit { .. } => ErrorKind::InvalidInput,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// Why a blocking ring operation failed: the ring's own error or the wait's.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockingError {
+    /// The ring refused.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// The wait ended without readiness.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+}
+
+impl From<BlockingError> for std::io::Error {
+    fn from(e: BlockingError) -> Self {
+        match e {
+            BlockingError::Ring(r) => r.into(),
+            BlockingError::Wait(w) => w.into(),
+        }
+    }
+}
+
+/// The poison flag a pipe's two halves share (private memory).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Poison(Arc<AtomicBool>);
+
+impl Poison {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+pub(crate) use mem::RingMem;
+
+#[cfg(not(loom))]
+mod mem {
+    use std::ptr::NonNull;
+    use std::sync::Arc;
+
+    use crate::buddy::Allocation;
+    use crate::header::{RingHeader, RING_HEADER_SIZE};
+    use crate::offset::{OffsetError, ShmOffset};
+    use crate::region::ShmRegion;
+
+    /// Where one ring lives: header and data pointers into a mapped region,
+    /// and the capacity, all private to this side.
+    #[derive(Clone)]
+    pub(crate) struct RingMem {
+        header: NonNull<RingHeader>,
+        data: NonNull<u8>,
+        cap: usize,
+        _region: Arc<ShmRegion>,
+        /// The block this ring lives in, freed once every half is dropped.
+        _block: Option<Arc<Allocation>>,
+    }
+
+    // SAFETY: the pointers refer into `_region`'s mapping, which this struct
+    // keeps alive and which is `Send + Sync` (see `ShmRegion`); the header is
+    // only accessed through atomics and the data only through the audited copy
+    // helpers below.
+    unsafe impl Send for RingMem {}
+    // SAFETY: as above.
+    unsafe impl Sync for RingMem {}
+
+    impl RingMem {
+        /// Resolves a ring inside `region` after validating both ranges.
+        pub(crate) fn new(
+            region: &Arc<ShmRegion>,
+            header: ShmOffset,
+            data: ShmOffset,
+            cap: u64,
+            block: Option<Arc<Allocation>>,
+        ) -> Result<Self, OffsetError> {
+            let h = region.from_offset(header, RING_HEADER_SIZE as u64, 128)?;
+            let d = region.from_offset(data, cap, 1)?;
+            let cap = usize::try_from(cap).map_err(|_| OffsetError::Overflow {
+                offset: data.0,
+                len: cap,
+            })?;
+            Ok(Self {
+                header: h.cast(),
+                data: d,
+                cap,
+                _region: Arc::clone(region),
+                _block: block,
+            })
+        }
+
+        pub(crate) fn header(&self) -> &RingHeader {
+            // SAFETY: `new` checked that the header range lies in the mapping
+            // and is 128-aligned; the mapping outlives `self`; `RingHeader` is
+            // made only of atomics (checked at compile time in header.rs), so
+            // a shared reference is sound even while the peer writes to it.
+            unsafe { self.header.as_ref() }
+        }
+
+        pub(crate) fn cap(&self) -> usize {
+            self.cap
+        }
+
+        /// Copies `src` into the data area starting at ring position `pos`,
+        /// wrapping at the end. `src.len() <= cap`.
+        pub(crate) fn copy_in(&self, pos: u64, src: &[u8]) {
+            let (start, first) = self.split(pos, src.len());
+            let (a, b) = src.split_at(first);
+            // SAFETY: `split` keeps `start + a.len() <= cap` and
+            // `b.len() <= start <= cap`; `new` proved `data..data + cap` lies
+            // in the mapping.
+            unsafe {
+                copy_to_shared(self.data.as_ptr().add(start), a);
+                copy_to_shared(self.data.as_ptr(), b);
+            }
+        }
+
+        /// Copies from the data area at ring position `pos` into `dst`,
+        /// wrapping at the end. `dst.len() <= cap`.
+        pub(crate) fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+            let (start, first) = self.split(pos, dst.len());
+            let (a, b) = dst.split_at_mut(first);
+            // SAFETY: as in `copy_in`.
+            unsafe {
+                copy_from_shared(a, self.data.as_ptr().add(start));
+                copy_from_shared(b, self.data.as_ptr());
+            }
+        }
+
+        /// Raw pointer to ring position `pos` and the contiguous bytes from
+        /// there to the end of the data area.
+        pub(crate) fn raw_at(&self, pos: u64) -> (*mut u8, usize) {
+            let start = (pos as usize) & (self.cap - 1);
+            // SAFETY: `start < cap`, inside the validated data range.
+            (unsafe { self.data.as_ptr().add(start) }, self.cap - start)
+        }
+
+        fn split(&self, pos: u64, len: usize) -> (usize, usize) {
+            debug_assert!(len <= self.cap);
+            let start = (pos as usize) & (self.cap - 1);
+            (start, len.min(self.cap - start))
+        }
+    }
+
+    /// The one audited copy into peer-visible memory.
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` must lie inside a live shared mapping.
+    ///
+    /// The peer may read or write the same bytes concurrently. For an honest
+    /// peer the ring protocol gives this side exclusive use of the range
+    /// (Release/Acquire on the indices); a dishonest one can only make the
+    /// bytes garbage, which it controls anyway. No Rust reference to the
+    /// shared bytes is ever formed, so no aliasing guarantee is violated.
+    unsafe fn copy_to_shared(dst: *mut u8, src: &[u8]) {
+        // SAFETY: the caller guarantees `dst` is valid for `src.len()` bytes;
+        // a private slice cannot overlap the shared mapping.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+    }
+
+    /// The one audited copy out of peer-visible memory.
+    ///
+    /// # Safety
+    /// `src..src + dst.len()` must lie inside a live shared mapping. See
+    /// [`copy_to_shared`] for why a concurrent peer write is tolerated.
+    unsafe fn copy_from_shared(dst: &mut [u8], src: *const u8) {
+        // SAFETY: the caller guarantees `src` is valid for `dst.len()` bytes;
+        // a private slice cannot overlap the shared mapping.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
+#[cfg(loom)]
+mod mem {
+    use loom::cell::UnsafeCell;
+    use std::sync::Arc;
+
+    /// Under loom the header and data live on the heap, and every data byte is
+    /// a loom cell, so an access not ordered by the index protocol is reported
+    /// as a causality violation.
+    #[derive(Clone)]
+    pub(crate) struct RingMem {
+        header: Arc<RingHeader>,
+        data: Arc<[UnsafeCell<u8>]>,
+    }
+
+    impl RingMem {
+        pub(crate) fn heap(cap: usize) -> Self {
+            assert!(cap.is_power_of_two());
+            Self {
+                header: Arc::new(RingHeader::new()),
+                data: (0..cap).map(|_| UnsafeCell::new(0)).collect(),
+            }
+        }
+        pub(crate) fn header(&self) -> &RingHeader {
+            &self.header
+        }
+        pub(crate) fn cap(&self) -> usize {
+            self.data.len()
+        }
+        pub(crate) fn copy_in(&self, pos: u64, src: &[u8]) {
+            let mask = self.cap() - 1;
+            for (i, &b) in src.iter().enumerate() {
+                let cell = &self.data[(pos as usize + i) & mask];
+                // SAFETY: loom checks this access is ordered against others.
+                cell.with_mut(|p| unsafe { *p = b });
+            }
+        }
+        pub(crate) fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+            let mask = self.cap() - 1;
+            for (i, d) in dst.iter_mut().enumerate() {
+                let cell = &self.data[(pos as usize + i) & mask];
+                // SAFETY: loom checks this access is ordered against others.
+                *d = cell.with(|p| unsafe { *p });
+            }
+        }
+    }
+}
+
+/// A contiguous stretch of a ring's data area, as handed to `readv`/`writev`.
+///
+/// It is a raw pointer and a length, deliberately not a slice: the bytes are
+/// shared with the peer and must not be borrowed as `&[u8]`/`&mut [u8]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Segment {
+    /// Start of the stretch.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True for an empty stretch.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// As an `iovec` for `readv`/`writev`/`recvmsg`/`sendmsg`.
+    pub fn as_iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        }
+    }
+}
+
+/// Up to two segments (the free or filled part of a ring may wrap).
+#[derive(Debug, Clone, Copy)]
+pub struct Segments {
+    segs: [Segment; 2],
+    count: usize,
+}
+
+impl Segments {
+    /// The non-empty segments, in ring order.
+    pub fn as_slice(&self) -> &[Segment] {
+        &self.segs[..self.count]
+    }
+    /// Total bytes over all segments.
+    pub fn total(&self) -> usize {
+        self.as_slice().iter().map(|s| s.len).sum()
+    }
+    /// As iovecs, with the count to pass.
+    pub fn iovecs(&self) -> ([libc::iovec; 2], usize) {
+        (
+            [self.segs[0].as_iovec(), self.segs[1].as_iovec()],
+            self.count,
+        )
+    }
+}
+
+#[cfg(not(loom))]
+fn segments(mem: &RingMem, pos: u64, len: usize) -> Segments {
+    let empty = Segment {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+    };
+    let (p, contiguous) = mem.raw_at(pos);
+    let first = len.min(contiguous);
+    let mut s = Segments {
+        segs: [Segment { ptr: p, len: first }, empty],
+        count: usize::from(first > 0),
+    };
+    if len > first {
+        let (p0, _) = mem.raw_at(0);
+        s.segs[1] = Segment {
+            ptr: p0,
+            len: len - first,
+        };
+        s.count = 2;
+    }
+    s
+}
+
+/// The writing half of a ring.
+pub struct Producer {
+    mem: RingMem,
+    /// Bytes ever written; the only copy that counts (published to `tail`).
+    tail: u64,
+    /// The last validated `head`, so a write that fits needs no peer load.
+    cached_head: u64,
+    /// Free bytes offered by the last `writable_segments`.
+    offered: usize,
+    closed: bool,
+    poison: Poison,
+    wake_reader: Arc<dyn Notify>,
+    spin: Duration,
+}
+
+/// The reading half of a ring.
+pub struct Consumer {
+    mem: RingMem,
+    /// Bytes ever read; the only copy that counts (published to `head`).
+    head: u64,
+    /// The last validated `tail`.
+    cached_tail: u64,
+    /// Bytes offered by the last `readable_segments`.
+    offered: usize,
+    closed: bool,
+    poison: Poison,
+    wake_writer: Arc<dyn Notify>,
+    spin: Duration,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("tail", &self.tail)
+            .field("cached_head", &self.cached_head)
+            .field("capacity", &self.mem.cap())
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("head", &self.head)
+            .field("cached_tail", &self.cached_tail)
+            .field("capacity", &self.mem.cap())
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+#[cfg(loom)]
+/// Makes the two halves of one ring. `mem`'s header must be freshly reset (or
+/// in the state the peer left it: a side attaching to an existing ring starts
+/// from the indices it finds, validated).
+pub(crate) fn halves(
+    mem: RingMem,
+    poison_w: Poison,
+    poison_r: Poison,
+    wake_reader: Arc<dyn Notify>,
+    wake_writer: Arc<dyn Notify>,
+) -> (Producer, Consumer) {
+    let h = mem.header();
+    let tail = h.tail.v.load(Ordering::Acquire);
+    let head = h.head.v.load(Ordering::Acquire);
+    (
+        Producer {
+            mem: mem.clone(),
+            tail,
+            cached_head: head,
+            offered: 0,
+            closed: false,
+            poison: poison_w,
+            wake_reader,
+            spin: DEFAULT_SPIN,
+        },
+        Consumer {
+            mem,
+            head,
+            cached_tail: tail,
+            offered: 0,
+            closed: false,
+            poison: poison_r,
+            wake_writer,
+            spin: DEFAULT_SPIN,
+        },
+    )
+}
+
+/// Only the producer half of a ring, resuming from the indices in the header.
+pub(crate) fn producer_only(
+    mem: RingMem,
+    poison: Poison,
+    wake_reader: Arc<dyn Notify>,
+) -> Producer {
+    let h = mem.header();
+    let tail = h.tail.v.load(Ordering::Acquire);
+    let head = h.head.v.load(Ordering::Acquire);
+    Producer {
+        mem,
+        tail,
+        cached_head: head,
+        offered: 0,
+        closed: false,
+        poison,
+        wake_reader,
+        spin: DEFAULT_SPIN,
+    }
+}
+
+/// Only the consumer half of a ring, resuming from the indices in the header.
+pub(crate) fn consumer_only(
+    mem: RingMem,
+    poison: Poison,
+    wake_writer: Arc<dyn Notify>,
+) -> Consumer {
+    let h = mem.header();
+    let tail = h.tail.v.load(Ordering::Acquire);
+    let head = h.head.v.load(Ordering::Acquire);
+    Consumer {
+        mem,
+        head,
+        cached_tail: tail,
+        offered: 0,
+        closed: false,
+        poison,
+        wake_writer,
+        spin: DEFAULT_SPIN,
+    }
+}
+
+impl Producer {
+    /// The ring's capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.mem.cap()
+    }
+
+    /// Sets how long blocking waits spin before sleeping.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    fn corrupt(&self, head: u64) -> RingError {
+        self.poison.set();
+        RingError::Corrupt {
+            head,
+            tail: self.tail,
+            capacity: self.mem.cap() as u64,
+        }
+    }
+
+    fn check_open(&self) -> Result<(), RingError> {
+        if self.poison.is_set() {
+            return Err(RingError::Corrupt {
+                head: self.cached_head,
+                tail: self.tail,
+                capacity: self.mem.cap() as u64,
+            });
+        }
+        if self.closed {
+            return Err(RingError::Closed);
+        }
+        // Acquire pairs with the consumer's Release store in `close`.
+        if self.mem.header().reader_closed.v.load(Ordering::Acquire) != 0 {
+            return Err(RingError::BrokenPipe);
+        }
+        Ok(())
+    }
+
+    /// Loads the consumer's `head` once, validates it, and returns the free
+    /// space it implies.
+    fn refresh(&mut self) -> Result<usize, RingError> {
+        // Acquire pairs with the consumer's Release store of `head`, made after
+        // it finished copying the bytes out: those bytes may be overwritten.
+        let head = self.mem.header().head.v.load(Ordering::Acquire);
+        let used = self.tail.wrapping_sub(head);
+        if used > self.mem.cap() as u64 {
+            return Err(self.corrupt(head));
+        }
+        self.cached_head = head;
+        Ok(self.mem.cap() - used as usize)
+    }
+
+    fn cached_free(&self) -> usize {
+        // `tail - cached_head <= cap` holds: `cached_head` was validated.
+        self.mem.cap() - self.tail.wrapping_sub(self.cached_head) as usize
+    }
+
+    /// Free space now (loads the consumer's index).
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] if the peer's index is invalid.
+    pub fn free(&mut self) -> Result<usize, RingError> {
+        if self.poison.is_set() {
+            return Err(self.corrupt(self.cached_head));
+        }
+        self.refresh()
+    }
+
+    /// Writes as much of `buf` as fits, without blocking.
+    ///
+    /// # Errors
+    /// [`RingError::WouldBlock`] when the ring is full, [`RingError::BrokenPipe`]
+    /// once the reader has closed, [`RingError::Closed`] after
+    /// [`close`](Self::close), [`RingError::Corrupt`] on a poisoned pipe.
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, RingError> {
+        self.check_open()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut free = self.cached_free();
+        if free < buf.len() {
+            free = self.refresh()?;
+        }
+        if free == 0 {
+            return Err(RingError::WouldBlock);
+        }
+        let n = free.min(buf.len());
+        self.mem.copy_in(self.tail, &buf[..n]);
+        self.publish(n);
+        Ok(n)
+    }
+
+    /// Makes `n` more bytes visible to the consumer and wakes it if it sleeps.
+    fn publish(&mut self, n: usize) {
+        self.tail = self.tail.wrapping_add(n as u64);
+        // Release pairs with the consumer's Acquire load of `tail`: the bytes
+        // copied in before this store are visible once the new tail is.
+        self.mem.header().tail.v.store(self.tail, Ordering::Release);
+        self.wake_reader_if_waiting();
+    }
+
+    fn wake_reader_if_waiting(&self) {
+        // The SeqCst fence orders the `tail` store before the flag load; the
+        // consumer orders its flag store before its `tail` re-load with the
+        // same kind of fence. Of the two, at least one sees the other's store:
+        // either the consumer sees the new tail and does not sleep, or we see
+        // its flag and ring. (Store-buffering: without both fences, both could
+        // miss and the consumer would sleep on data that is there.)
+        fence(Ordering::SeqCst);
+        if self.mem.header().reader_waiting.v.load(Ordering::Relaxed) != 0 {
+            self.wake_reader.notify();
+        }
+    }
+
+    /// The free space as up to two raw segments, for `readv`-style filling.
+    /// Follow with [`commit`](Self::commit).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), except that a full ring gives empty
+    /// segments rather than `WouldBlock`.
+    #[cfg(not(loom))]
+    pub fn writable_segments(&mut self) -> Result<Segments, RingError> {
+        self.check_open()?;
+        let free = self.refresh()?;
+        self.offered = free;
+        Ok(segments(&self.mem, self.tail, free))
+    }
+
+    /// Publishes `n` bytes written into the segments from
+    /// [`writable_segments`](Self::writable_segments).
+    ///
+    /// # Errors
+    /// [`RingError::Overcommit`] if `n` exceeds what was offered.
+    pub fn commit(&mut self, n: usize) -> Result<(), RingError> {
+        if n > self.offered {
+            return Err(RingError::Overcommit {
+                requested: n,
+                available: self.offered,
+            });
+        }
+        self.offered -= n;
+        if n > 0 {
+            self.publish(n);
+        }
+        Ok(())
+    }
+
+    /// Fills the ring straight from `fd` with one `readv` (no intermediate
+    /// buffer), reading at most `limit` bytes. Returns the bytes read; `Ok(0)`
+    /// means end of file on `fd` *or* a full ring — tell them apart with
+    /// [`free`](Self::free) beforehand.
+    ///
+    /// # Errors
+    /// The ring's errors as `io::Error` (see [`write`](Self::write)), or the
+    /// `readv` error (including `WouldBlock` from a non-blocking fd).
+    #[cfg(not(loom))]
+    pub fn read_from_fd(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        limit: usize,
+    ) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let segs = self.writable_segments()?;
+        let (mut iov, mut count) = segs.iovecs();
+        clamp_iovecs(&mut iov, &mut count, limit);
+        if count == 0 {
+            return Ok(0);
+        }
+        // SAFETY: the iovecs describe free space of this ring inside the live
+        // mapping (from `writable_segments`), which no honest peer touches
+        // until we publish it; the kernel writes at most their total length.
+        let r = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+        if r < 0 {
+            self.offered = 0;
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = r as usize;
+        self.commit(n)?;
+        self.offered = 0;
+        Ok(n)
+    }
+
+    /// Closes this half: the consumer reads what was written, then EOF.
+    /// Always wakes the consumer. Idempotent.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        // Release pairs with the consumer's Acquire load of `writer_closed`:
+        // every tail published before is visible once the flag is.
+        self.mem
+            .header()
+            .writer_closed
+            .v
+            .store(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.wake_reader.notify();
+    }
+
+    /// True once this half has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// True once the consumer has closed its half (writes give `BrokenPipe`).
+    pub fn is_peer_closed(&self) -> bool {
+        self.mem.header().reader_closed.v.load(Ordering::Acquire) != 0
+    }
+
+    /// Ready to write: space is free, or a write would fail at once (reader
+    /// closed, poisoned, closed by us). Loads the consumer's index.
+    pub fn poll_writable(&mut self) -> bool {
+        match self.check_open() {
+            Err(_) => true,
+            Ok(()) => !matches!(self.refresh(), Ok(0)),
+        }
+    }
+
+    /// Blocks until [`poll_writable`](Self::poll_writable) holds: spins for
+    /// the spin budget, then sleeps on `waiter` with the need-wakeup flag set.
+    ///
+    /// # Errors
+    /// [`WaitError`] when the deadline passes or the peer is gone.
+    pub fn wait_writable<W: Wait>(
+        &mut self,
+        waiter: &W,
+        deadline: Option<Instant>,
+    ) -> Result<(), WaitError> {
+        if spin_until(self.spin, || self.poll_writable()) {
+            return Ok(());
+        }
+        loop {
+            let token = waiter.prepare();
+            let flag = &self.mem.header().writer_waiting.v;
+            flag.store(1, Ordering::Relaxed);
+            // Pairs with the fence in `Consumer::wake_writer_if_waiting`: see
+            // `Producer::wake_reader_if_waiting` for the argument.
+            fence(Ordering::SeqCst);
+            if self.poll_writable() {
+                self.mem
+                    .header()
+                    .writer_waiting
+                    .v
+                    .store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            let r = waiter.wait(token, deadline);
+            self.mem
+                .header()
+                .writer_waiting
+                .v
+                .store(0, Ordering::Relaxed);
+            r?;
+            if self.poll_writable() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Consumer {
+    /// The ring's capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.mem.cap()
+    }
+
+    /// Sets how long blocking waits spin before sleeping.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    fn corrupt(&self, tail: u64) -> RingError {
+        self.poison.set();
+        RingError::Corrupt {
+            head: self.head,
+            tail,
+            capacity: self.mem.cap() as u64,
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), RingError> {
+        if self.poison.is_set() {
+            return Err(RingError::Corrupt {
+                head: self.head,
+                tail: self.cached_tail,
+                capacity: self.mem.cap() as u64,
+            });
+        }
+        if self.closed {
+            return Err(RingError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Loads the producer's `tail` once, validates it, and returns the bytes
+    /// it makes readable.
+    fn refresh(&mut self) -> Result<usize, RingError> {
+        // Acquire pairs with the producer's Release store of `tail`: the bytes
+        // before it are visible.
+        let tail = self.mem.header().tail.v.load(Ordering::Acquire);
+        let used = tail.wrapping_sub(self.head);
+        if used > self.mem.cap() as u64 {
+            return Err(self.corrupt(tail));
+        }
+        self.cached_tail = tail;
+        Ok(used as usize)
+    }
+
+    fn cached_available(&self) -> usize {
+        self.cached_tail.wrapping_sub(self.head) as usize
+    }
+
+    /// True once the producer has closed (EOF follows the remaining bytes).
+    pub fn is_peer_closed(&self) -> bool {
+        self.mem.header().writer_closed.v.load(Ordering::Acquire) != 0
+    }
+
+    /// Readable bytes now (loads the producer's index).
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] if the peer's index is invalid.
+    pub fn available(&mut self) -> Result<usize, RingError> {
+        self.check_usable()?;
+        self.refresh()
+    }
+
+    /// Reads up to `buf.len()` bytes without blocking. `Ok(0)` is end of
+    /// stream: the writer closed and every byte was read (or `buf` is empty).
+    ///
+    /// # Errors
+    /// [`RingError::WouldBlock`] when empty and the writer is open,
+    /// [`RingError::Corrupt`] on a poisoned pipe, [`RingError::Closed`] after
+    /// [`close`](Self::close).
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, RingError> {
+        self.check_usable()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut avail = self.cached_available();
+        if avail < buf.len() {
+            avail = self.refresh()?;
+        }
+        if avail == 0 {
+            if !self.is_peer_closed() {
+                return Err(RingError::WouldBlock);
+            }
+            // The flag's Acquire made every tail stored before it visible:
+            // look once more, so no byte written before the close is lost.
+            avail = self.refresh()?;
+            if avail == 0 {
+                return Ok(0);
+            }
+        }
+        let n = avail.min(buf.len());
+        self.mem.copy_out(self.head, &mut buf[..n]);
+        self.release(n);
+        Ok(n)
+    }
+
+    /// Hands `n` consumed bytes back to the producer and wakes it if it
+    /// sleeps for space.
+    fn release(&mut self, n: usize) {
+        self.head = self.head.wrapping_add(n as u64);
+        // Release pairs with the producer's Acquire load of `head`: our reads
+        // of those bytes happen before it may overwrite them.
+        self.mem.header().head.v.store(self.head, Ordering::Release);
+        self.wake_writer_if_waiting();
+    }
+
+    fn wake_writer_if_waiting(&self) {
+        // See `Producer::wake_reader_if_waiting`.
+        fence(Ordering::SeqCst);
+        if self.mem.header().writer_waiting.v.load(Ordering::Relaxed) != 0 {
+            self.wake_writer.notify();
+        }
+    }
+
+    /// The readable bytes as up to two raw segments, for `writev`-style
+    /// draining. Follow with [`consume`](Self::consume).
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] or [`RingError::Closed`].
+    #[cfg(not(loom))]
+    pub fn readable_segments(&mut self) -> Result<Segments, RingError> {
+        self.check_usable()?;
+        let avail = self.refresh()?;
+        self.offered = avail;
+        Ok(segments(&self.mem, self.head, avail))
+    }
+
+    /// Releases `n` bytes read from the segments of
+    /// [`readable_segments`](Self::readable_segments).
+    ///
+    /// # Errors
+    /// [`RingError::Overcommit`] if `n` exceeds what was offered.
+    pub fn consume(&mut self, n: usize) -> Result<(), RingError> {
+        if n > self.offered {
+            return Err(RingError::Overcommit {
+                requested: n,
+                available: self.offered,
+            });
+        }
+        self.offered -= n;
+        if n > 0 {
+            self.release(n);
+        }
+        Ok(())
+    }
+
+    /// Drains the ring straight into `fd` with one `writev`, at most `limit`
+    /// bytes. Returns the bytes written (0 when the ring is empty).
+    ///
+    /// # Errors
+    /// The ring's errors as `io::Error`, or the `writev` error (including
+    /// `WouldBlock` from a non-blocking fd).
+    #[cfg(not(loom))]
+    pub fn write_to_fd(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        limit: usize,
+    ) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let segs = self.readable_segments()?;
+        let (mut iov, mut count) = segs.iovecs();
+        clamp_iovecs(&mut iov, &mut count, limit);
+        if count == 0 {
+            return Ok(0);
+        }
+        // SAFETY: the iovecs describe published bytes of this ring inside the
+        // live mapping; the kernel only reads them.
+        let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+        if r < 0 {
+            self.offered = 0;
+            return Err(std::io::Error::last_os_error());
+        }
+        self.consume(r as usize)?;
+        self.offered = 0;
+        Ok(r as usize)
+    }
+
+    /// Closes this half: the producer's writes fail with `BrokenPipe` from
+    /// now on. Always wakes the producer. Idempotent.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        // Release pairs with the producer's Acquire load of `reader_closed`.
+        self.mem
+            .header()
+            .reader_closed
+            .v
+            .store(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.wake_writer.notify();
+    }
+
+    /// True once this half has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Ready to read: bytes are available, EOF is reached, or a read would
+    /// fail at once. Loads the producer's index.
+    pub fn poll_readable(&mut self) -> bool {
+        if self.check_usable().is_err() {
+            return true;
+        }
+        match self.refresh() {
+            Err(_) => true,
+            Ok(0) => self.is_peer_closed(),
+            Ok(_) => true,
+        }
+    }
+
+    /// Blocks until [`poll_readable`](Self::poll_readable) holds: spins for
+    /// the spin budget, then sleeps on `waiter` with the need-wakeup flag set.
+    ///
+    /// # Errors
+    /// [`WaitError`] when the deadline passes or the peer is gone.
+    pub fn wait_readable<W: Wait>(
+        &mut self,
+        waiter: &W,
+        deadline: Option<Instant>,
+    ) -> Result<(), WaitError> {
+        if spin_until(self.spin, || self.poll_readable()) {
+            return Ok(());
+        }
+        loop {
+            let token = waiter.prepare();
+            self.mem
+                .header()
+                .reader_waiting
+                .v
+                .store(1, Ordering::Relaxed);
+            // Pairs with the fence in `Producer::wake_reader_if_waiting`.
+            fence(Ordering::SeqCst);
+            if self.poll_readable() {
+                self.mem
+                    .header()
+                    .reader_waiting
+                    .v
+                    .store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            let r = waiter.wait(token, deadline);
+            self.mem
+                .header()
+                .reader_waiting
+                .v
+                .store(0, Ordering::Relaxed);
+            r?;
+            if self.poll_readable() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Polls `ready` for up to `budget`; true if it became ready.
+fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    if ready() {
+        return true;
+    }
+    if budget.is_zero() || cfg!(loom) {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= budget {
+            return false;
+        }
+    }
+}
+
+#[cfg(not(loom))]
+fn clamp_iovecs(iov: &mut [libc::iovec; 2], count: &mut usize, limit: usize) {
+    let mut left = limit;
+    for (i, v) in iov.iter_mut().enumerate().take(*count) {
+        if left == 0 {
+            *count = i;
+            return;
+        }
+        v.iov_len = v.iov_len.min(left);
+        left -= v.iov_len;
+    }
+}
+
+impl Drop for Producer {
+    /// A dropped writer is a closed writer: the reader sees EOF, never a hang.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Drop for Consumer {
+    /// A dropped reader is a closed reader: the writer sees `BrokenPipe`.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
