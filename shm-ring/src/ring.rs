@@ -239,6 +239,8 @@ mod mem {
     use loom::cell::UnsafeCell;
     use std::sync::Arc;
 
+    use crate::header::RingHeader;
+
     /// Under loom the header and data live on the heap, and every data byte is
     /// a loom cell, so an access not ordered by the index protocol is reported
     /// as a causality violation.
@@ -746,10 +748,12 @@ impl Producer {
                 .writer_waiting
                 .v
                 .store(0, Ordering::Relaxed);
-            r?;
+            // Readiness wins over a timeout or a dead peer that raced with
+            // it: bytes a dead peer left behind are delivered first.
             if self.poll_writable() {
                 return Ok(());
             }
+            r?;
         }
     }
 }
@@ -1005,10 +1009,12 @@ impl Consumer {
                 .reader_waiting
                 .v
                 .store(0, Ordering::Relaxed);
-            r?;
+            // Readiness wins over a timeout or a dead peer that raced with
+            // it: bytes a dead peer left behind are delivered first.
             if self.poll_readable() {
                 return Ok(());
             }
+            r?;
         }
     }
 }
