@@ -48,11 +48,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(not(loom))]
+mod bitmap;
 mod buddy;
 #[cfg(not(loom))]
 mod doorbell;
 mod header;
 mod offset;
+#[cfg(not(loom))]
 mod pipe;
 #[cfg(not(loom))]
 mod region;
@@ -65,6 +68,8 @@ mod wait;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+#[cfg(not(loom))]
+pub use bitmap::{NotifyBitmap, SlotNotify};
 pub use buddy::{
     AllocError, AllocStats, Allocation, BuddyAllocator, ConfigError, FreeError, ShmAllocator,
 };
@@ -72,6 +77,7 @@ pub use buddy::{
 pub use doorbell::Doorbell;
 pub use header::{RingHeader, LINE, RING_HEADER_SIZE};
 pub use offset::{check_range, OffsetError, ShmOffset};
+#[cfg(not(loom))]
 pub use pipe::{
     BidirectionalPipe, PeerWakers, PipeError, PipeLayout, Side, MAX_RING_CAPACITY,
     MIN_RING_CAPACITY, PIPE_HEADER_AREA, TO_OWNER_HEADER, TO_PEER_HEADER,

@@ -28,6 +28,10 @@ pub const PIPE_HEADER_AREA: u64 = 4096;
 pub const TO_OWNER_HEADER: u64 = 0;
 /// Offset of the `to_peer` ring header inside the block.
 pub const TO_PEER_HEADER: u64 = 1024;
+/// Offset of the owner's status word (a `u32` on its own 128-byte line).
+pub const OWNER_STATUS: u64 = 2048;
+/// Offset of the peer's status word (a `u32` on its own 128-byte line).
+pub const PEER_STATUS: u64 = 2176;
 /// Smallest ring capacity accepted.
 pub const MIN_RING_CAPACITY: u64 = 64;
 /// Largest ring capacity accepted (1 GiB).
@@ -149,6 +153,8 @@ pub struct BidirectionalPipe {
     rx: Consumer,
     layout: PipeLayout,
     side: Side,
+    #[cfg(not(loom))]
+    status: PipeStatus,
 }
 
 impl std::fmt::Debug for BidirectionalPipe {
@@ -188,7 +194,16 @@ impl BidirectionalPipe {
         let (to_owner, to_peer) = Self::rings(region, &layout, Some(keep))?;
         to_owner.header().reset();
         to_peer.header().reset();
-        Ok(Self::assemble(to_owner, to_peer, layout, Side::Owner, wake))
+        let status = PipeStatus::new(region, &layout, Side::Owner)?;
+        status.reset();
+        Ok(Self::assemble(
+            to_owner,
+            to_peer,
+            layout,
+            Side::Owner,
+            wake,
+            status,
+        ))
     }
 
     /// Peer side: attaches to a pipe the owner announced, after validating the
@@ -202,7 +217,15 @@ impl BidirectionalPipe {
         wake: PeerWakers,
     ) -> Result<Self, PipeError> {
         let (to_owner, to_peer) = Self::rings(region, &layout, None)?;
-        Ok(Self::assemble(to_owner, to_peer, layout, Side::Peer, wake))
+        let status = PipeStatus::new(region, &layout, Side::Peer)?;
+        Ok(Self::assemble(
+            to_owner,
+            to_peer,
+            layout,
+            Side::Peer,
+            wake,
+            status,
+        ))
     }
 
     fn rings(
@@ -234,6 +257,7 @@ impl BidirectionalPipe {
         layout: PipeLayout,
         side: Side,
         wake: PeerWakers,
+        status: PipeStatus,
     ) -> Self {
         let poison = Poison::default();
         let (tx_mem, rx_mem) = match side {
@@ -247,7 +271,86 @@ impl BidirectionalPipe {
             rx,
             layout,
             side,
+            status,
         }
+    }
+
+    /// The pipe's status words (clonable; outlives a [`split`](Self::split)).
+    pub fn status(&self) -> PipeStatus {
+        self.status.clone()
+    }
+}
+
+/// The two status words of a pipe: each side may store a non-zero code
+/// (for example "connection reset") *before* closing its writing half, and the
+/// other side reads it after seeing the close. Zero means "no error".
+///
+/// The owner (the monitor) only ever stores its own word and reads the peer's
+/// as untrusted input; the peer trusts the owner's.
+#[cfg(not(loom))]
+#[derive(Clone)]
+pub struct PipeStatus {
+    own: std::ptr::NonNull<crate::sync::AtomicU32>,
+    peer: std::ptr::NonNull<crate::sync::AtomicU32>,
+    _region: Arc<ShmRegion>,
+}
+
+// SAFETY: the pointers refer to atomics inside `_region`'s mapping, which is
+// kept alive by the `Arc` and is itself `Send + Sync`.
+#[cfg(not(loom))]
+unsafe impl Send for PipeStatus {}
+// SAFETY: as above; all access is atomic.
+#[cfg(not(loom))]
+unsafe impl Sync for PipeStatus {}
+
+#[cfg(not(loom))]
+impl PipeStatus {
+    fn new(region: &Arc<ShmRegion>, l: &PipeLayout, side: Side) -> Result<Self, PipeError> {
+        let owner = region.from_offset(l.at(OWNER_STATUS), 4, 128)?.cast();
+        let peer = region.from_offset(l.at(PEER_STATUS), 4, 128)?.cast();
+        let (own, peer) = match side {
+            Side::Owner => (owner, peer),
+            Side::Peer => (peer, owner),
+        };
+        Ok(Self {
+            own,
+            peer,
+            _region: Arc::clone(region),
+        })
+    }
+
+    fn word(&self, p: std::ptr::NonNull<crate::sync::AtomicU32>) -> &crate::sync::AtomicU32 {
+        // SAFETY: `new` validated the word lies in the mapping, 128-aligned;
+        // the mapping outlives `self`; an atomic may be shared with a writer
+        // in another process.
+        unsafe { p.as_ref() }
+    }
+
+    fn reset(&self) {
+        self.word(self.own).store(0, crate::sync::Ordering::Relaxed);
+        self.word(self.peer)
+            .store(0, crate::sync::Ordering::Relaxed);
+    }
+
+    /// Stores our status code. Store it before closing the writing half: the
+    /// close's Release store orders it for the reader.
+    pub fn set(&self, code: u32) {
+        self.word(self.own)
+            .store(code, crate::sync::Ordering::Release);
+    }
+
+    /// The other side's status code (0 if none). Untrusted on the owner side.
+    pub fn peer(&self) -> u32 {
+        self.word(self.peer).load(crate::sync::Ordering::Acquire)
+    }
+}
+
+#[cfg(not(loom))]
+impl std::fmt::Debug for PipeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeStatus")
+            .field("peer", &self.peer())
+            .finish_non_exhaustive()
     }
 }
 

@@ -251,6 +251,7 @@ mod mem {
     }
 
     impl RingMem {
+        #[cfg_attr(not(test), allow(dead_code))]
         pub(crate) fn heap(cap: usize) -> Self {
             assert!(cap.is_power_of_two());
             Self {
@@ -416,6 +417,7 @@ impl std::fmt::Debug for Consumer {
 }
 
 #[cfg(loom)]
+#[cfg_attr(not(test), allow(dead_code))]
 /// Makes the two halves of one ring. `mem`'s header must be freshly reset (or
 /// in the state the peer left it: a side attaching to an existing ring starts
 /// from the indices it finds, validated).
@@ -453,6 +455,7 @@ pub(crate) fn halves(
     )
 }
 
+#[cfg(not(loom))]
 /// Only the producer half of a ring, resuming from the indices in the header.
 pub(crate) fn producer_only(
     mem: RingMem,
@@ -474,6 +477,7 @@ pub(crate) fn producer_only(
     }
 }
 
+#[cfg(not(loom))]
 /// Only the consumer half of a ring, resuming from the indices in the header.
 pub(crate) fn consumer_only(
     mem: RingMem,
@@ -703,6 +707,31 @@ impl Producer {
     /// True once the consumer has closed its half (writes give `BrokenPipe`).
     pub fn is_peer_closed(&self) -> bool {
         self.mem.header().reader_closed.v.load(Ordering::Acquire) != 0
+    }
+
+    /// Event-loop form of [`wait_writable`](Self::wait_writable): publishes
+    /// the need-wakeup flag (so the consumer rings when it frees space), then
+    /// re-checks. Returns true if the ring is already writable — service it
+    /// now rather than waiting for a ring. Call [`disarm`](Self::disarm) once
+    /// serviced to stop the consumer's rings.
+    pub fn arm(&mut self) -> bool {
+        self.mem
+            .header()
+            .writer_waiting
+            .v
+            .store(1, Ordering::Relaxed);
+        // Pairs with the fence in `Consumer::wake_writer_if_waiting`.
+        fence(Ordering::SeqCst);
+        self.poll_writable()
+    }
+
+    /// Clears the need-wakeup flag set by [`arm`](Self::arm).
+    pub fn disarm(&mut self) {
+        self.mem
+            .header()
+            .writer_waiting
+            .v
+            .store(0, Ordering::Relaxed);
     }
 
     /// Ready to write: space is free, or a write would fail at once (reader
@@ -958,6 +987,30 @@ impl Consumer {
     /// True once this half has been closed.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Event-loop form of [`wait_readable`](Self::wait_readable): publishes
+    /// the need-wakeup flag (so the producer rings on its next publish), then
+    /// re-checks. Returns true if the ring is already readable (or at EOF, or
+    /// failing) — service it now. Call [`disarm`](Self::disarm) once serviced.
+    pub fn arm(&mut self) -> bool {
+        self.mem
+            .header()
+            .reader_waiting
+            .v
+            .store(1, Ordering::Relaxed);
+        // Pairs with the fence in `Producer::wake_reader_if_waiting`.
+        fence(Ordering::SeqCst);
+        self.poll_readable()
+    }
+
+    /// Clears the need-wakeup flag set by [`arm`](Self::arm).
+    pub fn disarm(&mut self) {
+        self.mem
+            .header()
+            .reader_waiting
+            .v
+            .store(0, Ordering::Relaxed);
     }
 
     /// Ready to read: bytes are available, EOF is reached, or a read would
