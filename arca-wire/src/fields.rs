@@ -1,0 +1,265 @@
+//! Field types that appear inside payloads: request, connection and listener ids, handles,
+//! data-pipe descriptions and socket options.
+//!
+//! Each type with a multi-byte encoding declares its length as `LEN` and converts to and from a
+//! byte array of exactly that length, little-endian.
+
+use std::fmt;
+
+use crate::error::WireError;
+
+/// Identifies one request on the control pipe; its reply carries the same id.
+///
+/// Chosen by the guest, unique among its requests in flight. `RequestId::NONE` (0) is reserved
+/// for frames that answer no request; guests never send it (see PROTOCOL.md, "Requests and
+/// replies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u32);
+
+impl RequestId {
+    /// The reserved id 0, which names no request.
+    pub const NONE: RequestId = RequestId(0);
+
+    /// The id after this one, wrapping around and skipping [`RequestId::NONE`].
+    #[must_use]
+    pub fn next(self) -> RequestId {
+        match self.0.wrapping_add(1) {
+            0 => RequestId(1),
+            n => RequestId(n),
+        }
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A TCP connection, named by the monitor in `ConnectOk` / `IncomingConnection`.
+///
+/// Ids are scoped to one session: a guest can name only its own connections. The monitor never
+/// assigns 0. The id is also the connection's slot in the notification bitmap, so it is below
+/// the bootstrap's `bitmap_slots`, and may be given to a new connection once this one is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u32);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A listening TCP socket, named by the monitor in `ListenOk`.
+///
+/// Ids are scoped to one session. The monitor never assigns 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub u32);
+
+impl fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Something the guest holds on the monitor, named in `Close` and `SetOption`.
+///
+/// Wire form, 5 bytes: `kind: u8` (1 = listener, 2 = TCP connection; 3 is reserved for UDP
+/// sockets) then `id: u32` LE. An unknown kind is a decode error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handle {
+    /// A listening TCP socket.
+    Listener(ListenerId),
+    /// A TCP connection.
+    Connection(ConnId),
+}
+
+impl Handle {
+    /// Encoded length in bytes.
+    pub const LEN: usize = 5;
+    /// `kind` byte of [`Handle::Listener`].
+    pub const KIND_LISTENER: u8 = 1;
+    /// `kind` byte of [`Handle::Connection`].
+    pub const KIND_CONNECTION: u8 = 2;
+
+    /// The `kind` byte.
+    pub fn kind(self) -> u8 {
+        match self {
+            Handle::Listener(_) => Self::KIND_LISTENER,
+            Handle::Connection(_) => Self::KIND_CONNECTION,
+        }
+    }
+
+    /// The raw id, whatever the kind.
+    pub fn raw_id(self) -> u32 {
+        match self {
+            Handle::Listener(ListenerId(id)) | Handle::Connection(ConnId(id)) => id,
+        }
+    }
+
+    /// Encodes the handle.
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let [a, b, c, d] = self.raw_id().to_le_bytes();
+        [self.kind(), a, b, c, d]
+    }
+
+    /// Decodes a handle.
+    ///
+    /// # Errors
+    /// [`WireError::UnknownHandleKind`] if the kind byte is not 1 or 2.
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> Result<Handle, WireError> {
+        let [kind, a, b, c, d] = bytes;
+        let id = u32::from_le_bytes([a, b, c, d]);
+        match kind {
+            Self::KIND_LISTENER => Ok(Handle::Listener(ListenerId(id))),
+            Self::KIND_CONNECTION => Ok(Handle::Connection(ConnId(id))),
+            other => Err(WireError::UnknownHandleKind(other)),
+        }
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Handle::Listener(id) => write!(f, "listener {id}"),
+            Handle::Connection(id) => write!(f, "connection {id}"),
+        }
+    }
+}
+
+/// Where a connection's data pipe lives in the shared region.
+///
+/// Wire form, 16 bytes: `shm_offset: u64` LE, `cap_to_monitor: u32` LE, `cap_to_guest: u32` LE.
+/// The values come from the peer: the guest checks them against its region (bounds, alignment,
+/// the buddy block's size) before touching the memory; this crate only carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PipeInfo {
+    /// Byte offset of the pipe's block from the start of the shared region.
+    pub shm_offset: u64,
+    /// Data capacity in bytes of the ring the guest writes and the monitor reads.
+    pub cap_to_monitor: u32,
+    /// Data capacity in bytes of the ring the monitor writes and the guest reads.
+    pub cap_to_guest: u32,
+}
+
+impl PipeInfo {
+    /// Encoded length in bytes.
+    pub const LEN: usize = 16;
+
+    /// Encodes the pipe description.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        let (offset, caps) = out.split_at_mut(8);
+        let (to_monitor, to_guest) = caps.split_at_mut(4);
+        offset.copy_from_slice(&self.shm_offset.to_le_bytes());
+        to_monitor.copy_from_slice(&self.cap_to_monitor.to_le_bytes());
+        to_guest.copy_from_slice(&self.cap_to_guest.to_le_bytes());
+        out
+    }
+
+    /// Decodes a pipe description. Every bit pattern is a valid encoding.
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> PipeInfo {
+        let [o0, o1, o2, o3, o4, o5, o6, o7, m0, m1, m2, m3, g0, g1, g2, g3] = bytes;
+        PipeInfo {
+            shm_offset: u64::from_le_bytes([o0, o1, o2, o3, o4, o5, o6, o7]),
+            cap_to_monitor: u32::from_le_bytes([m0, m1, m2, m3]),
+            cap_to_guest: u32::from_le_bytes([g0, g1, g2, g3]),
+        }
+    }
+}
+
+/// A socket option named in `SetOption`, carried as a `u16`.
+///
+/// Numbers `0x0001..=0x00FF` are stream (TCP) options, `0x0100..=0x01FF` are reserved for
+/// datagram (UDP) options. A number this crate does not know decodes to
+/// [`SocketOption::Unknown`]; the monitor answers it with `SetOptionErr(Unsupported)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketOption {
+    /// `TCP_NODELAY` on a connection. Value 0 = off, 1 = on; anything else is `InvalidInput`.
+    NoDelay,
+    /// A number not assigned above. Never holds an assigned number when produced by
+    /// [`SocketOption::from_u16`].
+    Unknown(u16),
+}
+
+impl SocketOption {
+    /// Number of [`SocketOption::NoDelay`].
+    pub const NO_DELAY: u16 = 0x0001;
+
+    /// The option for a wire number; total.
+    pub fn from_u16(raw: u16) -> SocketOption {
+        match raw {
+            Self::NO_DELAY => SocketOption::NoDelay,
+            other => SocketOption::Unknown(other),
+        }
+    }
+
+    /// The wire number.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            SocketOption::NoDelay => Self::NO_DELAY,
+            SocketOption::Unknown(raw) => raw,
+        }
+    }
+}
+
+impl From<u16> for SocketOption {
+    fn from(raw: u16) -> Self {
+        SocketOption::from_u16(raw)
+    }
+}
+
+impl From<SocketOption> for u16 {
+    fn from(option: SocketOption) -> Self {
+        option.to_u16()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_next_skips_none() {
+        assert_eq!(RequestId(1).next(), RequestId(2));
+        assert_eq!(RequestId(u32::MAX).next(), RequestId(1));
+        assert_eq!(RequestId::NONE.next(), RequestId(1));
+    }
+
+    #[test]
+    fn handle_bytes() {
+        let h = Handle::Connection(ConnId(0x0102_0304));
+        assert_eq!(h.to_bytes(), [2, 0x04, 0x03, 0x02, 0x01]);
+        assert_eq!(Handle::from_bytes(h.to_bytes()), Ok(h));
+        let l = Handle::Listener(ListenerId(7));
+        assert_eq!(l.to_bytes(), [1, 7, 0, 0, 0]);
+        assert_eq!(Handle::from_bytes(l.to_bytes()), Ok(l));
+        assert_eq!(l.to_string(), "listener 7");
+        for kind in [0u8, 3, 0xFF] {
+            assert_eq!(
+                Handle::from_bytes([kind, 1, 0, 0, 0]),
+                Err(WireError::UnknownHandleKind(kind))
+            );
+        }
+    }
+
+    #[test]
+    fn pipe_info_bytes() {
+        let p = PipeInfo {
+            shm_offset: 0x0807_0605_0403_0201,
+            cap_to_monitor: 0x1000,
+            cap_to_guest: 0x0002_0000,
+        };
+        let bytes = [1, 2, 3, 4, 5, 6, 7, 8, 0, 0x10, 0, 0, 0, 0, 2, 0];
+        assert_eq!(p.to_bytes(), bytes);
+        assert_eq!(PipeInfo::from_bytes(bytes), p);
+    }
+
+    #[test]
+    fn socket_option_numbers() {
+        assert_eq!(SocketOption::from_u16(1), SocketOption::NoDelay);
+        assert_eq!(u16::from(SocketOption::NoDelay), 1);
+        assert_eq!(SocketOption::from(0x0100), SocketOption::Unknown(0x0100));
+        assert_eq!(SocketOption::Unknown(0x0100).to_u16(), 0x0100);
+    }
+}

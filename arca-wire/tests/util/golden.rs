@@ -1,0 +1,343 @@
+//! One hand-written frame per message type: the exact bytes PROTOCOL.md shows as that message's
+//! example. The bytes are written out field by field, not produced by the encoder under test.
+
+use std::net::SocketAddr;
+
+use arca_wire::{
+    ConnId, ErrorCode, Handle, ListenerId, Message, PipeInfo, RequestId, SocketOption, HELLO_MAGIC,
+};
+
+/// A golden frame: the name of its example in PROTOCOL.md, the decoded frame and its bytes.
+pub struct Golden {
+    pub name: &'static str,
+    pub request_id: RequestId,
+    pub message: Message,
+    pub bytes: &'static [u8],
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address parses")
+}
+
+/// Every golden frame, one per message type, in type order.
+pub fn all() -> Vec<Golden> {
+    vec![
+        Golden {
+            name: "hello",
+            request_id: RequestId(1),
+            message: Message::Hello {
+                magic: HELLO_MAGIC,
+                version: 1,
+                flags: 0,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x01, 0x08, 0x00, 0x01, 0x00, 0x00, 0x00, // header
+                0x41, 0x52, 0x43, 0x41, // magic "ARCA"
+                0x01, 0x00, // version 1
+                0x00, 0x00, // flags 0
+            ],
+        },
+        Golden {
+            name: "hello_ok",
+            request_id: RequestId(1),
+            message: Message::HelloOk {
+                version: 1,
+                flags: 0,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x02, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, // header
+                0x01, 0x00, // version 1
+                0x00, 0x00, // flags 0
+            ],
+        },
+        Golden {
+            name: "hello_err",
+            request_id: RequestId(1),
+            message: Message::HelloErr {
+                code: ErrorCode::Unsupported,
+                min_version: 1,
+                max_version: 1,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x03, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, // header
+                0x02, 0x00, // code Unsupported
+                0x01, 0x00, // min_version 1
+                0x01, 0x00, // max_version 1
+            ],
+        },
+        Golden {
+            name: "close",
+            request_id: RequestId(9),
+            message: Message::Close {
+                handle: Handle::Connection(ConnId(5)),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x04, 0x05, 0x00, 0x09, 0x00, 0x00, 0x00, // header
+                0x02, 0x05, 0x00, 0x00, 0x00, // handle: connection 5
+            ],
+        },
+        Golden {
+            name: "close_ok",
+            request_id: RequestId(9),
+            message: Message::CloseOk,
+            #[rustfmt::skip]
+            bytes: &[
+                0x05, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, // header
+            ],
+        },
+        Golden {
+            name: "close_err",
+            request_id: RequestId(9),
+            message: Message::CloseErr {
+                code: ErrorCode::NotFound,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x06, 0x02, 0x00, 0x09, 0x00, 0x00, 0x00, // header
+                0x04, 0x00, // code NotFound
+            ],
+        },
+        Golden {
+            name: "set_option",
+            request_id: RequestId(10),
+            message: Message::SetOption {
+                handle: Handle::Connection(ConnId(5)),
+                option: SocketOption::NoDelay,
+                value: 1,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x08, 0x0f, 0x00, 0x0a, 0x00, 0x00, 0x00, // header
+                0x02, 0x05, 0x00, 0x00, 0x00, // handle: connection 5
+                0x01, 0x00, // option NoDelay
+                0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // value 1
+            ],
+        },
+        Golden {
+            name: "set_option_ok",
+            request_id: RequestId(10),
+            message: Message::SetOptionOk,
+            #[rustfmt::skip]
+            bytes: &[
+                0x09, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, // header
+            ],
+        },
+        Golden {
+            name: "set_option_err",
+            request_id: RequestId(10),
+            message: Message::SetOptionErr {
+                code: ErrorCode::Unsupported,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x0a, 0x02, 0x00, 0x0a, 0x00, 0x00, 0x00, // header
+                0x02, 0x00, // code Unsupported
+            ],
+        },
+        Golden {
+            name: "listen_request",
+            request_id: RequestId(2),
+            message: Message::ListenRequest {
+                addr: addr("127.0.0.1:0"),
+                backlog: 128,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x10, 0x1f, 0x00, 0x02, 0x00, 0x00, 0x00, // header
+                0x04, 0x00, 0x00, // addr: family 4, port 0
+                0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 127.0.0.1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+                0x80, 0x00, 0x00, 0x00, // backlog 128
+            ],
+        },
+        Golden {
+            name: "listen_ok",
+            request_id: RequestId(2),
+            message: Message::ListenOk {
+                listener: ListenerId(1),
+                local: addr("127.0.0.1:40000"),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x11, 0x1f, 0x00, 0x02, 0x00, 0x00, 0x00, // header
+                0x01, 0x00, 0x00, 0x00, // listener 1
+                0x04, 0x40, 0x9c, // local: family 4, port 40000
+                0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 127.0.0.1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+            ],
+        },
+        Golden {
+            name: "listen_err",
+            request_id: RequestId(2),
+            message: Message::ListenErr {
+                code: ErrorCode::AddrInUse,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x12, 0x02, 0x00, 0x02, 0x00, 0x00, 0x00, // header
+                0x05, 0x01, // code AddrInUse (0x0105)
+            ],
+        },
+        Golden {
+            name: "connect_request",
+            request_id: RequestId(3),
+            message: Message::ConnectRequest {
+                addr: addr("[::1]:8080"),
+                timeout_ms: 5000,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x14, 0x1f, 0x00, 0x03, 0x00, 0x00, 0x00, // header
+                0x06, 0x90, 0x1f, // addr: family 6, port 8080
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // ::1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+                0x88, 0x13, 0x00, 0x00, // timeout_ms 5000
+            ],
+        },
+        Golden {
+            name: "connect_ok",
+            request_id: RequestId(3),
+            message: Message::ConnectOk {
+                conn: ConnId(7),
+                pipe: PipeInfo {
+                    shm_offset: 0x1_0000,
+                    cap_to_monitor: 32768,
+                    cap_to_guest: 32768,
+                },
+                local: addr("[::1]:50000"),
+                peer: addr("[::1]:8080"),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x15, 0x4a, 0x00, 0x03, 0x00, 0x00, 0x00, // header
+                0x07, 0x00, 0x00, 0x00, // conn 7
+                0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, // pipe.shm_offset 0x10000
+                0x00, 0x80, 0x00, 0x00, // pipe.cap_to_monitor 32768
+                0x00, 0x80, 0x00, 0x00, // pipe.cap_to_guest 32768
+                0x06, 0x50, 0xc3, // local: family 6, port 50000
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // ::1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+                0x06, 0x90, 0x1f, // peer: family 6, port 8080
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // ::1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+            ],
+        },
+        Golden {
+            name: "connect_err",
+            request_id: RequestId(3),
+            message: Message::ConnectErr {
+                code: ErrorCode::ConnectionRefused,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x16, 0x02, 0x00, 0x03, 0x00, 0x00, 0x00, // header
+                0x00, 0x01, // code ConnectionRefused (0x0100)
+            ],
+        },
+        Golden {
+            name: "accept_request",
+            request_id: RequestId(4),
+            message: Message::AcceptRequest {
+                listener: ListenerId(1),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x18, 0x04, 0x00, 0x04, 0x00, 0x00, 0x00, // header
+                0x01, 0x00, 0x00, 0x00, // listener 1
+            ],
+        },
+        Golden {
+            name: "incoming_connection",
+            request_id: RequestId(4),
+            message: Message::IncomingConnection {
+                listener: ListenerId(1),
+                conn: ConnId(8),
+                pipe: PipeInfo {
+                    shm_offset: 0x2_0000,
+                    cap_to_monitor: 16384,
+                    cap_to_guest: 16384,
+                },
+                local: addr("127.0.0.1:40000"),
+                peer: addr("127.0.0.1:51234"),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x19, 0x4e, 0x00, 0x04, 0x00, 0x00, 0x00, // header
+                0x01, 0x00, 0x00, 0x00, // listener 1
+                0x08, 0x00, 0x00, 0x00, // conn 8
+                0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, // pipe.shm_offset 0x20000
+                0x00, 0x40, 0x00, 0x00, // pipe.cap_to_monitor 16384
+                0x00, 0x40, 0x00, 0x00, // pipe.cap_to_guest 16384
+                0x04, 0x40, 0x9c, // local: family 4, port 40000
+                0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 127.0.0.1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+                0x04, 0x22, 0xc8, // peer: family 4, port 51234
+                0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 127.0.0.1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+            ],
+        },
+        Golden {
+            name: "accept_err",
+            request_id: RequestId(4),
+            message: Message::AcceptErr {
+                code: ErrorCode::ConnectionAborted,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x1a, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, // header
+                0x02, 0x01, // code ConnectionAborted (0x0102)
+            ],
+        },
+        Golden {
+            name: "error",
+            request_id: RequestId(11),
+            message: Message::Error {
+                code: ErrorCode::Unsupported,
+                rejected_type: 0x55,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x7f, 0x03, 0x00, 0x0b, 0x00, 0x00, 0x00, // header
+                0x02, 0x00, // code Unsupported
+                0x55, // rejected_type
+            ],
+        },
+    ]
+}
+
+/// The session bootstrap PROTOCOL.md shows as its example, and its bytes.
+pub fn bootstrap() -> (arca_wire::Bootstrap, &'static [u8]) {
+    let value = arca_wire::Bootstrap {
+        region_size: 64 << 20,
+        control_offset: 0,
+        control_cap_to_monitor: 65536,
+        control_cap_to_guest: 65536,
+        bitmap_offset: 0x2_2000,
+        bitmap_slots: 65536,
+    };
+    #[rustfmt::skip]
+    let bytes: &[u8] = &[
+        0x41, 0x52, 0x43, 0x53, // magic "ARCS"
+        0x01, 0x00, // version 1
+        0x00, 0x00, // flags
+        0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, // region_size 64 MiB
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // control_offset 0
+        0x00, 0x00, 0x01, 0x00, // control_cap_to_monitor 65536
+        0x00, 0x00, 0x01, 0x00, // control_cap_to_guest 65536
+        0x00, 0x20, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, // bitmap_offset 0x22000
+        0x00, 0x00, 0x01, 0x00, // bitmap_slots 65536
+        0x00, 0x00, 0x00, 0x00, // reserved
+    ];
+    (value, bytes)
+}
