@@ -22,7 +22,7 @@ use std::sync::Arc;
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
-use crate::ring::{consumer_only, halves, producer_only, Poison, RingMem};
+use crate::ring::{halves, Poison, RingMem};
 use crate::sync::Ordering;
 use crate::wait::{Notify, Wait, WaitError};
 use crate::{Consumer, NoNotify, Producer, RingError};
@@ -125,19 +125,25 @@ fn write_all_spinning(p: &mut Producer, data: &[u8]) {
 }
 
 /// Property 1: every byte is delivered exactly once and in order, across the
-/// wrap of the data area (6 bytes through 4, starting mid-ring) and of the
-/// free-running indices (they start 3 below `u64::MAX`). The halves attach to
+/// wrap of the data area (8 bytes through 4, starting mid-ring) and of the
+/// free-running indices (they start 3 bytes short of the `u64` wrap). The
+/// reader reads at most 3 bytes at a time. The halves attach to
 /// a header already at those indices, as a peer resuming a ring would.
 #[test]
 fn every_byte_once_in_order_across_wrap() {
-    const DATA: [u8; 6] = [10, 11, 12, 13, 14, 15];
+    const DATA: [u8; 8] = [10, 11, 12, 13, 14, 15, 16, 17];
     model(|| {
         let start = u64::MAX - 2;
         let mem = RingMem::heap(4);
         mem.header().tail.v.store(start, Ordering::Relaxed);
         mem.header().head.v.store(start, Ordering::Relaxed);
-        let mut p = producer_only(mem.clone(), Poison::default(), Arc::new(NoNotify));
-        let mut c = consumer_only(mem.clone(), Poison::default(), Arc::new(NoNotify));
+        let (mut p, mut c) = halves(
+            mem.clone(),
+            Poison::default(),
+            Poison::default(),
+            Arc::new(NoNotify),
+            Arc::new(NoNotify),
+        );
 
         let writer = thread::spawn(move || {
             write_all_spinning(&mut p, &DATA);
@@ -177,7 +183,7 @@ fn every_byte_once_in_order_across_wrap() {
 /// for all of them).
 #[test]
 fn eof_only_after_all_bytes() {
-    const DATA: [u8; 3] = [1, 2, 3];
+    const DATA: [u8; 5] = [1, 2, 3, 4, 5];
     model(|| {
         let (_, mut p, mut c, _, _) = ring(2);
 
@@ -230,17 +236,21 @@ fn reader_close_gives_writer_broken_pipe() {
         let (_, mut p, mut c, _, _) = ring(CAP);
 
         let reader = thread::spawn(move || {
-            let mut buf = [0u8; 1];
-            let consumed = match c.read(&mut buf) {
-                Ok(n) => {
-                    assert_eq!((n, buf[0]), (1, 0), "first byte wrong");
-                    n
+            // Two read attempts, then close with the ring in whatever state.
+            let mut consumed = 0;
+            for _ in 0..2 {
+                let mut buf = [0u8; 1];
+                match c.read(&mut buf) {
+                    Ok(n) => {
+                        assert_eq!((n, buf[0]), (1, consumed as u8), "wrong byte");
+                        consumed += 1;
+                    }
+                    Err(RingError::WouldBlock) => {}
+                    Err(e) => panic!("read failed: {e:?}"),
                 }
-                Err(RingError::WouldBlock) => 0,
-                Err(e) => panic!("read failed: {e:?}"),
-            };
+            }
             c.close();
-            assert_eq!(c.read(&mut buf), Err(RingError::Closed));
+            assert_eq!(c.read(&mut [0u8; 1]), Err(RingError::Closed));
             consumed
         });
 
@@ -250,7 +260,7 @@ fn reader_close_gives_writer_broken_pipe() {
                 Ok(n) => {
                     assert_eq!(n, 1);
                     written += 1;
-                    assert!(written <= CAP + 1, "wrote past the space ever freed");
+                    assert!(written <= CAP + 2, "wrote past the space ever freed");
                 }
                 Err(RingError::WouldBlock) => thread::yield_now(),
                 Err(RingError::BrokenPipe) => break,
@@ -269,13 +279,13 @@ fn reader_close_gives_writer_broken_pipe() {
 }
 
 /// Property 4: the sleep/wake handshake loses no wakeup, in either direction.
-/// 3 bytes through a 2-byte ring: the reader sleeps for data and the writer
+/// 5 bytes through a 2-byte ring: the reader sleeps for data and the writer
 /// sleeps for space. Neither side closes while the other may still sleep
 /// (a close always rings and would hide a lost wakeup), so a missed ring is
 /// a sleeper nobody wakes: loom reports it as a deadlock.
 #[test]
 fn sleep_wake_loses_no_wakeup() {
-    const DATA: [u8; 3] = [7, 8, 9];
+    const DATA: [u8; 5] = [7, 8, 9, 10, 11];
     model(|| {
         let (mem, mut p, mut c, reader_bell, writer_bell) = ring(2);
 
@@ -314,6 +324,64 @@ fn sleep_wake_loses_no_wakeup() {
         assert_eq!(h.writer_waiting.v.load(Ordering::Relaxed), 0);
         drop(p);
         assert_eq!(c.read(&mut [0u8; 1]), Ok(0));
+    });
+}
+
+/// Property 4, event-loop form: the same handshake through `arm`/`disarm`,
+/// as a poll loop uses it (take the doorbell's token, arm, sleep only if
+/// `arm` says the ring is not ready, disarm once serviced). Both sides use
+/// it; neither closes early, so a lost wakeup is a deadlock.
+#[test]
+fn arm_disarm_loses_no_wakeup() {
+    const DATA: [u8; 5] = [4, 5, 6, 7, 8];
+    model(|| {
+        let (mem, mut p, mut c, reader_bell, writer_bell) = ring(2);
+
+        let writer = thread::spawn(move || {
+            let mut sent = 0;
+            while sent < DATA.len() {
+                match p.write(&DATA[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(RingError::WouldBlock) => {
+                        let token = writer_bell.prepare();
+                        if !p.arm() {
+                            writer_bell.wait(token, None).unwrap();
+                        }
+                        p.disarm();
+                    }
+                    Err(e) => panic!("write failed: {e:?}"),
+                }
+            }
+            p
+        });
+
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2];
+            while got.len() < DATA.len() {
+                match c.read(&mut buf) {
+                    Ok(0) => panic!("EOF while the writer is open"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(RingError::WouldBlock) => {
+                        let token = reader_bell.prepare();
+                        if !c.arm() {
+                            reader_bell.wait(token, None).unwrap();
+                        }
+                        c.disarm();
+                    }
+                    Err(e) => panic!("read failed: {e:?}"),
+                }
+            }
+            (c, got)
+        });
+
+        let p = writer.join().unwrap();
+        let (c, got) = reader.join().unwrap();
+        assert_eq!(got, DATA);
+        let h = mem.header();
+        assert_eq!(h.reader_waiting.v.load(Ordering::Relaxed), 0);
+        assert_eq!(h.writer_waiting.v.load(Ordering::Relaxed), 0);
+        drop((p, c));
     });
 }
 
