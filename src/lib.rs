@@ -1,1 +1,14 @@
 //! Shared helpers for the workspace-level tests, examples and benchmarks.
+//!
+//! - [`twoproc`]: spawn a child process that re-executes the current binary in
+//!   a named role and inherits chosen file descriptors; the child side reads
+//!   them back. Every child is killed and reaped when its guard drops.
+//! - [`shm_link`]: one shm-ring pipe between a parent (owner) and a child
+//!   (peer): region memfd, four doorbells and a liveness socket, handed over
+//!   through [`twoproc`].
+//! - [`pattern`]: deterministic byte streams with a checksum that can be
+//!   computed without generating the stream, and a reader-side tally.
+
+pub mod pattern;
+pub mod shm_link;
+pub mod twoproc;
