@@ -1,1 +1,27 @@
-//! Host daemon library (see README.md). Filled in by the control-protocol work.
+//! The arca monitor: the host daemon that gives sandboxed guests TCP through
+//! shared memory.
+//!
+//! For each guest it creates a sealed shared region, a control pipe and two
+//! eventfd doorbells, hands them over a Unix socket (PROTOCOL.md, "Session
+//! bootstrap"), and then performs the guest's socket calls — listen, connect,
+//! accept — on real kernel sockets, relaying each connection's bytes between
+//! the socket and a data pipe in one event loop.
+//!
+//! # Trust model
+//! The monitor is the security boundary. The guest and every byte it writes
+//! into its region are untrusted: control frames are decoded by `arca-wire`,
+//! which never panics; ring indices are validated on every load (a violation
+//! closes that pipe alone); a guest names only ids of its own session; the
+//! allocator's metadata lives in the monitor's private memory. A guest that
+//! misbehaves loses its pipe or its session, never the monitor.
+
+pub mod config;
+pub mod event_loop;
+pub mod guest;
+pub mod handoff;
+pub mod relay;
+pub mod session;
+
+pub use config::Config;
+pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats};
+pub use session::{SessionId, SessionStats};

@@ -579,7 +579,7 @@ mod tests {
             Err(PipeError::Offset(OffsetError::Misaligned { .. }))
         ));
         assert!(matches!(
-            PipeLayout::new(ShmOffset(u64::MAX & !4095), 4096, 4096),
+            PipeLayout::new(ShmOffset(!4095), 4096, 4096),
             Err(PipeError::Offset(OffsetError::Overflow { .. }))
         ));
     }

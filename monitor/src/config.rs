@@ -1,0 +1,84 @@
+//! Monitor settings: region and pipe sizes, per-turn work bounds.
+
+use std::time::Duration;
+
+/// How the monitor sizes each guest's resources. Defaults suit a guest with
+/// up to a few thousand connections.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes of each guest's shared region (a power of two).
+    pub region_size: u64,
+    /// Capacity of each ring of the control pipe.
+    pub control_ring: u64,
+    /// Capacity of each ring of a connection's data pipe.
+    pub data_ring: u64,
+    /// Connection slots per guest (size of the notification bitmap).
+    pub max_conns: u32,
+    /// Bytes moved per connection per direction per turn, so one busy
+    /// connection cannot starve the rest or the control pipe.
+    pub relay_budget: usize,
+    /// Control requests handled per guest per turn.
+    pub control_budget: usize,
+    /// Replies a guest may leave unread before the monitor stops reading its
+    /// requests (backpressure on the control pipe).
+    pub max_outbox_bytes: usize,
+    /// After doing work, keep polling without sleeping for this long, so a
+    /// flowing exchange does not pay a wake per hop.
+    pub busy_poll: Duration,
+    /// Listen backlog when the guest asks for 0.
+    pub default_backlog: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            region_size: 256 << 20,
+            control_ring: 64 << 10,
+            data_ring: 256 << 10,
+            max_conns: 16384,
+            relay_budget: 256 << 10,
+            control_budget: 256,
+            max_outbox_bytes: 256 << 10,
+            busy_poll: Duration::from_micros(50),
+            default_backlog: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the sizes fit together.
+    ///
+    /// # Errors
+    /// A message naming the bad value.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.region_size.is_power_of_two() || self.region_size < (1 << 20) {
+            return Err(format!(
+                "region size {} must be a power of two of at least 1 MiB",
+                self.region_size
+            ));
+        }
+        for (name, cap) in [
+            ("control ring", self.control_ring),
+            ("data ring", self.data_ring),
+        ] {
+            if !cap.is_power_of_two() || !(4096..=(1 << 30)).contains(&cap) {
+                return Err(format!(
+                    "{name} capacity {cap} must be a power of two between 4096 and 2^30"
+                ));
+            }
+        }
+        let need = shm_ring::BidirectionalPipe::block_size(self.control_ring, self.control_ring)
+            + shm_ring::NotifyBitmap::bytes_for(self.max_conns)
+            + shm_ring::BidirectionalPipe::block_size(self.data_ring, self.data_ring);
+        if need > self.region_size {
+            return Err(format!(
+                "region size {} cannot hold the control pipe, the bitmap and one data pipe ({need} bytes)",
+                self.region_size
+            ));
+        }
+        if self.max_conns == 0 || self.relay_budget == 0 || self.control_budget == 0 {
+            return Err("max_conns, relay_budget and control_budget must be non-zero".into());
+        }
+        Ok(())
+    }
+}

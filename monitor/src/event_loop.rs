@@ -1,0 +1,492 @@
+//! The monitor's one event loop: every guest's doorbell and session socket,
+//! every listening and connected socket, the serve socket, signals and the
+//! guest's exit, in one epoll (mio).
+//!
+//! Each turn: wait (without sleeping while work is flowing — see
+//! [`Config::busy_poll`]), dispatch each ready source to its session, fire due
+//! connect timeouts, give queued connections their next budgeted slice, and
+//! tear down sessions that ended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use arca_wire::ConnId;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::config::Config;
+use crate::session::{Ctx, Session, SessionId, SessionSource, SessionStats};
+
+const WAKER: Token = Token(0);
+const SERVER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const CHILD: Token = Token(3);
+const FIRST_DYNAMIC: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    Session(SessionId, SessionSource),
+}
+
+/// Resource figures for every live session.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorStats {
+    /// Live sessions and their figures.
+    pub sessions: Vec<(SessionId, SessionStats)>,
+    /// Sessions ended so far.
+    pub ended: u64,
+}
+
+/// Controls a monitor running on another thread.
+#[derive(Debug, Clone)]
+pub struct MonitorHandle {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    stats: mpsc::Sender<mpsc::Sender<MonitorStats>>,
+}
+
+impl MonitorHandle {
+    /// Asks the loop to shut down cleanly.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+
+    /// The current figures, from the loop itself (waits up to 5 s).
+    pub fn stats(&self) -> Option<MonitorStats> {
+        let (tx, rx) = mpsc::channel();
+        self.stats.send(tx).ok()?;
+        self.waker.wake().ok()?;
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+}
+
+/// The monitor: serves guests until stopped.
+pub struct Monitor {
+    poll: Poll,
+    events: Events,
+    config: Config,
+    sessions: HashMap<SessionId, Session>,
+    tokens: HashMap<Token, Src>,
+    next_token: usize,
+    timers: BTreeMap<(Instant, u64), (SessionId, ConnId)>,
+    timer_seq: u64,
+    next_session: SessionId,
+    ended: u64,
+    server: Option<OwnedFd>,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    stats_tx: mpsc::Sender<mpsc::Sender<MonitorStats>>,
+    stats_rx: mpsc::Receiver<mpsc::Sender<MonitorStats>>,
+    last_work: Instant,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What ended [`Monitor::run_guest`].
+#[derive(Debug)]
+pub enum GuestOutcome {
+    /// The guest exited with this status.
+    Exited(ExitStatus),
+}
+
+impl Monitor {
+    /// A monitor with no guests yet.
+    ///
+    /// # Errors
+    /// An invalid `config`, or the epoll set-up failing.
+    pub fn new(config: Config) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (stats_tx, stats_rx) = mpsc::channel();
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(1024),
+            config,
+            sessions: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: FIRST_DYNAMIC,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            next_session: 1,
+            ended: 0,
+            server: None,
+            signals: None,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            stats_tx,
+            stats_rx,
+            last_work: Instant::now(),
+        })
+    }
+
+    /// A handle to stop the loop or read its figures from another thread.
+    pub fn handle(&self) -> MonitorHandle {
+        MonitorHandle {
+            waker: Arc::clone(&self.waker),
+            stop: Arc::clone(&self.stop),
+            stats: self.stats_tx.clone(),
+        }
+    }
+
+    /// Accepts guests on a `SOCK_SEQPACKET` Unix socket at `path` (replacing a
+    /// stale socket file).
+    ///
+    /// # Errors
+    /// The socket calls' errors, with the path.
+    pub fn listen_unix(&mut self, path: &Path) -> io::Result<()> {
+        use nix::sys::socket::{self as s, AddressFamily, SockFlag, SockType, UnixAddr};
+        let ctx = |e: nix::Error| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("{}: {e}", path.display()),
+            )
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let fd = s::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(ctx)?;
+        s::bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(ctx)?).map_err(ctx)?;
+        s::listen(&fd, s::Backlog::new(128).unwrap_or(s::Backlog::MAXCONN)).map_err(ctx)?;
+        self.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            SERVER,
+            Interest::READABLE,
+        )?;
+        self.server = Some(fd);
+        tracing::info!(path = %path.display(), "serving guests");
+        Ok(())
+    }
+
+    /// Stops cleanly on SIGINT or SIGTERM (blocks them in this thread and
+    /// reads them from a signalfd).
+    ///
+    /// # Errors
+    /// The signal calls' errors.
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block().map_err(io::Error::from)?;
+        let sfd = nix::sys::signalfd::SignalFd::with_flags(
+            &set,
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        self.poll.registry().register(
+            &mut mio::unix::SourceFd(&sfd.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        self.signals = Some(sfd);
+        Ok(())
+    }
+
+    /// Serves a guest whose session socket is `sock` (the monitor's end).
+    ///
+    /// # Errors
+    /// When the session's resources cannot be created or the bootstrap
+    /// cannot be sent.
+    pub fn add_guest(&mut self, sock: OwnedFd) -> Result<SessionId, crate::session::SetupError> {
+        let sid = self.next_session;
+        self.next_session += 1;
+        let Self {
+            poll,
+            tokens,
+            next_token,
+            timers,
+            timer_seq,
+            config,
+            ..
+        } = self;
+        let mut alloc_token = |src| {
+            let t = Token(*next_token);
+            *next_token += 1;
+            tokens.insert(t, Src::Session(sid, src));
+            t
+        };
+        let mut release = |_t: Token| {};
+        let mut set_timer = |at, id| {
+            *timer_seq += 1;
+            timers.insert((at, *timer_seq), (sid, id));
+        };
+        let mut ctx = Ctx {
+            registry: poll.registry(),
+            tokens: &mut alloc_token,
+            release: &mut release,
+            set_timer: &mut set_timer,
+            config,
+        };
+        let session = Session::new(sid, sock, &mut ctx)?;
+        self.sessions.insert(sid, session);
+        Ok(sid)
+    }
+
+    /// Runs until [`MonitorHandle::stop`] or a handled signal.
+    ///
+    /// # Errors
+    /// Only if waiting on epoll itself fails.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.stop.load(Ordering::SeqCst) {
+            self.turn(None, None)?;
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Serves `guest` (already added with its socket) until it exits; returns
+    /// its status. A SIGINT/SIGTERM is passed on to the guest as SIGTERM.
+    ///
+    /// # Errors
+    /// If epoll or waiting for the child fails.
+    pub fn run_guest(&mut self, child: &mut Child, pidfd: &OwnedFd) -> io::Result<GuestOutcome> {
+        self.poll.registry().register(
+            &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
+            CHILD,
+            Interest::READABLE,
+        )?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        let mut exited = false;
+        while !exited {
+            if self.stop.swap(false, Ordering::SeqCst) {
+                tracing::info!("passing the stop signal on to the guest");
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            self.turn(None, Some(&mut exited))?;
+        }
+        let status = child.wait()?;
+        // Let the session notice its socket hang up and release everything.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while !self.sessions.is_empty() && Instant::now() < deadline {
+            self.turn(Some(Duration::from_millis(10)), None)?;
+        }
+        self.shutdown();
+        Ok(GuestOutcome::Exited(status))
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<_> = self.sessions.keys().copied().collect();
+        for sid in ids {
+            self.end_session(sid);
+        }
+        tracing::info!(ended = self.ended, "monitor stopped");
+    }
+
+    fn busy(&self) -> bool {
+        self.sessions.values().any(Session::has_ready_work)
+    }
+
+    /// One turn of the loop.
+    fn turn(
+        &mut self,
+        max_wait: Option<Duration>,
+        child_exited: Option<&mut bool>,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let mut timeout =
+            if self.busy() || now.duration_since(self.last_work) < self.config.busy_poll {
+                Some(Duration::ZERO)
+            } else {
+                max_wait
+            };
+        if let Some((&(at, _), _)) = self.timers.iter().next() {
+            // Round up to the next millisecond so a timer never spins at 0.
+            let until = at.saturating_duration_since(now) + Duration::from_millis(1);
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if !self.events.is_empty() {
+            self.last_work = Instant::now();
+        }
+        let events: Vec<(Token, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable() || e.is_write_closed() || e.is_error(),
+                )
+            })
+            .collect();
+        let mut child_exited = child_exited;
+        for (token, readable, writable) in events {
+            match token {
+                WAKER => self.answer_stats(),
+                SERVER => self.accept_guests(),
+                SIGNALS => self.read_signals(),
+                CHILD => {
+                    if let Some(flag) = child_exited.as_deref_mut() {
+                        *flag = true;
+                    }
+                }
+                t => {
+                    let Some(&Src::Session(sid, src)) = self.tokens.get(&t) else {
+                        continue;
+                    };
+                    self.with_session(sid, |s, ctx| s.on_event(src, readable, writable, ctx));
+                }
+            }
+        }
+        self.fire_timers();
+        let ready: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.has_ready_work())
+            .map(|(&id, _)| id)
+            .collect();
+        for sid in ready {
+            self.with_session(sid, |s, ctx| s.run_ready(ctx));
+        }
+        let ended: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ended().is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for sid in ended {
+            self.end_session(sid);
+        }
+        Ok(())
+    }
+
+    fn with_session(&mut self, sid: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
+        let Self {
+            poll,
+            tokens,
+            next_token,
+            timers,
+            timer_seq,
+            config,
+            sessions,
+            ..
+        } = self;
+        let Some(session) = sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut released = Vec::new();
+        {
+            let mut alloc_token = |src| {
+                let t = Token(*next_token);
+                *next_token += 1;
+                tokens.insert(t, Src::Session(sid, src));
+                t
+            };
+            let mut release = |t: Token| released.push(t);
+            let mut set_timer = |at, id| {
+                *timer_seq += 1;
+                timers.insert((at, *timer_seq), (sid, id));
+            };
+            let mut ctx = Ctx {
+                registry: poll.registry(),
+                tokens: &mut alloc_token,
+                release: &mut release,
+                set_timer: &mut set_timer,
+                config,
+            };
+            f(session, &mut ctx);
+        }
+        for t in released {
+            tokens.remove(&t);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((&key, &(sid, id))) = self.timers.iter().next() {
+            if key.0 > now {
+                break;
+            }
+            self.timers.remove(&key);
+            self.with_session(sid, |s, ctx| s.on_timer(id, ctx));
+        }
+    }
+
+    fn end_session(&mut self, sid: SessionId) {
+        self.with_session(sid, |s, ctx| s.teardown(ctx));
+        if let Some(s) = self.sessions.remove(&sid) {
+            tracing::info!(session = sid, reason = ?s.ended(), "session closed");
+            self.ended += 1;
+        }
+        self.timers.retain(|_, (s, _)| *s != sid);
+        self.tokens.retain(|_, Src::Session(s, _)| *s != sid);
+    }
+
+    fn accept_guests(&mut self) {
+        let Some(server) = self.server.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        for _ in 0..64 {
+            let fd =
+                match nix::sys::socket::accept4(server, nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::EAGAIN) => return,
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a guest failed");
+                        return;
+                    }
+                };
+            // SAFETY: `accept4` returned a fresh descriptor nobody else owns.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            match self.add_guest(sock) {
+                Ok(sid) => tracing::info!(session = sid, "guest attached"),
+                Err(e) => tracing::warn!(error = %e, "could not set up a guest session"),
+            }
+        }
+    }
+
+    fn read_signals(&mut self) {
+        let Some(sfd) = self.signals.as_mut() else {
+            return;
+        };
+        while let Ok(Some(info)) = sfd.read_signal() {
+            tracing::info!(signal = info.ssi_signo, "stop requested");
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn answer_stats(&mut self) {
+        while let Ok(reply) = self.stats_rx.try_recv() {
+            let mut sessions: Vec<_> = self
+                .sessions
+                .iter()
+                .map(|(&id, s)| (id, s.stats()))
+                .collect();
+            sessions.sort_by_key(|(id, _)| *id);
+            let _ = reply.send(MonitorStats {
+                sessions,
+                ended: self.ended,
+            });
+        }
+    }
+}

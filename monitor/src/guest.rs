@@ -1,0 +1,215 @@
+//! Starting a guest program for `arca-monitor run`: its session socket
+//! inherited as fd 3 (named by `ARCA_FD`), optionally in a network namespace
+//! of its own so that the monitor is its only way out.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+/// The descriptor number the guest finds its session socket at.
+pub const GUEST_FD: RawFd = 3;
+/// The environment variable that names it.
+pub const GUEST_FD_ENV: &str = "ARCA_FD";
+
+/// Why a guest could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// Creating the session socket failed.
+    #[error("cannot create the session socket: {0}")]
+    Socket(#[source] io::Error),
+    /// Isolation was asked for and the system refused it.
+    #[error(
+        "cannot isolate the guest in a network namespace: {0} \
+         (needs root, or unprivileged user namespaces enabled: sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0)"
+    )]
+    Isolate(#[source] io::Error),
+    /// The program could not be executed.
+    #[error("cannot start {program}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `pidfd_open` failed.
+    #[error("cannot watch the guest process: {0}")]
+    Pidfd(#[source] io::Error),
+}
+
+/// A running guest and the monitor's ends of its session.
+#[derive(Debug)]
+pub struct SpawnedGuest {
+    /// The guest process.
+    pub child: Child,
+    /// The monitor's end of the session socket.
+    pub sock: OwnedFd,
+    /// A pidfd that becomes readable when the guest exits.
+    pub pidfd: OwnedFd,
+}
+
+/// Which isolation `spawn` applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// The guest shares the host's network.
+    None,
+    /// A new network namespace (root).
+    NetNs,
+    /// A new user namespace mapping the caller's ids, and a network namespace
+    /// inside it (unprivileged).
+    UserNetNs,
+}
+
+/// Starts `program args` with the session socket at fd 3 and `ARCA_FD=3`.
+/// With `isolate`, the guest gets a network namespace of its own.
+///
+/// # Errors
+/// [`SpawnError`] saying which step failed.
+pub fn spawn(
+    program: &OsString,
+    args: &[OsString],
+    isolate: bool,
+) -> Result<(SpawnedGuest, Isolation), SpawnError> {
+    let (mon, guest) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SpawnError::Socket(e.into()))?;
+
+    let isolation = if !isolate {
+        Isolation::None
+    } else if nix::unistd::geteuid().is_root() {
+        Isolation::NetNs
+    } else {
+        Isolation::UserNetNs
+    };
+    // Everything the child writes is formatted before the fork: between fork
+    // and exec only async-signal-safe calls are made.
+    let uid_map = CString::new(format!("{0} {0} 1", nix::unistd::geteuid()))
+        .map_err(|e| SpawnError::Socket(io::Error::other(e)))?;
+    let gid_map = CString::new(format!("{0} {0} 1", nix::unistd::getegid()))
+        .map_err(|e| SpawnError::Socket(io::Error::other(e)))?;
+
+    let mut cmd = Command::new(program);
+    cmd.args(args).env(GUEST_FD_ENV, GUEST_FD.to_string());
+    let guest_raw = guest.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec. It only
+    // calls async-signal-safe functions (dup2, fcntl, unshare, open, write,
+    // close) on data prepared before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if guest_raw == GUEST_FD {
+                let flags = libc::fcntl(GUEST_FD, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(GUEST_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(guest_raw, GUEST_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let ns_err = |e: io::Error| {
+                io::Error::new(e.kind(), IsolateFailed(e.raw_os_error().unwrap_or(0)))
+            };
+            match isolation {
+                Isolation::None => {}
+                Isolation::NetNs => {
+                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        return Err(ns_err(io::Error::last_os_error()));
+                    }
+                }
+                Isolation::UserNetNs => {
+                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                        return Err(ns_err(io::Error::last_os_error()));
+                    }
+                    for (path, text) in [
+                        (c"/proc/self/setgroups", c"deny"),
+                        (c"/proc/self/uid_map", uid_map.as_c_str()),
+                        (c"/proc/self/gid_map", gid_map.as_c_str()),
+                    ] {
+                        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                        if fd < 0 {
+                            return Err(ns_err(io::Error::last_os_error()));
+                        }
+                        let bytes = text.to_bytes();
+                        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+                        libc::close(fd);
+                        if n < 0 {
+                            return Err(ns_err(io::Error::last_os_error()));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        if e.get_ref().is_some_and(|inner| inner.is::<IsolateFailed>())
+            || is_isolation_errno(&e, isolation)
+        {
+            SpawnError::Isolate(e)
+        } else {
+            SpawnError::Exec {
+                program: program.to_string_lossy().into_owned(),
+                source: e,
+            }
+        }
+    })?;
+    drop(guest);
+    let pidfd = pidfd_open(child.id()).map_err(SpawnError::Pidfd)?;
+    Ok((
+        SpawnedGuest {
+            child,
+            sock: mon,
+            pidfd,
+        },
+        isolation,
+    ))
+}
+
+/// std reports a pre-exec error by its errno only, so the payload above may
+/// not survive; an EPERM/EINVAL/ENOSPC when isolating is the namespace step.
+fn is_isolation_errno(e: &io::Error, isolation: Isolation) -> bool {
+    isolation != Isolation::None
+        && matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)
+        )
+}
+
+#[derive(Debug)]
+struct IsolateFailed(i32);
+
+impl std::fmt::Display for IsolateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unshare failed: {}",
+            io::Error::from_raw_os_error(self.0)
+        )
+    }
+}
+
+impl std::error::Error for IsolateFailed {}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
+///
+/// # Errors
+/// The system call's error.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: `pidfd_open` takes plain integers and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

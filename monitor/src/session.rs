@@ -1,0 +1,1110 @@
+//! One guest's session: its region, allocator, control pipe, connections and
+//! listeners, and the handling of every control request.
+//!
+//! Everything here treats the guest as hostile: frames are decoded by
+//! `arca-wire` (which never panics), ids are looked up in this session's own
+//! tables only (a guest can name nothing of another guest's), and every pipe
+//! fault closes that pipe alone.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arca_wire::{
+    Bootstrap, ConnId, ErrorCode, Frame, FrameDecoder, FrameError, Handle, ListenerId, Message,
+    PipeInfo, RequestId, SocketOption, HELLO_MAGIC, PROTOCOL_VERSION,
+};
+use mio::{Interest, Registry, Token};
+use shm_ring::{
+    AllocStats, BidirectionalPipe, BuddyAllocator, Doorbell, NotifyBitmap, PeerWakers, RingError,
+    ShmAllocator, ShmRegion,
+};
+
+use crate::config::Config;
+use crate::relay::{Progress, Relay};
+
+/// Identifies a session within one monitor.
+pub type SessionId = u64;
+
+/// What a registered token refers to inside a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSource {
+    /// The monitor's doorbell for this guest.
+    Bell,
+    /// The session socket (liveness: hang-up means the guest is gone).
+    Socket,
+    /// A listening socket.
+    Listener(ListenerId),
+    /// A connection's socket (connecting or established).
+    Conn(ConnId),
+}
+
+/// Services the event loop lends a session while it handles an event.
+pub struct Ctx<'a> {
+    /// For (de)registering sockets.
+    pub registry: &'a Registry,
+    /// Allocates tokens; the loop maps them back to `(session, source)`.
+    pub tokens: &'a mut dyn FnMut(SessionSource) -> Token,
+    /// Forgets a token.
+    pub release: &'a mut dyn FnMut(Token),
+    /// Arms a connect timeout.
+    pub set_timer: &'a mut dyn FnMut(Instant, ConnId),
+    /// Monitor settings.
+    pub config: &'a Config,
+}
+
+/// A snapshot of one session's resources, for tests and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Connections held (connecting or open).
+    pub conns: usize,
+    /// Listeners held.
+    pub listeners: usize,
+    /// The allocator's figures.
+    pub alloc: AllocStats,
+    /// Bytes allocated for the session's fixed structures (control pipe and
+    /// bitmap): `alloc.allocated` equals this when no data pipe is live.
+    pub fixed_bytes: u64,
+}
+
+enum ConnState {
+    Connecting {
+        request: RequestId,
+        addr: SocketAddr,
+    },
+    Open(Box<Relay>),
+}
+
+struct Conn {
+    token: Token,
+    state: ConnState,
+    /// Connecting only: the socket (an open connection's lives in its relay).
+    sock: Option<mio::net::TcpStream>,
+    queued: bool,
+}
+
+struct Listener {
+    token: Token,
+    sock: mio::net::TcpListener,
+    pending: VecDeque<RequestId>,
+}
+
+/// Connection ids in use, below the bitmap's size; 0 is the control pipe's.
+struct IdPool {
+    free: Vec<u32>,
+    next: u32,
+    limit: u32,
+}
+
+impl IdPool {
+    fn take(&mut self) -> Option<ConnId> {
+        if let Some(id) = self.free.pop() {
+            return Some(ConnId(id));
+        }
+        if self.next >= self.limit {
+            return None;
+        }
+        self.next += 1;
+        Some(ConnId(self.next - 1))
+    }
+    fn put(&mut self, id: ConnId) {
+        self.free.push(id.0);
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The guest closed its session socket or exited.
+    GuestGone,
+    /// The guest broke the control protocol or corrupted the control pipe.
+    Violation(String),
+    /// The monitor is shutting down.
+    Shutdown,
+}
+
+/// One guest.
+pub struct Session {
+    id: SessionId,
+    region: Arc<ShmRegion>,
+    alloc: ShmAllocator,
+    control: BidirectionalPipe,
+    bitmap: Arc<NotifyBitmap>,
+    _bitmap_block: shm_ring::Allocation,
+    fixed_bytes: u64,
+    guest_bell: Arc<Doorbell>,
+    monitor_bell: Doorbell,
+    sock: OwnedFd,
+    bell_token: Token,
+    sock_token: Token,
+    decoder: FrameDecoder,
+    outbox: Vec<u8>,
+    greeted: bool,
+    conns: HashMap<ConnId, Conn>,
+    listeners: HashMap<ListenerId, Listener>,
+    ids: IdPool,
+    next_listener: u32,
+    ready: VecDeque<ConnId>,
+    ended: Option<EndReason>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("conns", &self.conns.len())
+            .field("listeners", &self.listeners.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Creating the region failed.
+    #[error("region: {0}")]
+    Region(#[from] shm_ring::RegionError),
+    /// Carving the region failed.
+    #[error("allocator: {0}")]
+    Alloc(String),
+    /// An OS call failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Session {
+    /// Creates the guest's region, control pipe, bitmap and doorbells, sends
+    /// the bootstrap over `sock` and registers with the loop.
+    ///
+    /// # Errors
+    /// [`SetupError`] if any resource cannot be created or the guest's socket
+    /// refuses the bootstrap.
+    pub fn new(id: SessionId, sock: OwnedFd, ctx: &mut Ctx<'_>) -> Result<Self, SetupError> {
+        let cfg = ctx.config;
+        let region = Arc::new(ShmRegion::create(
+            &format!("arca-guest-{id}"),
+            cfg.region_size,
+        )?);
+        let alloc = ShmAllocator::new(
+            BuddyAllocator::new(region.size(), 4096)
+                .map_err(|e| SetupError::Alloc(e.to_string()))?,
+        );
+        let guest_bell = Arc::new(Doorbell::new()?);
+        let monitor_bell = Doorbell::new()?;
+        let block = alloc
+            .alloc(BidirectionalPipe::block_size(
+                cfg.control_ring,
+                cfg.control_ring,
+            ))
+            .map_err(|e| SetupError::Alloc(e.to_string()))?;
+        let control = BidirectionalPipe::create(
+            &region,
+            block,
+            cfg.control_ring,
+            cfg.control_ring,
+            PeerWakers::single(guest_bell.clone()),
+        )
+        .map_err(|e| SetupError::Alloc(e.to_string()))?;
+        let bitmap_block = alloc
+            .alloc(NotifyBitmap::bytes_for(cfg.max_conns))
+            .map_err(|e| SetupError::Alloc(e.to_string()))?;
+        let bitmap = Arc::new(
+            NotifyBitmap::new(&region, bitmap_block.offset(), cfg.max_conns)
+                .map_err(|e| SetupError::Alloc(e.to_string()))?,
+        );
+        bitmap.reset();
+        let boot = Bootstrap {
+            region_size: region.size(),
+            control_offset: control.layout().offset().0,
+            control_cap_to_monitor: cfg.control_ring as u32,
+            control_cap_to_guest: cfg.control_ring as u32,
+            bitmap_offset: bitmap_block.offset().0,
+            bitmap_slots: cfg.max_conns,
+        };
+        crate::handoff::send_bootstrap(
+            sock.as_fd(),
+            &boot,
+            region.fd(),
+            guest_bell.as_fd(),
+            monitor_bell.as_fd(),
+        )?;
+        nix::fcntl::fcntl(
+            sock.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(io::Error::from)?;
+        let bell_token = (ctx.tokens)(SessionSource::Bell);
+        let sock_token = (ctx.tokens)(SessionSource::Socket);
+        ctx.registry.register(
+            &mut mio::unix::SourceFd(&monitor_bell.as_fd().as_raw_fd()),
+            bell_token,
+            Interest::READABLE,
+        )?;
+        ctx.registry.register(
+            &mut mio::unix::SourceFd(&sock.as_raw_fd()),
+            sock_token,
+            Interest::READABLE,
+        )?;
+        let fixed_bytes = alloc.stats().allocated;
+        let mut s = Self {
+            id,
+            region,
+            alloc,
+            control,
+            bitmap,
+            _bitmap_block: bitmap_block,
+            fixed_bytes,
+            guest_bell,
+            monitor_bell,
+            sock,
+            bell_token,
+            sock_token,
+            decoder: FrameDecoder::new(),
+            outbox: Vec::new(),
+            greeted: false,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            ids: IdPool {
+                free: Vec::new(),
+                next: 1,
+                limit: cfg.max_conns,
+            },
+            next_listener: 1,
+            ready: VecDeque::new(),
+            ended: None,
+        };
+        s.control.rx().arm();
+        tracing::info!(
+            session = id,
+            region = s.region.size(),
+            "guest session started"
+        );
+        Ok(s)
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Why the session ended, once it has.
+    pub fn ended(&self) -> Option<&EndReason> {
+        self.ended.as_ref()
+    }
+
+    /// Resource figures.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            conns: self.conns.len(),
+            listeners: self.listeners.len(),
+            alloc: self.alloc.stats(),
+            fixed_bytes: self.fixed_bytes,
+        }
+    }
+
+    /// True when some connection still has budgeted work queued.
+    pub fn has_ready_work(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    fn end(&mut self, why: EndReason) {
+        if self.ended.is_none() {
+            match &why {
+                EndReason::Violation(msg) => {
+                    tracing::warn!(session = self.id, "closing session: {msg}")
+                }
+                other => tracing::info!(session = self.id, reason = ?other, "session ending"),
+            }
+            self.ended = Some(why);
+        }
+    }
+
+    /// Handles readiness of one of this session's sources.
+    pub fn on_event(
+        &mut self,
+        src: SessionSource,
+        readable: bool,
+        writable: bool,
+        ctx: &mut Ctx<'_>,
+    ) {
+        match src {
+            SessionSource::Bell => self.on_bell(ctx),
+            SessionSource::Socket => self.on_socket(),
+            SessionSource::Listener(id) => self.accept_pending(id, ctx),
+            SessionSource::Conn(id) => self.on_conn_event(id, readable, writable, ctx),
+        }
+    }
+
+    fn on_socket(&mut self) {
+        // The guest never sends anything after connecting; a read of 0 or an
+        // error means it is gone. Bytes it sends anyway are discarded.
+        let mut buf = [0u8; 256];
+        loop {
+            match nix::sys::socket::recv(
+                self.sock.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return self.end(EndReason::GuestGone),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return self.end(EndReason::GuestGone),
+            }
+        }
+    }
+
+    fn on_bell(&mut self, ctx: &mut Ctx<'_>) {
+        self.monitor_bell.drain();
+        let mut slots = Vec::new();
+        self.bitmap.take(|slot| slots.push(slot));
+        for slot in slots {
+            if slot != 0 {
+                self.enqueue(ConnId(slot));
+            }
+        }
+        self.service_control(ctx);
+        self.run_ready(ctx);
+    }
+
+    fn enqueue(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if !c.queued && matches!(c.state, ConnState::Open(_)) {
+                c.queued = true;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    /// Services queued connections once each (the loop calls this every
+    /// turn while [`has_ready_work`](Self::has_ready_work)).
+    pub fn run_ready(&mut self, ctx: &mut Ctx<'_>) {
+        for _ in 0..self.ready.len() {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.queued = false;
+            }
+            self.service_conn(id, ctx);
+        }
+        // Control replies produced while relaying (none today) and any the
+        // guest could not take before.
+        self.flush_outbox();
+    }
+
+    fn on_conn_event(&mut self, id: ConnId, readable: bool, writable: bool, ctx: &mut Ctx<'_>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match &mut c.state {
+            ConnState::Connecting { .. } => self.finish_connect(id, ctx),
+            ConnState::Open(relay) => {
+                relay.on_event(readable, writable);
+                self.service_conn(id, ctx);
+            }
+        }
+    }
+
+    fn service_conn(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ConnState::Open(relay) = &mut c.state else {
+            return;
+        };
+        match relay.service(ctx.config.relay_budget) {
+            Ok(Progress { more: true, .. }) => {
+                if !c.queued {
+                    c.queued = true;
+                    self.ready.push_back(id);
+                }
+            }
+            Ok(_) => {}
+            Err(fault) => {
+                tracing::warn!(
+                    session = self.id,
+                    conn = id.0,
+                    "closing connection: {fault}"
+                );
+                if let Some(mut s) = relay.abort() {
+                    let _ = ctx.registry.deregister(&mut s);
+                }
+            }
+        }
+        if let Some(mut s) = relay.take_finished_socket() {
+            let _ = ctx.registry.deregister(&mut s);
+        }
+        if relay.is_done() {
+            let token = c.token;
+            self.conns.remove(&id);
+            (ctx.release)(token);
+            self.ids.put(id);
+            tracing::debug!(
+                session = self.id,
+                conn = id.0,
+                "connection closed, pipe freed"
+            );
+        }
+    }
+
+    // ---- control pipe -------------------------------------------------
+
+    /// Reads and answers control frames, up to the turn's budget.
+    pub fn service_control(&mut self, ctx: &mut Ctx<'_>) {
+        self.control.rx().disarm();
+        let mut handled = 0;
+        let mut buf = [0u8; 4096];
+        'outer: while handled < ctx.config.control_budget && self.ended.is_none() {
+            // Backpressure: a guest that does not read its replies gets no
+            // more of its requests read.
+            self.flush_outbox();
+            if self.outbox.len() > ctx.config.max_outbox_bytes {
+                self.control.tx().arm();
+                break;
+            }
+            // Frames already buffered first.
+            loop {
+                match self.decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        handled += 1;
+                        self.handle(frame, ctx);
+                        if handled >= ctx.config.control_budget {
+                            break 'outer;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if e.is_fatal() => {
+                        self.end(EndReason::Violation(e.to_string()));
+                        return;
+                    }
+                    Err(FrameError::Malformed { header, error }) => {
+                        handled += 1;
+                        tracing::warn!(
+                            session = self.id,
+                            request = header.request_id.0,
+                            "malformed frame: {error}"
+                        );
+                        self.reply(
+                            header.request_id,
+                            Message::Error {
+                                code: ErrorCode::InvalidInput,
+                                rejected_type: header.message_type,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        self.end(EndReason::Violation(e.to_string()));
+                        return;
+                    }
+                }
+            }
+            match self.control.read(&mut buf) {
+                Ok(0) => {
+                    self.end(EndReason::GuestGone);
+                    return;
+                }
+                Ok(n) => {
+                    let mut input = &buf[..n];
+                    while !input.is_empty() {
+                        let taken = self.decoder.feed(input);
+                        input = &input[taken..];
+                        if taken == 0 {
+                            // A whole frame is buffered: handle it to make room.
+                            match self.decoder.next_frame() {
+                                Ok(Some(frame)) => {
+                                    handled += 1;
+                                    self.handle(frame, ctx);
+                                }
+                                Ok(None) => {}
+                                Err(e) if e.is_fatal() => {
+                                    self.end(EndReason::Violation(e.to_string()));
+                                    return;
+                                }
+                                Err(FrameError::Malformed { header, .. }) => self.reply(
+                                    header.request_id,
+                                    Message::Error {
+                                        code: ErrorCode::InvalidInput,
+                                        rejected_type: header.message_type,
+                                    },
+                                ),
+                                Err(e) => {
+                                    self.end(EndReason::Violation(e.to_string()));
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(RingError::WouldBlock) => {
+                    if self.control.rx().arm() {
+                        self.control.rx().disarm();
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.end(EndReason::Violation(format!("control pipe: {e}")));
+                    return;
+                }
+            }
+        }
+        if handled >= ctx.config.control_budget {
+            // More may be waiting: the loop's ready pass comes back to it.
+            self.bitmap.set(0);
+            self.monitor_bell.ring();
+        }
+        self.flush_outbox();
+    }
+
+    fn reply(&mut self, request: RequestId, msg: Message) {
+        msg.encode(request, &mut self.outbox);
+    }
+
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        match self.control.write(&self.outbox) {
+            Ok(n) => {
+                self.outbox.drain(..n);
+            }
+            Err(RingError::WouldBlock) => {}
+            Err(e) => {
+                self.end(EndReason::Violation(format!("control pipe: {e}")));
+                return;
+            }
+        }
+        if !self.outbox.is_empty() && self.control.tx().arm() {
+            self.control.tx().disarm();
+            self.flush_outbox();
+        }
+    }
+
+    fn handle(&mut self, frame: Frame, ctx: &mut Ctx<'_>) {
+        let Frame {
+            request_id: rid,
+            message,
+        } = frame;
+        if !self.greeted {
+            return self.handle_hello(rid, message);
+        }
+        match message {
+            Message::ListenRequest { addr, backlog } => self.listen(rid, addr, backlog, ctx),
+            Message::ConnectRequest { addr, timeout_ms } => {
+                self.connect(rid, addr, timeout_ms, ctx)
+            }
+            Message::AcceptRequest { listener } => match self.listeners.get_mut(&listener) {
+                Some(l) => {
+                    l.pending.push_back(rid);
+                    self.accept_pending(listener, ctx);
+                }
+                None => self.reply(
+                    rid,
+                    Message::AcceptErr {
+                        code: ErrorCode::NotFound,
+                    },
+                ),
+            },
+            Message::Close { handle } => self.close(rid, handle, ctx),
+            Message::SetOption {
+                handle,
+                option,
+                value,
+            } => self.set_option(rid, handle, option, value),
+            Message::Hello { .. } => self.reply(
+                rid,
+                Message::Error {
+                    code: ErrorCode::InvalidInput,
+                    rejected_type: message.message_type(),
+                },
+            ),
+            other => {
+                // A reply type, or a type this monitor does not know.
+                tracing::debug!(
+                    session = self.id,
+                    request = rid.0,
+                    kind = other.message_type(),
+                    "unsupported message"
+                );
+                self.reply(
+                    rid,
+                    Message::Error {
+                        code: ErrorCode::Unsupported,
+                        rejected_type: other.message_type(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn handle_hello(&mut self, rid: RequestId, message: Message) {
+        let reply = match message {
+            Message::Hello { magic, .. } if magic != HELLO_MAGIC => Message::HelloErr {
+                code: ErrorCode::InvalidInput,
+                min_version: PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+            },
+            Message::Hello { version, flags, .. } if version != PROTOCOL_VERSION || flags != 0 => {
+                Message::HelloErr {
+                    code: ErrorCode::Unsupported,
+                    min_version: PROTOCOL_VERSION,
+                    max_version: PROTOCOL_VERSION,
+                }
+            }
+            Message::Hello { version, .. } => {
+                self.greeted = true;
+                Message::HelloOk { version, flags: 0 }
+            }
+            other => {
+                self.reply(
+                    rid,
+                    Message::Error {
+                        code: ErrorCode::InvalidInput,
+                        rejected_type: other.message_type(),
+                    },
+                );
+                return;
+            }
+        };
+        let refused = matches!(reply, Message::HelloErr { .. });
+        self.reply(rid, reply);
+        if refused {
+            self.flush_outbox();
+            self.end(EndReason::Violation("handshake refused".into()));
+        }
+    }
+
+    fn listen(&mut self, rid: RequestId, addr: SocketAddr, backlog: u32, ctx: &mut Ctx<'_>) {
+        let backlog = if backlog == 0 {
+            ctx.config.default_backlog
+        } else {
+            backlog.min(65535)
+        };
+        let sock = match bind_listener(addr, backlog) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(session = self.id, request = rid.0, %addr, error = %e, "listen failed");
+                return self.reply(
+                    rid,
+                    Message::ListenErr {
+                        code: ErrorCode::from_io(&e),
+                    },
+                );
+            }
+        };
+        let local = match sock.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                return self.reply(
+                    rid,
+                    Message::ListenErr {
+                        code: ErrorCode::from_io(&e),
+                    },
+                )
+            }
+        };
+        let id = ListenerId(self.next_listener);
+        self.next_listener = self.next_listener.wrapping_add(1).max(1);
+        let token = (ctx.tokens)(SessionSource::Listener(id));
+        let mut sock = sock;
+        if let Err(e) = ctx.registry.register(&mut sock, token, Interest::READABLE) {
+            (ctx.release)(token);
+            return self.reply(
+                rid,
+                Message::ListenErr {
+                    code: ErrorCode::from_io(&e),
+                },
+            );
+        }
+        tracing::debug!(session = self.id, listener = id.0, %local, "listening");
+        self.listeners.insert(
+            id,
+            Listener {
+                token,
+                sock,
+                pending: VecDeque::new(),
+            },
+        );
+        self.reply(
+            rid,
+            Message::ListenOk {
+                listener: id,
+                local,
+            },
+        );
+    }
+
+    fn accept_pending(&mut self, id: ListenerId, ctx: &mut Ctx<'_>) {
+        loop {
+            let Some(l) = self.listeners.get_mut(&id) else {
+                return;
+            };
+            let Some(&rid) = l.pending.front() else {
+                return;
+            };
+            match l.sock.accept() {
+                Ok((sock, peer)) => {
+                    l.pending.pop_front();
+                    match self.open_conn(sock, ctx) {
+                        Ok((conn, pipe, local)) => self.reply(
+                            rid,
+                            Message::IncomingConnection {
+                                listener: id,
+                                conn,
+                                pipe,
+                                local,
+                                peer,
+                            },
+                        ),
+                        Err(code) => self.reply(rid, Message::AcceptErr { code }),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    l.pending.pop_front();
+                    self.reply(
+                        rid,
+                        Message::AcceptErr {
+                            code: ErrorCode::from_io(&e),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gives an established socket a connection id and a pipe, and starts
+    /// relaying. Returns what the guest needs to know.
+    fn open_conn(
+        &mut self,
+        mut sock: mio::net::TcpStream,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
+        let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
+        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
+        let cap = ctx.config.data_ring;
+        let pipe = self
+            .alloc
+            .alloc(BidirectionalPipe::block_size(cap, cap))
+            .map_err(|_| ErrorCode::OutOfMemory)
+            .and_then(|block| {
+                let wake = PeerWakers::single(self.guest_bell.clone());
+                BidirectionalPipe::create(&self.region, block, cap, cap, wake)
+                    .map_err(|_| ErrorCode::OutOfMemory)
+            });
+        let pipe = match pipe {
+            Ok(p) => p,
+            Err(code) => {
+                self.ids.put(id);
+                tracing::warn!(session = self.id, stats = ?self.alloc.stats(), "no room for a data pipe");
+                return Err(code);
+            }
+        };
+        let token = (ctx.tokens)(SessionSource::Conn(id));
+        if let Err(e) =
+            ctx.registry
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            (ctx.release)(token);
+            self.ids.put(id);
+            return Err(ErrorCode::from_io(&e));
+        }
+        let info = PipeInfo {
+            shm_offset: pipe.layout().offset().0,
+            cap_to_monitor: cap as u32,
+            cap_to_guest: cap as u32,
+        };
+        self.conns.insert(
+            id,
+            Conn {
+                token,
+                state: ConnState::Open(Box::new(Relay::new(sock, pipe))),
+                sock: None,
+                queued: false,
+            },
+        );
+        // Bytes may already be waiting on the socket.
+        self.enqueue(id);
+        Ok((id, info, local))
+    }
+
+    fn connect(&mut self, rid: RequestId, addr: SocketAddr, timeout_ms: u32, ctx: &mut Ctx<'_>) {
+        let mut sock = match mio::net::TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.reply(
+                    rid,
+                    Message::ConnectErr {
+                        code: ErrorCode::from_io(&e),
+                    },
+                )
+            }
+        };
+        let Some(id) = self.ids.take() else {
+            return self.reply(
+                rid,
+                Message::ConnectErr {
+                    code: ErrorCode::QuotaExceeded,
+                },
+            );
+        };
+        let token = (ctx.tokens)(SessionSource::Conn(id));
+        if let Err(e) =
+            ctx.registry
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            (ctx.release)(token);
+            self.ids.put(id);
+            return self.reply(
+                rid,
+                Message::ConnectErr {
+                    code: ErrorCode::from_io(&e),
+                },
+            );
+        }
+        if timeout_ms > 0 {
+            (ctx.set_timer)(
+                Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms)),
+                id,
+            );
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                token,
+                state: ConnState::Connecting { request: rid, addr },
+                sock: Some(sock),
+                queued: false,
+            },
+        );
+    }
+
+    fn finish_connect(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ConnState::Connecting { request, addr } = c.state else {
+            return;
+        };
+        let Some(sock) = c.sock.as_ref() else { return };
+        let outcome = match sock.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match sock.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotConnected => return, // still in progress
+                Err(e) => Err(e),
+            },
+        };
+        let token = c.token;
+        let mut sock = match self.conns.remove(&id).and_then(|c| c.sock) {
+            Some(s) => s,
+            None => return,
+        };
+        let _ = ctx.registry.deregister(&mut sock);
+        (ctx.release)(token);
+        self.ids.put(id);
+        match outcome {
+            Err(e) => {
+                tracing::debug!(session = self.id, request = request.0, %addr, error = %e, "connect failed");
+                self.reply(
+                    request,
+                    Message::ConnectErr {
+                        code: ErrorCode::from_io(&e),
+                    },
+                );
+            }
+            Ok(()) => match self.open_conn(sock, ctx) {
+                Ok((conn, pipe, local)) => self.reply(
+                    request,
+                    Message::ConnectOk {
+                        conn,
+                        pipe,
+                        local,
+                        peer: addr,
+                    },
+                ),
+                Err(code) => self.reply(request, Message::ConnectErr { code }),
+            },
+        }
+        self.flush_outbox();
+    }
+
+    /// A connect deadline passed.
+    pub fn on_timer(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let ConnState::Connecting { request, .. } = c.state else {
+            return;
+        };
+        let token = c.token;
+        if let Some(mut s) = self.conns.remove(&id).and_then(|c| c.sock) {
+            let _ = ctx.registry.deregister(&mut s);
+        }
+        (ctx.release)(token);
+        self.ids.put(id);
+        self.reply(
+            request,
+            Message::ConnectErr {
+                code: ErrorCode::TimedOut,
+            },
+        );
+        self.flush_outbox();
+    }
+
+    fn close(&mut self, rid: RequestId, handle: Handle, ctx: &mut Ctx<'_>) {
+        match handle {
+            Handle::Listener(id) => match self.listeners.remove(&id) {
+                Some(mut l) => {
+                    let _ = ctx.registry.deregister(&mut l.sock);
+                    (ctx.release)(l.token);
+                    for pending in l.pending {
+                        self.reply(
+                            pending,
+                            Message::AcceptErr {
+                                code: ErrorCode::ConnectionAborted,
+                            },
+                        );
+                    }
+                    self.reply(rid, Message::CloseOk);
+                }
+                None => self.reply(
+                    rid,
+                    Message::CloseErr {
+                        code: ErrorCode::NotFound,
+                    },
+                ),
+            },
+            Handle::Connection(id) => match self.conns.remove(&id) {
+                Some(c) => {
+                    self.drop_conn(c, ctx);
+                    self.ids.put(id);
+                    self.reply(rid, Message::CloseOk);
+                }
+                None => self.reply(
+                    rid,
+                    Message::CloseErr {
+                        code: ErrorCode::NotFound,
+                    },
+                ),
+            },
+        }
+    }
+
+    fn drop_conn(&mut self, c: Conn, ctx: &mut Ctx<'_>) {
+        let Conn {
+            token, state, sock, ..
+        } = c;
+        if let Some(mut s) = sock {
+            let _ = ctx.registry.deregister(&mut s);
+        }
+        match state {
+            ConnState::Open(mut relay) => {
+                if let Some(mut s) = relay.abort() {
+                    let _ = ctx.registry.deregister(&mut s);
+                }
+            }
+            ConnState::Connecting { request, .. } => {
+                self.reply(
+                    request,
+                    Message::ConnectErr {
+                        code: ErrorCode::ConnectionAborted,
+                    },
+                );
+            }
+        }
+        (ctx.release)(token);
+    }
+
+    fn set_option(&mut self, rid: RequestId, handle: Handle, option: SocketOption, value: u64) {
+        let reply = match (handle, option) {
+            (Handle::Connection(id), SocketOption::NoDelay) => {
+                if value > 1 {
+                    Message::SetOptionErr {
+                        code: ErrorCode::InvalidInput,
+                    }
+                } else {
+                    match self.conns.get(&id).map(|c| &c.state) {
+                        Some(ConnState::Open(relay)) => match relay.set_nodelay(value == 1) {
+                            Ok(()) => Message::SetOptionOk,
+                            Err(e) => Message::SetOptionErr {
+                                code: ErrorCode::from_io(&e),
+                            },
+                        },
+                        Some(ConnState::Connecting { .. }) => Message::SetOptionErr {
+                            code: ErrorCode::NotConnected,
+                        },
+                        None => Message::SetOptionErr {
+                            code: ErrorCode::NotFound,
+                        },
+                    }
+                }
+            }
+            _ => Message::SetOptionErr {
+                code: ErrorCode::Unsupported,
+            },
+        };
+        self.reply(rid, reply);
+    }
+
+    /// Releases everything: sockets closed, pipes freed, region unmapped when
+    /// the session is dropped.
+    pub fn teardown(&mut self, ctx: &mut Ctx<'_>) {
+        for (_, mut l) in self.listeners.drain() {
+            let _ = ctx.registry.deregister(&mut l.sock);
+            (ctx.release)(l.token);
+        }
+        let conns: Vec<_> = self.conns.drain().map(|(_, c)| c).collect();
+        for c in conns {
+            self.drop_conn(c, ctx);
+        }
+        let _ = ctx.registry.deregister(&mut mio::unix::SourceFd(
+            &self.monitor_bell.as_fd().as_raw_fd(),
+        ));
+        let _ = ctx
+            .registry
+            .deregister(&mut mio::unix::SourceFd(&self.sock.as_raw_fd()));
+        (ctx.release)(self.bell_token);
+        (ctx.release)(self.sock_token);
+        self.ready.clear();
+        // Wake the guest so blocked calls notice (its socket also hangs up
+        // when this session is dropped).
+        self.control.close_write();
+        self.control.close_read();
+        self.guest_bell.ring();
+        tracing::info!(session = self.id, alloc = ?self.alloc.stats(), "session torn down");
+    }
+}
+
+/// `socket` + `SO_REUSEADDR` + `bind` + `listen(backlog)`, non-blocking.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {
+    use nix::sys::socket::{
+        self as s, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = s::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    s::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        s::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    s::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let backlog =
+        s::Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(s::Backlog::MAXCONN);
+    s::listen(&fd, backlog)?;
+    Ok(mio::net::TcpListener::from_std(
+        std::net::TcpListener::from(fd),
+    ))
+}
