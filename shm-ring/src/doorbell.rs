@@ -113,24 +113,24 @@ impl Doorbell {
                     Some(nix::sys::time::TimeSpec::from_duration(d - now))
                 }
             };
-            let mut fds = vec![nix::poll::PollFd::new(self.efd.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [
+                nix::poll::PollFd::new(self.efd.as_fd(), PollFlags::POLLIN),
+                nix::poll::PollFd::new(self.efd.as_fd(), PollFlags::empty()),
+            ];
+            let mut n = 1;
             if let Some(l) = &self.liveness {
-                fds.push(nix::poll::PollFd::new(
-                    l.as_fd(),
-                    PollFlags::POLLIN | PollFlags::POLLHUP,
-                ));
+                fds[1] = nix::poll::PollFd::new(l.as_fd(), PollFlags::POLLIN | PollFlags::POLLHUP);
+                n = 2;
             }
-            match nix::poll::ppoll(&mut fds, timeout, None) {
+            match nix::poll::ppoll(&mut fds[..n], timeout, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(WaitError::Io(e.into())),
                 Ok(0) => continue, // timed out: the deadline check above decides
                 Ok(_) => {}
             }
-            let rung = fds[0].revents().is_some_and(|r| !r.is_empty());
-            let gone = fds
-                .get(1)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty());
+            let fired = |f: &nix::poll::PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let rung = fired(&fds[0]);
+            let gone = n == 2 && fired(&fds[1]);
             if rung {
                 self.drain();
                 return Ok(());

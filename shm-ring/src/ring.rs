@@ -608,6 +608,9 @@ impl Producer {
         // its flag and ring. (Store-buffering: without both fences, both could
         // miss and the consumer would sleep on data that is there.)
         fence(Ordering::SeqCst);
+        // The flag stays set until the sleeper clears it, so every publish
+        // while it sleeps rings. (Claiming it with a swap, to ring once per
+        // sleep, was tried: loom's arm/disarm model found a lost wakeup.)
         if self.mem.header().reader_waiting.v.load(Ordering::Relaxed) != 0 {
             self.wake_reader.notify();
         }
@@ -719,7 +722,7 @@ impl Producer {
             .header()
             .writer_waiting
             .v
-            .store(1, Ordering::Relaxed);
+            .store(1, Ordering::Release);
         // Pairs with the fence in `Consumer::wake_writer_if_waiting`.
         fence(Ordering::SeqCst);
         self.poll_writable()
@@ -759,7 +762,7 @@ impl Producer {
         loop {
             let token = waiter.prepare();
             let flag = &self.mem.header().writer_waiting.v;
-            flag.store(1, Ordering::Relaxed);
+            flag.store(1, Ordering::Release);
             // Pairs with the fence in `Consumer::wake_writer_if_waiting`: see
             // `Producer::wake_reader_if_waiting` for the argument.
             fence(Ordering::SeqCst);
@@ -899,6 +902,9 @@ impl Consumer {
     fn wake_writer_if_waiting(&self) {
         // See `Producer::wake_reader_if_waiting`.
         fence(Ordering::SeqCst);
+        // The flag stays set until the sleeper clears it, so every publish
+        // while it sleeps rings. (Claiming it with a swap, to ring once per
+        // sleep, was tried: loom's arm/disarm model found a lost wakeup.)
         if self.mem.header().writer_waiting.v.load(Ordering::Relaxed) != 0 {
             self.wake_writer.notify();
         }
@@ -998,7 +1004,7 @@ impl Consumer {
             .header()
             .reader_waiting
             .v
-            .store(1, Ordering::Relaxed);
+            .store(1, Ordering::Release);
         // Pairs with the fence in `Producer::wake_reader_if_waiting`.
         fence(Ordering::SeqCst);
         self.poll_readable()
@@ -1045,7 +1051,7 @@ impl Consumer {
                 .header()
                 .reader_waiting
                 .v
-                .store(1, Ordering::Relaxed);
+                .store(1, Ordering::Release);
             // Pairs with the fence in `Producer::wake_reader_if_waiting`.
             fence(Ordering::SeqCst);
             if self.poll_readable() {

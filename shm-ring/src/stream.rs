@@ -85,7 +85,7 @@ impl<W: Wait> SyncStream<W> {
     }
 }
 
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + t)
 }
 
@@ -130,13 +130,16 @@ impl<W: Wait> io::Read for SyncReader<W> {
         if self.rx.is_closed() {
             return Ok(0); // as a socket after shutdown(Read)
         }
-        let deadline = deadline(self.timeout);
+        // The deadline is computed only once a wait is needed: a read that
+        // finds bytes costs no clock read.
+        let mut deadline = None;
         loop {
             match self.rx.read(buf) {
                 Err(RingError::WouldBlock) if !self.nonblocking => {}
                 r => return r.map_err(io::Error::from),
             }
-            self.rx.wait_readable(&self.waiter, deadline)?;
+            let d = *deadline.get_or_insert_with(|| deadline_after(self.timeout));
+            self.rx.wait_readable(&self.waiter, d)?;
         }
     }
 }
@@ -181,13 +184,14 @@ impl<W: Wait> io::Write for SyncWriter<W> {
     /// Blocks until at least one byte is written, so `write_all` makes
     /// progress or fails; it never spins.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let deadline = deadline(self.timeout);
+        let mut deadline = None;
         loop {
             match self.tx.write(buf) {
                 Err(RingError::WouldBlock) if !self.nonblocking => {}
                 r => return r.map_err(io::Error::from),
             }
-            self.tx.wait_writable(&self.waiter, deadline)?;
+            let d = *deadline.get_or_insert_with(|| deadline_after(self.timeout));
+            self.tx.wait_writable(&self.waiter, d)?;
         }
     }
 
