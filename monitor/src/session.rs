@@ -208,6 +208,11 @@ impl Session {
             PeerWakers::single(guest_bell.clone()),
         )
         .map_err(|e| SetupError::Alloc(e.to_string()))?;
+        // Armed before the guest can know the pipe exists: its first request
+        // then always rings (arming later could miss a request written in
+        // between).
+        let mut control = control;
+        control.rx().arm();
         let bitmap_block = alloc
             .alloc(NotifyBitmap::bytes_for(cfg.max_conns))
             .map_err(|e| SetupError::Alloc(e.to_string()))?;
@@ -249,7 +254,7 @@ impl Session {
             Interest::READABLE,
         )?;
         let fixed_bytes = alloc.stats().allocated;
-        let mut s = Self {
+        let s = Self {
             id,
             region,
             alloc,
@@ -276,7 +281,6 @@ impl Session {
             ready: VecDeque::new(),
             ended: None,
         };
-        s.control.rx().arm();
         tracing::info!(
             session = id,
             region = s.region.size(),

@@ -1,0 +1,444 @@
+//! The monitor against a raw guest that speaks the wire protocol by hand (no
+//! `arca`): handshake rules, hostile control frames, a relayed connection with
+//! half-close, and a guest that corrupts its pipes. Every wait is bounded.
+
+use std::io::{IoSliceMut, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arca_monitor::{Config, Monitor, MonitorHandle};
+use arca_wire::{
+    Bootstrap, ConnId, ErrorCode, Frame, FrameDecoder, Handle, Message, PipeInfo, RequestId, BOOTSTRAP_LEN,
+};
+use nix::sys::socket::{self as sock, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+use shm_ring::{
+    BidirectionalPipe, Doorbell, NotifyBitmap, PeerWakers, PipeLayout, RingError, ShmOffset, ShmRegion,
+    TO_OWNER_HEADER,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Served {
+    handle: MonitorHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    path: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(name: &str) -> Served {
+    if let Ok(f) = tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
+    }
+    let path = std::env::temp_dir().join(format!("arca-mp-{}-{name}.sock", std::process::id()));
+    let config = Config {
+        region_size: 16 << 20,
+        data_ring: 64 << 10,
+        max_conns: 256,
+        ..Config::default()
+    };
+    let mut m = Monitor::new(config).unwrap();
+    m.listen_unix(&path).unwrap();
+    let handle = m.handle();
+    let thread = std::thread::spawn(move || m.run());
+    Served {
+        handle,
+        thread: Some(thread),
+        path,
+    }
+}
+
+/// A guest written against the wire format and shm-ring directly.
+struct RawGuest {
+    sock: OwnedFd,
+    region: Arc<ShmRegion>,
+    control: BidirectionalPipe,
+    bitmap: Arc<NotifyBitmap>,
+    guest_bell: Doorbell,
+    monitor_bell: Arc<Doorbell>,
+    decoder: FrameDecoder,
+    next: RequestId,
+}
+
+impl RawGuest {
+    fn attach(path: &Path) -> RawGuest {
+        let fd = sock::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        sock::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+        let mut buf = [0u8; 64];
+        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = sock::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(r) = c {
+                // SAFETY: descriptors just received are owned by nobody else.
+                fds.extend(r.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        let n = msg.bytes;
+        assert_eq!(n, BOOTSTRAP_LEN);
+        assert_eq!(fds.len(), 3);
+        let boot = Bootstrap::parse(&buf[..n]).unwrap();
+        let mut fds = fds.into_iter();
+        let region = Arc::new(ShmRegion::open(fds.next().unwrap(), boot.region_size).unwrap());
+        let liveness = Arc::new(fd.try_clone().unwrap());
+        let guest_bell = Doorbell::from_fd(fds.next().unwrap()).unwrap().with_liveness(liveness);
+        let monitor_bell = Arc::new(Doorbell::from_fd(fds.next().unwrap()).unwrap());
+        let bitmap = Arc::new(NotifyBitmap::new(&region, ShmOffset(boot.bitmap_offset), boot.bitmap_slots).unwrap());
+        let layout = PipeLayout::new(
+            ShmOffset(boot.control_offset),
+            u64::from(boot.control_cap_to_monitor),
+            u64::from(boot.control_cap_to_guest),
+        )
+        .unwrap();
+        let wake = PeerWakers::single(Arc::new(bitmap.notifier(0, monitor_bell.clone())));
+        let control = BidirectionalPipe::attach(&region, layout, wake).unwrap();
+        RawGuest {
+            sock: fd,
+            region,
+            control,
+            bitmap,
+            guest_bell,
+            monitor_bell,
+            decoder: FrameDecoder::new(),
+            next: RequestId(1),
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let deadline = Instant::now() + WAIT;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match self.control.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(RingError::WouldBlock) => {
+                    self.control.tx().wait_writable(&self.guest_bell, Some(deadline)).unwrap();
+                }
+                Err(e) => panic!("control write: {e}"),
+            }
+        }
+    }
+
+    fn send(&mut self, msg: &Message) -> RequestId {
+        let id = self.next;
+        self.next = id.next();
+        self.send_raw(&msg.to_frame(id));
+        id
+    }
+
+    /// The next frame from the monitor, or `None` if the session ended.
+    fn recv(&mut self) -> Option<Frame> {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 2048];
+        loop {
+            if let Some(f) = self.decoder.next_frame().unwrap() {
+                return Some(f);
+            }
+            match self.control.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    assert_eq!(self.decoder.feed(&buf[..n]), n);
+                }
+                Err(RingError::WouldBlock) => {
+                    match self.control.rx().wait_readable(&self.guest_bell, Some(deadline)) {
+                        Ok(()) => {}
+                        Err(shm_ring::WaitError::PeerGone) => return None,
+                        Err(e) => panic!("no reply within {WAIT:?}: {e}"),
+                    }
+                }
+                Err(e) => panic!("control read: {e}"),
+            }
+        }
+    }
+
+    fn call(&mut self, msg: &Message) -> Message {
+        let id = self.send(msg);
+        let f = self.recv().expect("session ended");
+        assert_eq!(f.request_id, id, "reply matches request");
+        f.message
+    }
+
+    fn hello(&mut self) {
+        assert!(matches!(self.call(&Message::hello()), Message::HelloOk { version: 1, flags: 0 }));
+    }
+
+    /// A connection's data pipe, as the guest sees it.
+    fn pipe(&self, conn: ConnId, info: PipeInfo) -> BidirectionalPipe {
+        let layout = PipeLayout::new(
+            ShmOffset(info.shm_offset),
+            u64::from(info.cap_to_monitor),
+            u64::from(info.cap_to_guest),
+        )
+        .unwrap();
+        let wake = PeerWakers::single(Arc::new(self.bitmap.notifier(conn.0, self.monitor_bell.clone())));
+        BidirectionalPipe::attach(&self.region, layout, wake).unwrap()
+    }
+
+    fn read_all(&self, pipe: &mut BidirectionalPipe, want: usize) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() >= want && want != usize::MAX {
+                        return out;
+                    }
+                }
+                Err(RingError::WouldBlock) => pipe.rx().wait_readable(&self.guest_bell, Some(deadline)).unwrap(),
+                Err(e) => panic!("pipe read: {e}"),
+            }
+        }
+    }
+
+    fn write_all(&self, pipe: &mut BidirectionalPipe, mut data: &[u8]) {
+        let deadline = Instant::now() + WAIT;
+        while !data.is_empty() {
+            match pipe.write(data) {
+                Ok(n) => data = &data[n..],
+                Err(RingError::WouldBlock) => pipe.tx().wait_writable(&self.guest_bell, Some(deadline)).unwrap(),
+                Err(e) => panic!("pipe write: {e}"),
+            }
+        }
+    }
+
+    fn session_is_closed(&self) -> bool {
+        // The monitor drops its end of the session socket when it ends the
+        // session: a read gives EOF.
+        let mut b = [0u8; 1];
+        let fd = self.sock.as_raw_fd();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match sock::recv(fd, &mut b, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+fn listen_and_accept(g: &mut RawGuest) -> (ConnId, BidirectionalPipe, TcpStream) {
+    let Message::ListenOk { listener, local } = g.call(&Message::ListenRequest {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        backlog: 0,
+    }) else {
+        panic!("listen refused")
+    };
+    assert_ne!(local.port(), 0, "real port reported");
+    let host = TcpStream::connect(local).unwrap();
+    host.set_read_timeout(Some(WAIT)).unwrap();
+    let Message::IncomingConnection { conn, pipe, peer, .. } = g.call(&Message::AcceptRequest { listener }) else {
+        panic!("accept refused")
+    };
+    assert_eq!(peer, host.local_addr().unwrap());
+    let p = g.pipe(conn, pipe);
+    (conn, p, host)
+}
+
+#[test]
+fn accepted_connection_relays_both_ways_with_half_close() {
+    let s = serve("relay");
+    let mut g = RawGuest::attach(&s.path);
+    g.hello();
+    let (_conn, mut pipe, mut host) = listen_and_accept(&mut g);
+
+    // Host → guest, then the host shuts its write half: the guest reads every
+    // byte, then EOF, and can still write.
+    let down: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    host.write_all(&down).unwrap();
+    host.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(g.read_all(&mut pipe, usize::MAX), down);
+
+    // Guest → host, then the guest closes its write half: the host reads
+    // every byte, then EOF.
+    let up: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    g.write_all(&mut pipe, &up);
+    pipe.close_write();
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert_eq!(got, up);
+
+    // Both halves closed on both sides: the pipe is freed and the conn gone.
+    pipe.close_read();
+    drop(pipe);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = s.handle.stats().unwrap();
+        let (_, ss) = &st.sessions[0];
+        if ss.conns == 0 && ss.alloc.allocated == ss.fixed_bytes {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pipe never freed: {ss:?}");
+        g.monitor_bell.ring();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn handshake_rules_and_hostile_frames_get_error_replies() {
+    let s = serve("hostile");
+    let mut g = RawGuest::attach(&s.path);
+    // Anything before Hello is refused, and the handshake stays possible.
+    let reply = g.call(&Message::ConnectRequest {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        timeout_ms: 0,
+    });
+    assert_eq!(
+        reply,
+        Message::Error {
+            code: ErrorCode::InvalidInput,
+            rejected_type: 0x14
+        }
+    );
+    g.hello();
+    // A second Hello is an error, not a reset.
+    assert!(matches!(g.call(&Message::hello()), Message::Error { code: ErrorCode::InvalidInput, .. }));
+    // Unknown type with a payload: skipped, answered.
+    let id = g.next;
+    g.next = id.next();
+    let mut frame = vec![0x99, 3, 0];
+    frame.extend_from_slice(&id.0.to_le_bytes());
+    frame.extend_from_slice(&[1, 2, 3]);
+    g.send_raw(&frame);
+    let f = g.recv().unwrap();
+    assert_eq!(f.request_id, id);
+    assert_eq!(
+        f.message,
+        Message::Error {
+            code: ErrorCode::Unsupported,
+            rejected_type: 0x99
+        }
+    );
+    // A known type with a malformed payload (bad address family).
+    let mut bad = Message::ConnectRequest {
+        addr: "127.0.0.1:80".parse().unwrap(),
+        timeout_ms: 0,
+    }
+    .to_frame(RequestId(777));
+    bad[7] = 9;
+    g.send_raw(&bad);
+    let f = g.recv().unwrap();
+    assert_eq!(f.request_id, RequestId(777));
+    assert!(matches!(f.message, Message::Error { code: ErrorCode::InvalidInput, rejected_type: 0x14 }));
+    // Ids the guest does not own.
+    assert_eq!(
+        g.call(&Message::Close {
+            handle: Handle::Connection(ConnId(42))
+        }),
+        Message::CloseErr {
+            code: ErrorCode::NotFound
+        }
+    );
+    assert_eq!(
+        g.call(&Message::AcceptRequest {
+            listener: arca_wire::ListenerId(9)
+        }),
+        Message::AcceptErr {
+            code: ErrorCode::NotFound
+        }
+    );
+    // A reply type sent by the guest.
+    assert!(matches!(g.call(&Message::CloseOk), Message::Error { code: ErrorCode::Unsupported, .. }));
+    // Real errors carry the host's error code.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    assert_eq!(
+        g.call(&Message::ConnectRequest {
+            addr: closed_port,
+            timeout_ms: 2000
+        }),
+        Message::ConnectErr {
+            code: ErrorCode::ConnectionRefused
+        }
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert_eq!(
+        g.call(&Message::ListenRequest {
+            addr: taken.local_addr().unwrap(),
+            backlog: 0
+        }),
+        Message::ListenErr {
+            code: ErrorCode::AddrInUse
+        }
+    );
+    // After all that, the session still works.
+    let (_conn, mut pipe, mut host) = listen_and_accept(&mut g);
+    host.write_all(b"still alive").unwrap();
+    assert_eq!(g.read_all(&mut pipe, 11), b"still alive");
+}
+
+#[test]
+fn bad_version_is_refused_and_the_session_closed() {
+    let s = serve("version");
+    let mut g = RawGuest::attach(&s.path);
+    let reply = g.call(&Message::Hello {
+        magic: arca_wire::HELLO_MAGIC,
+        version: 99,
+        flags: 0,
+    });
+    assert!(matches!(reply, Message::HelloErr { code: ErrorCode::Unsupported, min_version: 1, max_version: 1 }));
+    assert!(g.session_is_closed());
+}
+
+#[test]
+fn desynchronising_frame_ends_only_that_session() {
+    let s = serve("desync");
+    let mut good = RawGuest::attach(&s.path);
+    good.hello();
+    let mut bad = RawGuest::attach(&s.path);
+    bad.hello();
+    // payload_len far past the cap: the stream cannot be resynchronised.
+    bad.send_raw(&[0x10, 0xff, 0xff, 1, 0, 0, 0]);
+    assert!(bad.session_is_closed(), "monitor closes the desynchronised session");
+    let (_c, mut pipe, mut host) = listen_and_accept(&mut good);
+    host.write_all(b"ok").unwrap();
+    assert_eq!(good.read_all(&mut pipe, 2), b"ok");
+    let st = s.handle.stats().unwrap();
+    assert_eq!(st.sessions.len(), 1, "the bad session is gone, the good one stays");
+}
+
+#[test]
+fn corrupt_data_pipe_closes_that_connection_only() {
+    let s = serve("corrupt");
+    let mut g = RawGuest::attach(&s.path);
+    g.hello();
+    let (_c1, pipe1, _host1) = listen_and_accept(&mut g);
+    let (_c2, mut pipe2, mut host2) = listen_and_accept(&mut g);
+    // The guest claims 1 TiB written into its to-monitor ring of conn 1.
+    let tail = g
+        .region
+        .from_offset(ShmOffset(pipe1.layout().offset().0 + TO_OWNER_HEADER), 8, 8)
+        .unwrap();
+    // SAFETY: in bounds and aligned (checked); plays a hostile guest.
+    unsafe { tail.as_ptr().cast::<u64>().write_volatile(1 << 40) };
+    g.bitmap.set(_c1.0);
+    g.monitor_bell.ring();
+    // Conn 2 keeps working.
+    host2.write_all(b"fine").unwrap();
+    assert_eq!(g.read_all(&mut pipe2, 4), b"fine");
+    // Conn 1's host socket is closed by the monitor.
+    let mut host1 = _host1;
+    let mut b = [0u8; 1];
+    let r = host1.read(&mut b);
+    assert!(matches!(r, Ok(0)) || r.is_err(), "host side of the corrupt conn closed: {r:?}");
+    let addr: SocketAddr = host2.local_addr().unwrap();
+    assert!(addr.port() != 0);
+}
