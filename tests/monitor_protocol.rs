@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 
 use arca_monitor::{Config, Monitor, MonitorHandle};
 use arca_wire::{
-    Bootstrap, ConnId, ErrorCode, Frame, FrameDecoder, Handle, Message, PipeInfo, RequestId, BOOTSTRAP_LEN,
+    Bootstrap, ConnId, ErrorCode, Frame, FrameDecoder, Handle, Message, PipeInfo, RequestId,
+    BOOTSTRAP_LEN,
 };
-use nix::sys::socket::{self as sock, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    self as sock, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 use shm_ring::{
-    BidirectionalPipe, Doorbell, NotifyBitmap, PeerWakers, PipeLayout, RingError, ShmOffset, ShmRegion,
-    TO_OWNER_HEADER,
+    BidirectionalPipe, Doorbell, NotifyBitmap, PeerWakers, PipeLayout, RingError, ShmOffset,
+    ShmRegion, TO_OWNER_HEADER,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -39,7 +42,10 @@ impl Drop for Served {
 
 fn serve(name: &str) -> Served {
     if let Ok(f) = tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(f)
+            .with_test_writer()
+            .try_init();
     }
     let path = std::env::temp_dir().join(format!("arca-mp-{}-{name}.sock", std::process::id()));
     let config = Config {
@@ -73,12 +79,24 @@ struct RawGuest {
 
 impl RawGuest {
     fn attach(path: &Path) -> RawGuest {
-        let fd = sock::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let fd = sock::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
         sock::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
         let mut buf = [0u8; 64];
         let mut cmsg = nix::cmsg_space!([RawFd; 3]);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = sock::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+        let msg = sock::recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .unwrap();
         let mut fds = Vec::new();
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(r) = c {
@@ -93,9 +111,13 @@ impl RawGuest {
         let mut fds = fds.into_iter();
         let region = Arc::new(ShmRegion::open(fds.next().unwrap(), boot.region_size).unwrap());
         let liveness = Arc::new(fd.try_clone().unwrap());
-        let guest_bell = Doorbell::from_fd(fds.next().unwrap()).unwrap().with_liveness(liveness);
+        let guest_bell = Doorbell::from_fd(fds.next().unwrap())
+            .unwrap()
+            .with_liveness(liveness);
         let monitor_bell = Arc::new(Doorbell::from_fd(fds.next().unwrap()).unwrap());
-        let bitmap = Arc::new(NotifyBitmap::new(&region, ShmOffset(boot.bitmap_offset), boot.bitmap_slots).unwrap());
+        let bitmap = Arc::new(
+            NotifyBitmap::new(&region, ShmOffset(boot.bitmap_offset), boot.bitmap_slots).unwrap(),
+        );
         let layout = PipeLayout::new(
             ShmOffset(boot.control_offset),
             u64::from(boot.control_cap_to_monitor),
@@ -123,7 +145,10 @@ impl RawGuest {
             match self.control.write(rest) {
                 Ok(n) => rest = &rest[n..],
                 Err(RingError::WouldBlock) => {
-                    self.control.tx().wait_writable(&self.guest_bell, Some(deadline)).unwrap();
+                    self.control
+                        .tx()
+                        .wait_writable(&self.guest_bell, Some(deadline))
+                        .unwrap();
                 }
                 Err(e) => panic!("control write: {e}"),
             }
@@ -151,7 +176,11 @@ impl RawGuest {
                     assert_eq!(self.decoder.feed(&buf[..n]), n);
                 }
                 Err(RingError::WouldBlock) => {
-                    match self.control.rx().wait_readable(&self.guest_bell, Some(deadline)) {
+                    match self
+                        .control
+                        .rx()
+                        .wait_readable(&self.guest_bell, Some(deadline))
+                    {
                         Ok(()) => {}
                         Err(shm_ring::WaitError::PeerGone) => return None,
                         Err(e) => panic!("no reply within {WAIT:?}: {e}"),
@@ -170,7 +199,13 @@ impl RawGuest {
     }
 
     fn hello(&mut self) {
-        assert!(matches!(self.call(&Message::hello()), Message::HelloOk { version: 1, flags: 0 }));
+        assert!(matches!(
+            self.call(&Message::hello()),
+            Message::HelloOk {
+                version: 1,
+                flags: 0
+            }
+        ));
     }
 
     /// A connection's data pipe, as the guest sees it.
@@ -181,7 +216,9 @@ impl RawGuest {
             u64::from(info.cap_to_guest),
         )
         .unwrap();
-        let wake = PeerWakers::single(Arc::new(self.bitmap.notifier(conn.0, self.monitor_bell.clone())));
+        let wake = PeerWakers::single(Arc::new(
+            self.bitmap.notifier(conn.0, self.monitor_bell.clone()),
+        ));
         BidirectionalPipe::attach(&self.region, layout, wake).unwrap()
     }
 
@@ -198,7 +235,10 @@ impl RawGuest {
                         return out;
                     }
                 }
-                Err(RingError::WouldBlock) => pipe.rx().wait_readable(&self.guest_bell, Some(deadline)).unwrap(),
+                Err(RingError::WouldBlock) => pipe
+                    .rx()
+                    .wait_readable(&self.guest_bell, Some(deadline))
+                    .unwrap(),
                 Err(e) => panic!("pipe read: {e}"),
             }
         }
@@ -209,7 +249,10 @@ impl RawGuest {
         while !data.is_empty() {
             match pipe.write(data) {
                 Ok(n) => data = &data[n..],
-                Err(RingError::WouldBlock) => pipe.tx().wait_writable(&self.guest_bell, Some(deadline)).unwrap(),
+                Err(RingError::WouldBlock) => pipe
+                    .tx()
+                    .wait_writable(&self.guest_bell, Some(deadline))
+                    .unwrap(),
                 Err(e) => panic!("pipe write: {e}"),
             }
         }
@@ -243,7 +286,10 @@ fn listen_and_accept(g: &mut RawGuest) -> (ConnId, BidirectionalPipe, TcpStream)
     assert_ne!(local.port(), 0, "real port reported");
     let host = TcpStream::connect(local).unwrap();
     host.set_read_timeout(Some(WAIT)).unwrap();
-    let Message::IncomingConnection { conn, pipe, peer, .. } = g.call(&Message::AcceptRequest { listener }) else {
+    let Message::IncomingConnection {
+        conn, pipe, peer, ..
+    } = g.call(&Message::AcceptRequest { listener })
+    else {
         panic!("accept refused")
     };
     assert_eq!(peer, host.local_addr().unwrap());
@@ -308,7 +354,13 @@ fn handshake_rules_and_hostile_frames_get_error_replies() {
     );
     g.hello();
     // A second Hello is an error, not a reset.
-    assert!(matches!(g.call(&Message::hello()), Message::Error { code: ErrorCode::InvalidInput, .. }));
+    assert!(matches!(
+        g.call(&Message::hello()),
+        Message::Error {
+            code: ErrorCode::InvalidInput,
+            ..
+        }
+    ));
     // Unknown type with a payload: skipped, answered.
     let id = g.next;
     g.next = id.next();
@@ -335,7 +387,13 @@ fn handshake_rules_and_hostile_frames_get_error_replies() {
     g.send_raw(&bad);
     let f = g.recv().unwrap();
     assert_eq!(f.request_id, RequestId(777));
-    assert!(matches!(f.message, Message::Error { code: ErrorCode::InvalidInput, rejected_type: 0x14 }));
+    assert!(matches!(
+        f.message,
+        Message::Error {
+            code: ErrorCode::InvalidInput,
+            rejected_type: 0x14
+        }
+    ));
     // Ids the guest does not own.
     assert_eq!(
         g.call(&Message::Close {
@@ -354,7 +412,13 @@ fn handshake_rules_and_hostile_frames_get_error_replies() {
         }
     );
     // A reply type sent by the guest.
-    assert!(matches!(g.call(&Message::CloseOk), Message::Error { code: ErrorCode::Unsupported, .. }));
+    assert!(matches!(
+        g.call(&Message::CloseOk),
+        Message::Error {
+            code: ErrorCode::Unsupported,
+            ..
+        }
+    ));
     // Real errors carry the host's error code.
     let closed_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -394,7 +458,14 @@ fn bad_version_is_refused_and_the_session_closed() {
         version: 99,
         flags: 0,
     });
-    assert!(matches!(reply, Message::HelloErr { code: ErrorCode::Unsupported, min_version: 1, max_version: 1 }));
+    assert!(matches!(
+        reply,
+        Message::HelloErr {
+            code: ErrorCode::Unsupported,
+            min_version: 1,
+            max_version: 1
+        }
+    ));
     assert!(g.session_is_closed());
 }
 
@@ -407,12 +478,19 @@ fn desynchronising_frame_ends_only_that_session() {
     bad.hello();
     // payload_len far past the cap: the stream cannot be resynchronised.
     bad.send_raw(&[0x10, 0xff, 0xff, 1, 0, 0, 0]);
-    assert!(bad.session_is_closed(), "monitor closes the desynchronised session");
+    assert!(
+        bad.session_is_closed(),
+        "monitor closes the desynchronised session"
+    );
     let (_c, mut pipe, mut host) = listen_and_accept(&mut good);
     host.write_all(b"ok").unwrap();
     assert_eq!(good.read_all(&mut pipe, 2), b"ok");
     let st = s.handle.stats().unwrap();
-    assert_eq!(st.sessions.len(), 1, "the bad session is gone, the good one stays");
+    assert_eq!(
+        st.sessions.len(),
+        1,
+        "the bad session is gone, the good one stays"
+    );
 }
 
 #[test]
@@ -438,7 +516,10 @@ fn corrupt_data_pipe_closes_that_connection_only() {
     let mut host1 = _host1;
     let mut b = [0u8; 1];
     let r = host1.read(&mut b);
-    assert!(matches!(r, Ok(0)) || r.is_err(), "host side of the corrupt conn closed: {r:?}");
+    assert!(
+        matches!(r, Ok(0)) || r.is_err(),
+        "host side of the corrupt conn closed: {r:?}"
+    );
     let addr: SocketAddr = host2.local_addr().unwrap();
     assert!(addr.port() != 0);
 }

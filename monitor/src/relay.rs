@@ -268,7 +268,14 @@ impl Relay {
     }
 
     /// Ends the relay at once (guest asked, or the session is going away).
+    /// The guest sees `ConnectionAborted`, never a clean end of stream.
     pub fn abort(&mut self) -> Option<mio::net::TcpStream> {
+        if self.error.is_none() {
+            self.error = Some(ErrorCode::ConnectionAborted);
+            self.pipe
+                .status()
+                .set(u32::from(ErrorCode::ConnectionAborted.to_u16()));
+        }
         self.pipe.close_write();
         self.pipe.close_read();
         self.sock.take()

@@ -79,8 +79,9 @@ pub use header::{RingHeader, LINE, RING_HEADER_SIZE};
 pub use offset::{check_range, OffsetError, ShmOffset};
 #[cfg(not(loom))]
 pub use pipe::{
-    BidirectionalPipe, PeerWakers, PipeError, PipeLayout, Side, MAX_RING_CAPACITY,
-    MIN_RING_CAPACITY, PIPE_HEADER_AREA, TO_OWNER_HEADER, TO_PEER_HEADER,
+    BidirectionalPipe, PeerWakers, PipeError, PipeLayout, PipeStatus, Side, MAX_RING_CAPACITY,
+    MIN_RING_CAPACITY, OWNER_STATUS, PEER_STATUS, PIPE_HEADER_AREA, TO_OWNER_HEADER,
+    TO_PEER_HEADER,
 };
 #[cfg(not(loom))]
 pub use region::{RegionError, ShmRegion, MIN_REGION_SIZE, REQUIRED_SEALS};

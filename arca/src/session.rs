@@ -1,0 +1,532 @@
+//! A guest's session with the monitor: the mapped region, the control pipe, the request table
+//! and the one dispatcher thread that every blocked call sleeps behind.
+//!
+//! # Waking
+//! The monitor rings one doorbell (the *guest bell*) for every pipe of the session. One
+//! background thread, the dispatcher, sleeps on it together with the session socket (the
+//! liveness fd). Each time it wakes it drains the control pipe, completes the requests whose
+//! replies arrived, then bumps an *epoch* counter and wakes every thread sleeping on the
+//! session's condition variable. A blocked stream call implements [`shm_ring::Wait`] with the
+//! epoch as its token, so the ring's need-wakeup protocol loses no wake-up: a ring by the
+//! monitor after `prepare` always bumps the epoch past the token.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use arca_wire::{ConnId, Frame, FrameDecoder, FrameError, Handle, Message, PipeInfo, RequestId};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use shm_ring::{
+    BidirectionalPipe, Consumer, Doorbell, Notify, NotifyBitmap, PeerWakers, PipeLayout, Producer,
+    RingError, ShmOffset, ShmRegion, Wait, WaitError,
+};
+
+use crate::bootstrap;
+
+/// Locks a mutex, ignoring poisoning (every critical section here leaves its data valid).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The error every call gets once the monitor is gone.
+pub(crate) fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "arca: the monitor is gone (session ended)",
+    )
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+type Reply = io::Result<Message>;
+
+#[derive(Debug, Default)]
+struct Epoch {
+    value: u64,
+    dead: bool,
+}
+
+/// Everything the dispatcher and the handles share.
+pub(crate) struct Shared {
+    /// The session socket: liveness both ways.
+    sock: OwnedFd,
+    region: Arc<ShmRegion>,
+    bitmap: Arc<NotifyBitmap>,
+    guest_bell: Arc<Doorbell>,
+    monitor_bell: Arc<Doorbell>,
+    /// Rung when the last handle is dropped, to stop the dispatcher.
+    stop_bell: Doorbell,
+    stop: AtomicBool,
+    control_tx: Mutex<Producer>,
+    next_id: AtomicU32,
+    /// Requests in flight; `None` once the session is dead.
+    pending: Mutex<Option<HashMap<u32, mpsc::Sender<Reply>>>>,
+    epoch: Mutex<Epoch>,
+    cond: Condvar,
+    dead: AtomicBool,
+    /// Async tasks to wake on the next epoch bump.
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sock", &self.sock.as_raw_fd())
+            .field("dead", &self.dead.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Wait`] on the session's epoch, optionally cancelled by a stream's shutdown flag.
+pub(crate) struct SessionWait<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) cancel: Option<&'a AtomicBool>,
+}
+
+/// The error [`SessionWait`] returns when its cancel flag is set.
+pub(crate) fn cancelled() -> WaitError {
+    WaitError::Io(io::Error::other("arca: half shut down while waiting"))
+}
+
+impl Wait for SessionWait<'_> {
+    type Token = u64;
+
+    fn prepare(&self) -> u64 {
+        lock(&self.shared.epoch).value
+    }
+
+    fn wait(&self, token: u64, deadline: Option<Instant>) -> Result<(), WaitError> {
+        let mut g = lock(&self.shared.epoch);
+        loop {
+            if g.dead {
+                return Err(WaitError::PeerGone);
+            }
+            if self.cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+                return Err(cancelled());
+            }
+            if g.value != token {
+                return Ok(());
+            }
+            g = match deadline {
+                None => self
+                    .shared
+                    .cond
+                    .wait(g)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(WaitError::TimedOut);
+                    }
+                    self.shared
+                        .cond
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl Shared {
+    /// True once the monitor is known to be gone.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Checks the session socket right now (no sleeping) for a hang-up.
+    pub(crate) fn probe_dead(&self) -> bool {
+        if self.is_dead() {
+            return true;
+        }
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => {
+                let hup = fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+                hup || self.socket_eof()
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads (and discards) whatever the socket holds; true on EOF or error.
+    fn socket_eof(&self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::sys::socket::recv(
+                self.sock.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return false,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Wakes every sleeper (threads and tasks) so it re-checks its condition.
+    pub(crate) fn bump(&self) {
+        {
+            let mut g = lock(&self.epoch);
+            g.value = g.value.wrapping_add(1);
+        }
+        self.cond.notify_all();
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Registers a task to wake on the next epoch bump.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn register_waker(&self, waker: &Waker) {
+        let mut ws = lock(&self.wakers);
+        if !ws.iter().any(|w| w.will_wake(waker)) {
+            ws.push(waker.clone());
+        }
+    }
+
+    /// Marks the session dead, fails every pending request and wakes everyone.
+    fn kill(&self) {
+        self.dead.store(true, Ordering::Release);
+        lock(&self.epoch).dead = true;
+        // Dropping the senders fails every waiting request with "monitor gone".
+        drop(lock(&self.pending).take());
+        self.bump();
+    }
+
+    fn next_request_id(&self) -> RequestId {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return RequestId(id);
+            }
+        }
+    }
+
+    /// Writes one whole frame to the control pipe, blocking while it is full.
+    fn send_frame(&self, id: RequestId, msg: &Message) -> io::Result<()> {
+        let bytes = msg.to_frame(id);
+        let mut tx = lock(&self.control_tx);
+        let mut off = 0;
+        while let Some(rest) = bytes.get(off..).filter(|r| !r.is_empty()) {
+            if self.is_dead() {
+                return Err(gone());
+            }
+            match tx.write(rest) {
+                Ok(n) => off += n,
+                Err(RingError::WouldBlock) => {
+                    let w = SessionWait {
+                        shared: self,
+                        cancel: None,
+                    };
+                    tx.wait_writable(&w, None).map_err(|e| match e {
+                        WaitError::PeerGone => gone(),
+                        other => other.into(),
+                    })?;
+                }
+                Err(RingError::BrokenPipe | RingError::Closed) => return Err(gone()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a request and returns the receiver its reply will arrive on.
+    pub(crate) fn start_request(&self, msg: &Message) -> io::Result<mpsc::Receiver<Reply>> {
+        let id = self.next_request_id();
+        let (tx, rx) = mpsc::channel();
+        match lock(&self.pending).as_mut() {
+            None => return Err(gone()),
+            Some(map) => {
+                map.insert(id.0, tx);
+            }
+        }
+        if let Err(e) = self.send_frame(id, msg) {
+            if let Some(map) = lock(&self.pending).as_mut() {
+                map.remove(&id.0);
+            }
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
+    /// Sends a request and blocks until its reply.
+    pub(crate) fn request(&self, msg: &Message) -> io::Result<Message> {
+        let rx = self.start_request(msg)?;
+        rx.recv().unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Sends a request whose reply nobody waits for (it is discarded on arrival).
+    pub(crate) fn fire(&self, msg: &Message) {
+        if !self.is_dead() {
+            let _ = self.send_frame(self.next_request_id(), msg);
+        }
+    }
+
+    /// Maps a connection's data pipe announced by the monitor.
+    pub(crate) fn attach_pipe(
+        &self,
+        conn: ConnId,
+        pipe: PipeInfo,
+    ) -> io::Result<BidirectionalPipe> {
+        if conn.0 == 0 || conn.0 >= self.bitmap.slots() {
+            return Err(invalid(format!(
+                "arca: monitor announced connection id {} outside 1..{}",
+                conn.0,
+                self.bitmap.slots()
+            )));
+        }
+        let layout = PipeLayout::new(
+            ShmOffset(pipe.shm_offset),
+            u64::from(pipe.cap_to_monitor),
+            u64::from(pipe.cap_to_guest),
+        )
+        .map_err(|e| invalid(format!("arca: bad data pipe: {e}")))?;
+        let bell: Arc<dyn Notify> = self.monitor_bell.clone();
+        let n: Arc<dyn Notify> = Arc::new(self.bitmap.notifier(conn.0, bell));
+        let wakers = PeerWakers {
+            reader: Arc::clone(&n),
+            writer: n,
+        };
+        BidirectionalPipe::attach(&self.region, layout, wakers)
+            .map_err(|e| invalid(format!("arca: bad data pipe: {e}")))
+    }
+
+    /// A reply that no request is waiting for: give back what it hands us.
+    fn discard(&self, msg: Message) {
+        match msg {
+            Message::ConnectOk { conn, pipe, .. }
+            | Message::IncomingConnection { conn, pipe, .. } => {
+                // Closing both halves tells the monitor to drop the connection.
+                match self.attach_pipe(conn, pipe) {
+                    Ok(p) => drop(p),
+                    Err(_) => self.fire_nonblocking(&Message::Close {
+                        handle: Handle::Connection(conn),
+                    }),
+                }
+            }
+            Message::ListenOk { listener, .. } => self.fire_nonblocking(&Message::Close {
+                handle: Handle::Listener(listener),
+            }),
+            _ => {}
+        }
+    }
+
+    /// Like [`fire`](Self::fire) but never blocks (the dispatcher must not): the frame is
+    /// dropped if the control ring lacks room for all of it.
+    fn fire_nonblocking(&self, msg: &Message) {
+        let bytes = msg.to_frame(self.next_request_id());
+        let mut tx = lock(&self.control_tx);
+        if tx.free().is_ok_and(|f| f >= bytes.len()) {
+            let _ = tx.write(&bytes);
+        }
+    }
+
+    fn complete(&self, frame: Frame) {
+        let sender = lock(&self.pending)
+            .as_mut()
+            .and_then(|m| m.remove(&frame.request_id.0));
+        let msg = frame.message;
+        match sender {
+            Some(s) => {
+                if let Err(mpsc::SendError(Ok(msg))) = s.send(Ok(msg)) {
+                    self.discard(msg);
+                }
+            }
+            None => self.discard(msg),
+        }
+    }
+
+    fn fail_request(&self, id: RequestId, err: io::Error) {
+        let sender = lock(&self.pending).as_mut().and_then(|m| m.remove(&id.0));
+        if let Some(s) = sender {
+            let _ = s.send(Err(err));
+        }
+    }
+}
+
+/// Owns the dispatcher: dropping the last handle stops it (and so ends the session).
+pub(crate) struct Owner {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.stop_bell.ring();
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+/// Sets up a session on a connected session socket.
+pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
+    bootstrap::set_cloexec(sock.as_fd())?;
+    let got = bootstrap::receive(sock.as_fd())?;
+    let boot = got.boot;
+    let region = Arc::new(
+        ShmRegion::open(got.region, boot.region_size)
+            .map_err(|e| invalid(format!("arca: cannot map the region: {e}")))?,
+    );
+    let guest_bell = Arc::new(Doorbell::from_fd(got.guest_bell)?);
+    let monitor_bell = Arc::new(Doorbell::from_fd(got.monitor_bell)?);
+    let bitmap = Arc::new(
+        NotifyBitmap::new(&region, ShmOffset(boot.bitmap_offset), boot.bitmap_slots)
+            .map_err(|e| invalid(format!("arca: bad notification bitmap: {e}")))?,
+    );
+    if boot.bitmap_slots == 0 {
+        return Err(invalid("arca: notification bitmap has no slots"));
+    }
+    let layout = PipeLayout::new(
+        ShmOffset(boot.control_offset),
+        u64::from(boot.control_cap_to_monitor),
+        u64::from(boot.control_cap_to_guest),
+    )
+    .map_err(|e| invalid(format!("arca: bad control pipe: {e}")))?;
+    let bell: Arc<dyn Notify> = monitor_bell.clone();
+    let n: Arc<dyn Notify> = Arc::new(bitmap.notifier(0, bell));
+    let control = BidirectionalPipe::attach(
+        &region,
+        layout,
+        PeerWakers {
+            reader: Arc::clone(&n),
+            writer: n,
+        },
+    )
+    .map_err(|e| invalid(format!("arca: bad control pipe: {e}")))?;
+    let (tx, rx) = control.split();
+    let shared = Arc::new(Shared {
+        sock,
+        region,
+        bitmap,
+        guest_bell,
+        monitor_bell,
+        stop_bell: Doorbell::new()?,
+        stop: AtomicBool::new(false),
+        control_tx: Mutex::new(tx),
+        next_id: AtomicU32::new(1),
+        pending: Mutex::new(Some(HashMap::new())),
+        epoch: Mutex::new(Epoch::default()),
+        cond: Condvar::new(),
+        dead: AtomicBool::new(false),
+        wakers: Mutex::new(Vec::new()),
+    });
+    let d = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("arca-dispatch".into())
+        .spawn(move || dispatch(&d, rx))?;
+    let owner = Arc::new(Owner { shared });
+    match owner.shared.request(&Message::hello())? {
+        Message::HelloOk { .. } => Ok(owner),
+        Message::HelloErr { code, .. } => {
+            Err(code.into_io_error("arca: monitor refused the handshake"))
+        }
+        Message::Error { code, .. } => Err(code.into_io_error("arca: handshake rejected")),
+        other => Err(invalid(format!(
+            "arca: unexpected handshake reply {other:?}"
+        ))),
+    }
+}
+
+/// The dispatcher thread's body: see the module documentation.
+fn dispatch(shared: &Shared, mut rx: Consumer) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if !drain(shared, &mut rx, &mut decoder, &mut buf) {
+            shared.kill();
+            break;
+        }
+        shared.bump();
+        if rx.arm() {
+            rx.disarm();
+            continue;
+        }
+        let mut fds = [
+            PollFd::new(shared.guest_bell.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.stop_bell.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => {
+                // Cannot sleep: avoid a hot loop, keep serving.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let sock_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if sock_ready && shared.socket_eof() {
+            shared.kill();
+            break;
+        }
+        shared.guest_bell.drain();
+        rx.disarm();
+    }
+    // Leaving closes the control pipe's reading half (`rx` drops); the session socket
+    // closes when the last reference to `Shared` goes.
+}
+
+/// Reads every available control byte and completes the requests answered. False when the
+/// session is over (control pipe closed or corrupt, stream out of sync).
+fn drain(shared: &Shared, rx: &mut Consumer, decoder: &mut FrameDecoder, buf: &mut [u8]) -> bool {
+    loop {
+        let n = match rx.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(RingError::WouldBlock) => return true,
+            Err(_) => return false,
+        };
+        let mut input = buf.get(..n).unwrap_or_default();
+        while !input.is_empty() {
+            let taken = decoder.feed(input);
+            input = input.get(taken..).unwrap_or_default();
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => shared.complete(frame),
+                    Ok(None) => break,
+                    Err(FrameError::Malformed { header, error }) => shared.fail_request(
+                        header.request_id,
+                        invalid(format!("arca: undecodable reply from the monitor: {error}")),
+                    ),
+                    Err(FrameError::Desync(_)) => return false,
+                }
+            }
+            if taken == 0 && decoder.is_poisoned() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Formats a remote error with the operation and address involved.
+pub(crate) fn op_error(
+    code: arca_wire::ErrorCode,
+    op: &str,
+    addr: Option<SocketAddr>,
+) -> io::Error {
+    match addr {
+        Some(a) => code.into_io_error(format!("arca: {op} {a}")),
+        None => code.into_io_error(format!("arca: {op}")),
+    }
+}

@@ -1,0 +1,302 @@
+//! TCP through the monitor against direct loopback TCP and a socat relay, in
+//! the same run.
+//!
+//! Run: `cargo bench --bench tcp` (socat from Debian's packages for the relay
+//! rows; they are skipped with a note when it is missing).
+//!
+//! Everything runs in this process on its own threads: a sink / echo server
+//! (std::net), the monitor's event loop (for the arca rows), and the client —
+//! a guest using `arca`, or a plain `std::net` client for the baseline. Each
+//! figure is the median of several trials; the ratio column compares medians.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arca::ArcaSession;
+use arca_monitor::{Config, Monitor, MonitorHandle};
+
+const TRIALS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A server thread that counts bytes per connection until EOF and reports
+/// each connection's byte count back.
+fn sink() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut n = 0u64;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k as u64,
+                    }
+                }
+                let _ = s.write_all(&n.to_le_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// An echo server thread: echoes everything on each connection.
+fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            if s.write_all(&buf[..k]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+trait Client: Read + Write {
+    fn finish_write(&mut self);
+    fn nodelay(&mut self);
+}
+
+impl Client for TcpStream {
+    fn finish_write(&mut self) {
+        self.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    fn nodelay(&mut self) {
+        self.set_nodelay(true).unwrap();
+    }
+}
+
+impl Client for arca::TcpStream {
+    fn finish_write(&mut self) {
+        self.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    fn nodelay(&mut self) {
+        self.set_nodelay(true).unwrap();
+    }
+}
+
+/// Sends `total` bytes in `write`-sized writes, waits for the sink's count;
+/// returns bytes per second.
+fn throughput<C: Client>(mut c: C, write: usize, total: usize) -> f64 {
+    let chunk = vec![0x5au8; write];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        c.write_all(&chunk).unwrap();
+        sent += write;
+    }
+    c.finish_write();
+    let mut count = [0u8; 8];
+    c.read_exact(&mut count).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(
+        u64::from_le_bytes(count),
+        sent as u64,
+        "sink saw every byte"
+    );
+    sent as f64 / secs
+}
+
+/// Mean round trip of `n` 64-byte request/response exchanges, in seconds.
+fn round_trip<C: Client>(mut c: C, n: usize) -> f64 {
+    c.nodelay();
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    for _ in 0..200 {
+        c.write_all(&msg).unwrap();
+        c.read_exact(&mut back).unwrap();
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        c.write_all(&msg).unwrap();
+        c.read_exact(&mut back).unwrap();
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
+/// Connections per second: connect, one 64-byte exchange, close.
+fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize) -> f64 {
+    let msg = [1u8; 64];
+    let mut back = [0u8; 64];
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut c = connect();
+        c.write_all(&msg).unwrap();
+        c.read_exact(&mut back).unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Served {
+    handle: MonitorHandle,
+    path: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.handle.stop();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn monitor() -> (Served, ArcaSession) {
+    let path = std::env::temp_dir().join(format!("arca-bench-{}.sock", std::process::id()));
+    let mut m = Monitor::new(Config::default()).unwrap();
+    m.listen_unix(&path).unwrap();
+    let handle = m.handle();
+    std::thread::spawn(move || m.run());
+    let session = ArcaSession::attach(&path).unwrap();
+    (Served { handle, path }, session)
+}
+
+struct Socat(Child, SocketAddr);
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `socat TCP-LISTEN:port,fork TCP:target` — a classic user-space relay.
+fn socat(target: SocketAddr) -> Option<Socat> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+        .arg(format!("TCP:{target}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Socat(child, addr))
+}
+
+fn row(name: &str, unit: &str, direct: f64, arca: f64, relay: Option<f64>, target: &str) {
+    let ratio = arca / direct;
+    let relay = relay.map_or("n/a (no socat)".to_string(), |r| format!("{r:.3}"));
+    println!("| {name} | {direct:.3} {unit} | {arca:.3} {unit} | {relay} {unit} | {ratio:.2}× | {target} |");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let total = if quick { 64 << 20 } else { 512 << 20 };
+    let rtts = if quick { 2_000 } else { 20_000 };
+    let conns = if quick { 200 } else { 2_000 };
+
+    let sink_addr = sink();
+    let echo_addr = echo();
+    let (_served, session) = monitor();
+    let relay_sink = socat(sink_addr);
+    let relay_echo = socat(echo_addr);
+
+    println!("TCP through the monitor vs direct loopback ({TRIALS} trials, medians)\n");
+    println!("| measure | direct | through monitor | socat relay | monitor ÷ direct | target |");
+    println!("|---|---|---|---|---|---|");
+    for (write, target) in [(64 << 10, "≥ 0.9×"), (1 << 10, "≥ 2×")] {
+        let d = median(
+            (0..TRIALS)
+                .map(|_| throughput(TcpStream::connect(sink_addr).unwrap(), write, total))
+                .collect(),
+        );
+        let a = median(
+            (0..TRIALS)
+                .map(|_| throughput(session.connect(sink_addr).unwrap(), write, total))
+                .collect(),
+        );
+        let r = relay_sink.as_ref().map(|s| {
+            median(
+                (0..TRIALS)
+                    .map(|_| throughput(TcpStream::connect(s.1).unwrap(), write, total))
+                    .collect(),
+            )
+        });
+        let name = format!("throughput, {} B writes", write);
+        row(&name, "GB/s", d / 1e9, a / 1e9, r.map(|x| x / 1e9), target);
+    }
+    let d = median(
+        (0..TRIALS)
+            .map(|_| round_trip(TcpStream::connect(echo_addr).unwrap(), rtts))
+            .collect(),
+    );
+    let a = median(
+        (0..TRIALS)
+            .map(|_| round_trip(session.connect(echo_addr).unwrap(), rtts))
+            .collect(),
+    );
+    let r = relay_echo.as_ref().map(|s| {
+        median(
+            (0..TRIALS)
+                .map(|_| round_trip(TcpStream::connect(s.1).unwrap(), rtts))
+                .collect(),
+        )
+    });
+    row(
+        "64 B round trip",
+        "µs",
+        d * 1e6,
+        a * 1e6,
+        r.map(|x| x * 1e6),
+        "≤ 1.5×",
+    );
+    let d = median(
+        (0..TRIALS)
+            .map(|_| conn_rate(|| Box::new(TcpStream::connect(echo_addr).unwrap()), conns))
+            .collect(),
+    );
+    let a = median(
+        (0..TRIALS)
+            .map(|_| conn_rate(|| Box::new(session.connect(echo_addr).unwrap()), conns))
+            .collect(),
+    );
+    let r = relay_echo.as_ref().map(|s| {
+        median(
+            (0..TRIALS)
+                .map(|_| conn_rate(|| Box::new(TcpStream::connect(s.1).unwrap()), conns))
+                .collect(),
+        )
+    });
+    row(
+        "connections/s (connect, 64 B exchange, close)",
+        "k/s",
+        d / 1e3,
+        a / 1e3,
+        r.map(|x| x / 1e3),
+        "≥ 0.7×",
+    );
+}

@@ -1,0 +1,141 @@
+//! Shared helpers for the end-to-end TCP tests: an in-process monitor serving a Unix socket,
+//! and guests attached to it from the same process.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arca::ArcaSession;
+use arca_monitor::{Config, Monitor, MonitorHandle, SessionStats};
+
+/// Upper bound for any single blocking step in a test.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// A monitor running on its own thread, stopped on drop.
+pub struct TestMonitor {
+    pub path: PathBuf,
+    pub handle: MonitorHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestMonitor {
+    /// Starts a monitor with the default configuration on a fresh socket path.
+    pub fn start() -> TestMonitor {
+        TestMonitor::with_config(Config::default())
+    }
+
+    /// Starts a monitor with `config`.
+    pub fn with_config(config: Config) -> TestMonitor {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "arca-test-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut m = Monitor::new(config).expect("monitor");
+        m.listen_unix(&path).expect("listen_unix");
+        let handle = m.handle();
+        let thread = std::thread::spawn(move || m.run());
+        TestMonitor {
+            path,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// A new guest session attached to this monitor.
+    pub fn session(&self) -> ArcaSession {
+        ArcaSession::attach(&self.path).expect("attach")
+    }
+
+    /// Stops the monitor and waits for its thread.
+    pub fn stop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Every live session's figures.
+    pub fn sessions(&self) -> Vec<SessionStats> {
+        self.handle
+            .stats()
+            .expect("stats")
+            .sessions
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    }
+
+    /// Polls `cond` on the stats until it holds or `timeout` passes; returns the last stats.
+    pub fn wait_stats(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&[SessionStats]) -> bool,
+    ) -> (bool, Vec<SessionStats>) {
+        let end = Instant::now() + timeout;
+        loop {
+            let s = self.sessions();
+            if cond(&s) {
+                return (true, s);
+            }
+            if Instant::now() >= end {
+                return (false, s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestMonitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), `len` long, from `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A host `std::net` echo server on 127.0.0.1:0 serving every connection on its own thread
+/// (echo until EOF, then shut down writing). Returns its address.
+pub fn echo_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo server");
+    let addr = l.local_addr().expect("local_addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(STEP));
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
