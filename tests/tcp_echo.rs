@@ -35,22 +35,26 @@ fn echo_round_trip() {
 }
 
 #[test]
-fn sixty_four_mib_up_and_down_with_checksum() {
-    const LEN: usize = 64 << 20;
+fn one_gib_up_and_down_at_once_with_checksum() {
+    const CHUNK: usize = 1 << 20;
+    const LEN: usize = 1 << 30;
     let m = TestMonitor::start();
     let s = m.session();
     let addr = echo_server();
     let c = s.connect(addr).unwrap();
     c.set_read_timeout(Some(STEP)).unwrap();
     c.set_write_timeout(Some(STEP)).unwrap();
-    let data = pattern(7, LEN);
-    let sent_crc = crc32c::crc32c(&data);
     let w = c.try_clone().unwrap();
+    // Chunks are generated as they are sent, so 1 GiB never sits in memory.
     let writer = std::thread::spawn(move || {
-        for chunk in data.chunks(1 << 20) {
-            (&w).write_all(chunk).unwrap();
+        let mut crc = 0u32;
+        for i in 0..(LEN / CHUNK) as u64 {
+            let chunk = pattern(7 + i, CHUNK);
+            crc = crc32c::crc32c_append(crc, &chunk);
+            (&w).write_all(&chunk).unwrap();
         }
         w.shutdown(Shutdown::Write).unwrap();
+        crc
     });
     let mut crc = 0u32;
     let mut total = 0usize;
@@ -63,7 +67,7 @@ fn sixty_four_mib_up_and_down_with_checksum() {
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         total += n;
     }
-    writer.join().unwrap();
+    let sent_crc = writer.join().unwrap();
     assert_eq!(total, LEN);
     assert_eq!(crc, sent_crc);
 }
@@ -203,23 +207,31 @@ fn timeouts_and_nonblocking_behave_like_std() {
 }
 
 #[test]
-fn hundred_concurrent_connections_from_eight_threads() {
-    let m = TestMonitor::start();
+fn thousand_concurrent_connections_from_eight_threads() {
+    // Small rings so a thousand pipes fit the region comfortably.
+    let m = TestMonitor::with_config(arca_monitor::Config {
+        data_ring: 16 << 10,
+        ..arca_monitor::Config::default()
+    });
     let s = m.session();
     let addr = echo_server();
+    let all_open = std::sync::Arc::new(std::sync::Barrier::new(9));
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let s = s.clone();
+            let all_open = all_open.clone();
             std::thread::spawn(move || {
-                let per = if t < 4 { 13 } else { 12 }; // 4*13 + 4*12 = 100
+                let per = 125; // 8 * 125 = 1000, all open at once
                 let conns: Vec<_> = (0..per)
                     .map(|i| {
                         let c = s.connect(addr).unwrap();
                         c.set_read_timeout(Some(STEP)).unwrap();
                         c.set_write_timeout(Some(STEP)).unwrap();
-                        (c, pattern(t * 1000 + i, 100_000 + (i as usize) * 997))
+                        (c, pattern(t * 1000 + i, 20_000 + (i as usize) * 397))
                     })
                     .collect();
+                all_open.wait(); // main checks the count
+                all_open.wait();
                 for (c, data) in &conns {
                     let w = c.try_clone().unwrap();
                     let d = data.clone();
@@ -236,6 +248,13 @@ fn hundred_concurrent_connections_from_eight_threads() {
             })
         })
         .collect();
+    all_open.wait();
+    assert_eq!(
+        m.sessions()[0].conns,
+        1000,
+        "a thousand connections held at once"
+    );
+    all_open.wait();
     for t in threads {
         t.join().unwrap();
     }
