@@ -523,3 +523,68 @@ fn corrupt_data_pipe_closes_that_connection_only() {
     let addr: SocketAddr = host2.local_addr().unwrap();
     assert!(addr.port() != 0);
 }
+
+#[test]
+fn request_burst_beyond_the_turn_budget_is_answered_in_full() {
+    let s = serve("burst");
+    let mut g = RawGuest::attach(&s.path);
+    g.hello();
+    // 2,000 requests written in one go: more than a turn's budget (256), and
+    // more bytes than one 4 KiB read, so frames straddle reads.
+    const N: u32 = 2000;
+    let mut burst = Vec::new();
+    let first = g.next;
+    let mut id = first;
+    for _ in 0..N {
+        Message::Close {
+            handle: Handle::Connection(ConnId(id.0 + 100_000)),
+        }
+        .encode(id, &mut burst);
+        id = id.next();
+    }
+    g.next = id;
+    // Read replies while sending, so neither ring can stall the other.
+    let mut expect = first;
+    let mut sent = 0;
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 8192];
+    while expect != id {
+        assert!(Instant::now() < deadline, "replies stalled at {expect}");
+        if sent < burst.len() {
+            if let Ok(n) = g.control.write(&burst[sent..]) {
+                sent += n;
+            }
+        }
+        let check = |g: &mut RawGuest, expect: &mut RequestId| {
+            while let Some(f) = g.decoder.next_frame().unwrap() {
+                assert_eq!(f.request_id, *expect, "replies in request order");
+                assert_eq!(
+                    f.message,
+                    Message::CloseErr {
+                        code: ErrorCode::NotFound
+                    }
+                );
+                *expect = expect.next();
+            }
+        };
+        check(&mut g, &mut expect);
+        match g.control.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                let mut input = &buf[..n];
+                while !input.is_empty() {
+                    let taken = g.decoder.feed(input);
+                    input = &input[taken..];
+                    check(&mut g, &mut expect);
+                }
+            }
+            Ok(_) => panic!("session ended"),
+            Err(RingError::WouldBlock) => {
+                let _ = g.control.rx().wait_readable(
+                    &g.guest_bell,
+                    Some(Instant::now() + Duration::from_millis(20)),
+                );
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -215,34 +215,7 @@ impl Monitor {
     pub fn add_guest(&mut self, sock: OwnedFd) -> Result<SessionId, crate::session::SetupError> {
         let sid = self.next_session;
         self.next_session += 1;
-        let Self {
-            poll,
-            tokens,
-            next_token,
-            timers,
-            timer_seq,
-            config,
-            ..
-        } = self;
-        let mut alloc_token = |src| {
-            let t = Token(*next_token);
-            *next_token += 1;
-            tokens.insert(t, Src::Session(sid, src));
-            t
-        };
-        let mut release = |_t: Token| {};
-        let mut set_timer = |at, id| {
-            *timer_seq += 1;
-            timers.insert((at, *timer_seq), (sid, id));
-        };
-        let mut ctx = Ctx {
-            registry: poll.registry(),
-            tokens: &mut alloc_token,
-            release: &mut release,
-            set_timer: &mut set_timer,
-            config,
-        };
-        let session = Session::new(sid, sock, &mut ctx)?;
+        let session = self.with_ctx(sid, |ctx| Session::new(sid, sock, ctx))?;
         self.sessions.insert(sid, session);
         Ok(sid)
     }
@@ -380,6 +353,16 @@ impl Monitor {
     }
 
     fn with_session(&mut self, sid: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
+        let Some(mut session) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.with_ctx(sid, |ctx| f(&mut session, ctx));
+        self.sessions.insert(sid, session);
+    }
+
+    /// Lends session `sid` the loop's services: token allocation (mapped back
+    /// to the session), token release (applied after `f`), timers, config.
+    fn with_ctx<R>(&mut self, sid: SessionId, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
         let Self {
             poll,
             tokens,
@@ -387,14 +370,10 @@ impl Monitor {
             timers,
             timer_seq,
             config,
-            sessions,
             ..
         } = self;
-        let Some(session) = sessions.get_mut(&sid) else {
-            return;
-        };
         let mut released = Vec::new();
-        {
+        let r = {
             let mut alloc_token = |src| {
                 let t = Token(*next_token);
                 *next_token += 1;
@@ -413,11 +392,12 @@ impl Monitor {
                 set_timer: &mut set_timer,
                 config,
             };
-            f(session, &mut ctx);
-        }
+            f(&mut ctx)
+        };
         for t in released {
             tokens.remove(&t);
         }
+        r
     }
 
     fn fire_timers(&mut self) {

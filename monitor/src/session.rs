@@ -460,9 +460,10 @@ impl Session {
     /// Reads and answers control frames, up to the turn's budget.
     pub fn service_control(&mut self, ctx: &mut Ctx<'_>) {
         self.control.rx().disarm();
+        let budget = ctx.config.control_budget;
         let mut handled = 0;
         let mut buf = [0u8; 4096];
-        'outer: while handled < ctx.config.control_budget && self.ended.is_none() {
+        while handled < budget && self.ended.is_none() {
             // Backpressure: a guest that does not read its replies gets no
             // more of its requests read.
             self.flush_outbox();
@@ -470,76 +471,25 @@ impl Session {
                 self.control.tx().arm();
                 break;
             }
-            // Frames already buffered first.
-            loop {
-                match self.decoder.next_frame() {
-                    Ok(Some(frame)) => {
-                        handled += 1;
-                        self.handle(frame, ctx);
-                        if handled >= ctx.config.control_budget {
-                            break 'outer;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) if e.is_fatal() => {
-                        self.end(EndReason::Violation(e.to_string()));
-                        return;
-                    }
-                    Err(FrameError::Malformed { header, error }) => {
-                        handled += 1;
-                        tracing::warn!(
-                            session = self.id,
-                            request = header.request_id.0,
-                            "malformed frame: {error}"
-                        );
-                        self.reply(
-                            header.request_id,
-                            Message::Error {
-                                code: ErrorCode::InvalidInput,
-                                rejected_type: header.message_type,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        self.end(EndReason::Violation(e.to_string()));
-                        return;
-                    }
-                }
+            if !self.handle_buffered(ctx, &mut handled) {
+                break;
             }
             match self.control.read(&mut buf) {
-                Ok(0) => {
-                    self.end(EndReason::GuestGone);
-                    return;
-                }
+                Ok(0) => self.end(EndReason::GuestGone),
                 Ok(n) => {
                     let mut input = &buf[..n];
-                    while !input.is_empty() {
+                    while !input.is_empty() && self.ended.is_none() {
                         let taken = self.decoder.feed(input);
                         input = &input[taken..];
-                        if taken == 0 {
-                            // A whole frame is buffered: handle it to make room.
-                            match self.decoder.next_frame() {
-                                Ok(Some(frame)) => {
-                                    handled += 1;
-                                    self.handle(frame, ctx);
-                                }
-                                Ok(None) => {}
-                                Err(e) if e.is_fatal() => {
-                                    self.end(EndReason::Violation(e.to_string()));
-                                    return;
-                                }
-                                Err(FrameError::Malformed { header, .. }) => self.reply(
-                                    header.request_id,
-                                    Message::Error {
-                                        code: ErrorCode::InvalidInput,
-                                        rejected_type: header.message_type,
-                                    },
-                                ),
-                                Err(e) => {
-                                    self.end(EndReason::Violation(e.to_string()));
-                                    return;
-                                }
-                            }
+                        // A full decoder buffer holds a whole frame: handle
+                        // frames (past the budget if need be, as these bytes
+                        // are already read) to make room.
+                        if taken == 0
+                            && !self.handle_buffered(ctx, &mut handled)
+                            && !input.is_empty()
+                        {
+                            let unbounded = &mut 0;
+                            self.handle_buffered(ctx, unbounded);
                         }
                     }
                 }
@@ -550,18 +500,56 @@ impl Session {
                     }
                     break;
                 }
-                Err(e) => {
-                    self.end(EndReason::Violation(format!("control pipe: {e}")));
-                    return;
-                }
+                Err(e) => self.end(EndReason::Violation(format!("control pipe: {e}"))),
             }
         }
-        if handled >= ctx.config.control_budget {
-            // More may be waiting: the loop's ready pass comes back to it.
+        if handled >= budget && self.ended.is_none() {
+            // More may be waiting: come back on the next turn.
             self.bitmap.set(0);
             self.monitor_bell.ring();
         }
         self.flush_outbox();
+    }
+
+    /// Handles the frames already decoded, counting them in `handled`.
+    /// Returns false when the budget is spent or the session ended.
+    fn handle_buffered(&mut self, ctx: &mut Ctx<'_>, handled: &mut usize) -> bool {
+        let budget = ctx.config.control_budget;
+        loop {
+            if self.ended.is_some() {
+                return false;
+            }
+            if *handled >= budget {
+                return false;
+            }
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    *handled += 1;
+                    self.handle(frame, ctx);
+                }
+                Ok(None) => return true,
+                Err(FrameError::Malformed { header, error }) => {
+                    *handled += 1;
+                    tracing::warn!(
+                        session = self.id,
+                        request = header.request_id.0,
+                        "malformed frame: {error}"
+                    );
+                    self.reply(
+                        header.request_id,
+                        Message::Error {
+                            code: ErrorCode::InvalidInput,
+                            rejected_type: header.message_type,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // Frame boundaries are lost: the session cannot go on.
+                    self.end(EndReason::Violation(e.to_string()));
+                    return false;
+                }
+            }
+        }
     }
 
     fn reply(&mut self, request: RequestId, msg: Message) {
