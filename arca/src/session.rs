@@ -446,6 +446,29 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
     }
 }
 
+/// How long the dispatcher polls for a due reply before it sleeps.
+const REPLY_SPIN: Duration = Duration::from_micros(50);
+
+fn requests_in_flight(shared: &Shared) -> bool {
+    lock(&shared.pending)
+        .as_ref()
+        .is_some_and(|m| !m.is_empty())
+}
+
+/// Polls the control ring for up to [`REPLY_SPIN`]; true if it became readable.
+fn spin_for_reply(rx: &mut Consumer) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < REPLY_SPIN {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        if rx.poll_readable() {
+            return true;
+        }
+    }
+    false
+}
+
 /// The dispatcher thread's body: see the module documentation.
 fn dispatch(shared: &Shared, mut rx: Consumer) {
     let mut decoder = FrameDecoder::new();
@@ -459,6 +482,12 @@ fn dispatch(shared: &Shared, mut rx: Consumer) {
             break;
         }
         shared.bump();
+        // While requests are in flight a reply is due soon: poll for it for a
+        // short while instead of paying a sleep and a wake (the monitor does
+        // the same after work). Idle sessions never spin.
+        if requests_in_flight(shared) && spin_for_reply(&mut rx) {
+            continue;
+        }
         if rx.arm() {
             rx.disarm();
             continue;
