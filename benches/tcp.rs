@@ -25,56 +25,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A server thread that counts bytes per connection until EOF and reports
-/// each connection's byte count back.
-fn sink() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 256 << 10];
-                let mut n = 0u64;
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k as u64,
-                    }
-                }
-                let _ = s.write_all(&n.to_le_bytes());
-            });
-        }
-    });
-    addr
-}
-
-/// An echo server thread: echoes everything on each connection.
-fn echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let _ = s.set_nodelay(true);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            if s.write_all(&buf[..k]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 trait Client: Read + Write {
     fn finish_write(&mut self);
     fn nodelay(&mut self);
@@ -219,8 +169,8 @@ fn main() {
     let rtts = if quick { 2_000 } else { 20_000 };
     let conns = if quick { 200 } else { 2_000 };
 
-    let sink_addr = sink();
-    let echo_addr = echo();
+    let sink_addr = arca_suite::servers::count_sink().unwrap();
+    let echo_addr = arca_suite::servers::echo_server().unwrap();
     let (_served, session) = monitor();
     let relay_sink = socat(sink_addr);
     let relay_echo = socat(echo_addr);

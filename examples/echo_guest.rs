@@ -21,19 +21,6 @@ use arca::{ArcaSession, TcpStream};
 const BULK: usize = 16 << 20;
 const STEP: Duration = Duration::from_secs(30);
 
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// Server side of one connection: echo `BULK` bytes, then answer one HTTP-like request.
 fn serve(c: &TcpStream) -> io::Result<()> {
     let mut buf = vec![0u8; 256 << 10];
@@ -94,7 +81,7 @@ fn run() -> io::Result<()> {
     );
 
     // Bulk: a writer thread sends, this thread reads the echo.
-    let data = pattern(BULK);
+    let data = arca_suite::pattern::random_bytes(0x9E37_79B9, BULK);
     let want = crc32c::crc32c(&data);
     let w = client.try_clone()?;
     let start = Instant::now();

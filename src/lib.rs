@@ -8,7 +8,9 @@
 //!   through [`twoproc`].
 //! - [`pattern`]: deterministic byte streams with a checksum that can be
 //!   computed without generating the stream, and a reader-side tally.
+//! - [`servers`]: host-side echo and byte-counting servers on 127.0.0.1.
 
 pub mod pattern;
+pub mod servers;
 pub mod shm_link;
 pub mod twoproc;

@@ -11,6 +11,25 @@ use std::io::{self, Read, Write};
 /// Default period: 1 MiB plus a prime, so it is coprime with every ring size.
 pub const DEFAULT_PERIOD: usize = (1 << 20) + 4093;
 
+/// `len` deterministic pseudo-random bytes from `seed` (splitmix64: cheap and
+/// good enough to make every byte position count).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    let mut next = move || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        bytes.extend_from_slice(&next().to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
 /// A repeating pseudo-random byte stream.
 #[derive(Debug, Clone)]
 pub struct Pattern {
@@ -22,21 +41,7 @@ impl Pattern {
     /// The stream for `seed`, repeating every `period` bytes (`period > 0`;
     /// 0 is treated as 1).
     pub fn new(seed: u64, period: usize) -> Self {
-        let period = period.max(1);
-        // splitmix64: cheap and good enough to make every byte position count.
-        let mut x = seed;
-        let mut next = move || {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        let mut bytes = Vec::with_capacity(period + 8);
-        while bytes.len() < period {
-            bytes.extend_from_slice(&next().to_le_bytes());
-        }
-        bytes.truncate(period);
+        let bytes = random_bytes(seed, period.max(1));
         let period_crc = crc32c::crc32c(&bytes);
         Self {
             period: bytes,

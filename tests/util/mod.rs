@@ -97,45 +97,13 @@ impl Drop for TestMonitor {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), `len` long, from `seed`.
+/// Deterministic pseudo-random bytes, `len` long, from `seed`.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    arca_suite::pattern::random_bytes(seed, len)
 }
 
-/// A host `std::net` echo server on 127.0.0.1:0 serving every connection on its own thread
-/// (echo until EOF, then shut down writing). Returns its address.
+/// A host `std::net` echo server on 127.0.0.1:0 (echo until EOF, then shut
+/// down writing). Returns its address.
 pub fn echo_server() -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo server");
-    let addr = l.local_addr().expect("local_addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(STEP));
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
+    arca_suite::servers::echo_server().expect("bind echo server")
 }
