@@ -92,6 +92,11 @@ impl<'a> Reader<'a> {
         self.take().map(u32::from_le_bytes)
     }
 
+    /// Four bytes in network order (an IPv4 address's octets).
+    pub(crate) fn u32_be(&mut self) -> Result<u32, WireError> {
+        self.take().map(u32::from_be_bytes)
+    }
+
     pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
         self.take().map(u64::from_le_bytes)
     }

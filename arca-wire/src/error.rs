@@ -95,6 +95,20 @@ pub enum WireError {
     /// A handle's `kind` byte names no known kind of handle.
     #[error("unknown handle kind {0}")]
     UnknownHandleKind(u8),
+    /// A datagram record's payload is longer than UDP allows for its address family.
+    #[error("datagram of {len} bytes exceeds the maximum of {max}")]
+    DatagramTooLarge {
+        /// The length given.
+        len: usize,
+        /// The family's limit.
+        max: usize,
+    },
+    /// A datagram record header's reserved bytes are not zero.
+    #[error("datagram record header has nonzero reserved bytes")]
+    DatagramReserved,
+    /// A `Membership.op` other than 1 (join) or 2 (leave).
+    #[error("unknown membership op {0}")]
+    UnknownMembershipOp(u8),
 
     /// The session bootstrap message ([`Bootstrap`](crate::Bootstrap)) is malformed.
     #[error("bad session bootstrap ({len} bytes): {why}")]

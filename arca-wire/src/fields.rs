@@ -72,6 +72,9 @@ pub enum Handle {
     Listener(ListenerId),
     /// A TCP connection.
     Connection(ConnId),
+    /// A UDP socket; its id is a [`ConnId`] because, like a connection, it has a data pipe
+    /// and a notification slot.
+    Udp(ConnId),
 }
 
 impl Handle {
@@ -81,19 +84,24 @@ impl Handle {
     pub const KIND_LISTENER: u8 = 1;
     /// `kind` byte of [`Handle::Connection`].
     pub const KIND_CONNECTION: u8 = 2;
+    /// `kind` byte of a UDP socket handle.
+    pub const KIND_UDP: u8 = 3;
 
     /// The `kind` byte.
     pub fn kind(self) -> u8 {
         match self {
             Handle::Listener(_) => Self::KIND_LISTENER,
             Handle::Connection(_) => Self::KIND_CONNECTION,
+            Handle::Udp(_) => Self::KIND_UDP,
         }
     }
 
     /// The raw id, whatever the kind.
     pub fn raw_id(self) -> u32 {
         match self {
-            Handle::Listener(ListenerId(id)) | Handle::Connection(ConnId(id)) => id,
+            Handle::Listener(ListenerId(id))
+            | Handle::Connection(ConnId(id))
+            | Handle::Udp(ConnId(id)) => id,
         }
     }
 
@@ -113,6 +121,7 @@ impl Handle {
         match kind {
             Self::KIND_LISTENER => Ok(Handle::Listener(ListenerId(id))),
             Self::KIND_CONNECTION => Ok(Handle::Connection(ConnId(id))),
+            Self::KIND_UDP => Ok(Handle::Udp(ConnId(id))),
             other => Err(WireError::UnknownHandleKind(other)),
         }
     }
@@ -123,6 +132,7 @@ impl fmt::Display for Handle {
         match self {
             Handle::Listener(id) => write!(f, "listener {id}"),
             Handle::Connection(id) => write!(f, "connection {id}"),
+            Handle::Udp(id) => write!(f, "udp socket {id}"),
         }
     }
 }
@@ -177,6 +187,25 @@ impl PipeInfo {
 pub enum SocketOption {
     /// `TCP_NODELAY` on a connection. Value 0 = off, 1 = on; anything else is `InvalidInput`.
     NoDelay,
+    /// `SO_BROADCAST` on a UDP socket (0 or 1).
+    Broadcast,
+    /// `IP_MULTICAST_LOOP` on a UDP socket (0 or 1).
+    MulticastLoopV4,
+    /// `IP_MULTICAST_TTL` on a UDP socket (0 to 255).
+    MulticastTtlV4,
+    /// `IP_MULTICAST_IF` on a UDP socket: the outgoing interface's IPv4 address as
+    /// `u32::from(Ipv4Addr)` (0 = the routing table decides).
+    MulticastIfV4,
+    /// `IPV6_MULTICAST_LOOP` on a UDP socket (0 or 1).
+    MulticastLoopV6,
+    /// `IPV6_MULTICAST_IF` on a UDP socket: an interface index (0 = default).
+    MulticastIfV6,
+    /// `IP_TTL` (or `IPV6_UNICAST_HOPS`) on a UDP socket (1 to 255).
+    Ttl,
+    /// `SO_RCVBUF` on a UDP socket, in bytes (the host may clamp it).
+    RecvBufferSize,
+    /// `SO_SNDBUF` on a UDP socket, in bytes (the host may clamp it).
+    SendBufferSize,
     /// A number not assigned above. Never holds an assigned number when produced by
     /// [`SocketOption::from_u16`].
     Unknown(u16),
@@ -186,20 +215,42 @@ impl SocketOption {
     /// Number of [`SocketOption::NoDelay`].
     pub const NO_DELAY: u16 = 0x0001;
 
-    /// The option for a wire number; total.
+    /// Every assigned option with its number, in numeric order.
+    pub const ALL: [(SocketOption, u16); 10] = [
+        (SocketOption::NoDelay, Self::NO_DELAY),
+        (SocketOption::Broadcast, 0x0101),
+        (SocketOption::MulticastLoopV4, 0x0102),
+        (SocketOption::MulticastTtlV4, 0x0103),
+        (SocketOption::MulticastIfV4, 0x0104),
+        (SocketOption::MulticastLoopV6, 0x0105),
+        (SocketOption::MulticastIfV6, 0x0106),
+        (SocketOption::Ttl, 0x0107),
+        (SocketOption::RecvBufferSize, 0x0108),
+        (SocketOption::SendBufferSize, 0x0109),
+    ];
+
+    /// The option for a wire number; unassigned numbers give [`SocketOption::Unknown`].
     pub fn from_u16(raw: u16) -> SocketOption {
-        match raw {
-            Self::NO_DELAY => SocketOption::NoDelay,
-            other => SocketOption::Unknown(other),
-        }
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == raw)
+            .map_or(SocketOption::Unknown(raw), |(o, _)| *o)
     }
 
     /// The wire number.
     pub fn to_u16(self) -> u16 {
         match self {
-            SocketOption::NoDelay => Self::NO_DELAY,
             SocketOption::Unknown(raw) => raw,
+            known => Self::ALL
+                .iter()
+                .find(|(o, _)| *o == known)
+                .map_or(0, |(_, n)| *n),
         }
+    }
+
+    /// True for the options that apply to UDP sockets (`0x0100`–`0x01FF`).
+    pub fn is_udp(self) -> bool {
+        (0x0100..=0x01FF).contains(&self.to_u16())
     }
 }
 
@@ -235,7 +286,7 @@ mod tests {
         assert_eq!(l.to_bytes(), [1, 7, 0, 0, 0]);
         assert_eq!(Handle::from_bytes(l.to_bytes()), Ok(l));
         assert_eq!(l.to_string(), "listener 7");
-        for kind in [0u8, 3, 0xFF] {
+        for kind in [0u8, 4, 0xFF] {
             assert_eq!(
                 Handle::from_bytes([kind, 1, 0, 0, 0]),
                 Err(WireError::UnknownHandleKind(kind))
@@ -261,5 +312,10 @@ mod tests {
         assert_eq!(u16::from(SocketOption::NoDelay), 1);
         assert_eq!(SocketOption::from(0x0100), SocketOption::Unknown(0x0100));
         assert_eq!(SocketOption::Unknown(0x0100).to_u16(), 0x0100);
+        for (option, number) in SocketOption::ALL {
+            assert_eq!(SocketOption::from_u16(number), option);
+            assert_eq!(option.to_u16(), number);
+            assert_eq!(option.is_udp(), number >= 0x0100);
+        }
     }
 }

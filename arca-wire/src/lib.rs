@@ -67,6 +67,7 @@
 mod addr;
 mod bootstrap;
 mod codec;
+mod datagram;
 mod decoder;
 mod error;
 mod error_code;
@@ -77,10 +78,13 @@ mod message_type;
 
 pub use addr::{decode_socket_addr, encode_socket_addr, FAMILY_V4, FAMILY_V6, SOCKET_ADDR_LEN};
 pub use bootstrap::{Bootstrap, BOOTSTRAP_FDS, BOOTSTRAP_LEN, BOOTSTRAP_MAGIC, BOOTSTRAP_VERSION};
+pub use datagram::{
+    max_datagram_for, DatagramHeader, DATAGRAM_HEADER_LEN, MAX_DATAGRAM, MAX_DATAGRAM_V4,
+};
 pub use decoder::FrameDecoder;
 pub use error::{FrameError, WireError};
 pub use error_code::{ErrorCode, RemoteError};
 pub use fields::{ConnId, Handle, ListenerId, PipeInfo, RequestId, SocketOption};
 pub use header::{FrameHeader, HEADER_LEN, MAX_FRAME_LEN, MAX_FRAME_PAYLOAD};
-pub use message::{Frame, Message, HELLO_MAGIC, PROTOCOL_VERSION};
+pub use message::{Frame, MembershipOp, Message, HELLO_MAGIC, PROTOCOL_VERSION, UDP_REUSE_ADDR};
 pub use message_type::{Direction, MessageType, MAX_PAYLOAD};

@@ -4,7 +4,7 @@
 //! the exact length first, then reads field by field. A message type this crate does not know
 //! decodes to [`Message::Unknown`] so the receiver can answer it and carry on.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::codec::{Put, Reader};
 use crate::error::WireError;
@@ -15,6 +15,41 @@ use crate::message_type::{Direction, MessageType};
 
 /// `Hello.magic`: the bytes `A R C A` (`41 52 43 41`), read as a little-endian `u32`.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ARCA");
+
+/// `UdpBind.flags` bit: set `SO_REUSEADDR` before binding, so several sockets (for example
+/// multicast receivers) may bind one port.
+pub const UDP_REUSE_ADDR: u32 = 1;
+
+/// `Membership.op`: join or leave a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MembershipOp {
+    /// Join (`IP_ADD_MEMBERSHIP` / `IPV6_ADD_MEMBERSHIP`); wire value 1.
+    Join,
+    /// Leave (`IP_DROP_MEMBERSHIP` / `IPV6_DROP_MEMBERSHIP`); wire value 2.
+    Leave,
+}
+
+impl MembershipOp {
+    /// The wire byte.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            MembershipOp::Join => 1,
+            MembershipOp::Leave => 2,
+        }
+    }
+
+    /// The op for a wire byte.
+    ///
+    /// # Errors
+    /// [`WireError::UnknownMembershipOp`] for anything but 1 and 2.
+    pub fn from_u8(raw: u8) -> Result<MembershipOp, WireError> {
+        match raw {
+            1 => Ok(MembershipOp::Join),
+            2 => Ok(MembershipOp::Leave),
+            other => Err(WireError::UnknownMembershipOp(other)),
+        }
+    }
+}
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -143,6 +178,64 @@ pub enum Message {
         /// Why.
         code: ErrorCode,
     },
+    /// `0x30`, guest → monitor: open a UDP socket bound to `addr`.
+    UdpBind {
+        /// The address to bind; port 0 lets the host choose.
+        addr: SocketAddr,
+        /// [`UDP_REUSE_ADDR`] or 0; other bits are refused with `InvalidInput`.
+        flags: u32,
+    },
+    /// `0x31`, monitor → guest: the UDP socket exists.
+    UdpBindOk {
+        /// Its id (a [`ConnId`]: it has a data pipe and a notification slot).
+        socket: ConnId,
+        /// Its data pipe, which carries datagram records (DATAPIPE.md §10).
+        pipe: PipeInfo,
+        /// The address actually bound.
+        local: SocketAddr,
+    },
+    /// `0x32`, monitor → guest: opening or binding failed.
+    UdpBindErr {
+        /// Why.
+        code: ErrorCode,
+    },
+    /// `0x34`, guest → monitor: set the socket's default peer.
+    UdpConnect {
+        /// The socket.
+        socket: ConnId,
+        /// The peer.
+        addr: SocketAddr,
+    },
+    /// `0x35`, monitor → guest: the peer is set.
+    UdpConnectOk {
+        /// The socket's local address after the connect (the host picks a source address).
+        local: SocketAddr,
+    },
+    /// `0x36`, monitor → guest: connecting failed.
+    UdpConnectErr {
+        /// Why.
+        code: ErrorCode,
+    },
+    /// `0x38`, guest → monitor: join or leave a multicast group.
+    Membership {
+        /// The socket.
+        socket: ConnId,
+        /// Join or leave.
+        op: MembershipOp,
+        /// The group; the port must be 0. For IPv6 the `scope_id` names the interface (0 =
+        /// the host's default).
+        group: SocketAddr,
+        /// IPv4 only: the local interface's address (`0.0.0.0` = the host's default); must be
+        /// `0.0.0.0` for an IPv6 group.
+        interface: Ipv4Addr,
+    },
+    /// `0x39`, monitor → guest: the membership changed.
+    MembershipOk,
+    /// `0x3A`, monitor → guest: the membership could not be changed.
+    MembershipErr {
+        /// Why.
+        code: ErrorCode,
+    },
     /// `0x7F`, monitor → guest: a request could not be handled at all — its type is unknown,
     /// its payload malformed, or it came before the handshake.
     Error {
@@ -189,6 +282,15 @@ impl Message {
             Message::AcceptRequest { .. } => T::AcceptRequest,
             Message::IncomingConnection { .. } => T::IncomingConnection,
             Message::AcceptErr { .. } => T::AcceptErr,
+            Message::UdpBind { .. } => T::UdpBind,
+            Message::UdpBindOk { .. } => T::UdpBindOk,
+            Message::UdpBindErr { .. } => T::UdpBindErr,
+            Message::UdpConnect { .. } => T::UdpConnect,
+            Message::UdpConnectOk { .. } => T::UdpConnectOk,
+            Message::UdpConnectErr { .. } => T::UdpConnectErr,
+            Message::Membership { .. } => T::Membership,
+            Message::MembershipOk => T::MembershipOk,
+            Message::MembershipErr { .. } => T::MembershipErr,
             Message::Error { .. } => T::Error,
             Message::Unknown(_) => return None,
         })
@@ -213,7 +315,8 @@ impl Message {
     }
 
     /// The error code of an error reply (`HelloErr`, `CloseErr`, `SetOptionErr`, `ListenErr`,
-    /// `ConnectErr`, `AcceptErr`, `Error`); `None` for any other message.
+    /// `ConnectErr`, `AcceptErr`, `UdpBindErr`, `UdpConnectErr`, `MembershipErr`, `Error`);
+    /// `None` for any other message.
     pub fn error_code(&self) -> Option<ErrorCode> {
         match self {
             Message::HelloErr { code, .. }
@@ -222,6 +325,9 @@ impl Message {
             | Message::ListenErr { code }
             | Message::ConnectErr { code }
             | Message::AcceptErr { code }
+            | Message::UdpBindErr { code }
+            | Message::UdpConnectErr { code }
+            | Message::MembershipErr { code }
             | Message::Error { code, .. } => Some(*code),
             _ => None,
         }
@@ -275,7 +381,10 @@ impl Message {
                 out.put_u16(*max_version);
             }
             Message::Close { handle } => out.put_handle(*handle),
-            Message::CloseOk | Message::SetOptionOk | Message::Unknown(_) => {}
+            Message::CloseOk
+            | Message::SetOptionOk
+            | Message::MembershipOk
+            | Message::Unknown(_) => {}
             Message::SetOption {
                 handle,
                 option,
@@ -326,7 +435,39 @@ impl Message {
             | Message::SetOptionErr { code }
             | Message::ListenErr { code }
             | Message::ConnectErr { code }
-            | Message::AcceptErr { code } => out.put_code(*code),
+            | Message::AcceptErr { code }
+            | Message::UdpBindErr { code }
+            | Message::UdpConnectErr { code }
+            | Message::MembershipErr { code } => out.put_code(*code),
+            Message::UdpBind { addr, flags } => {
+                out.put_addr(addr);
+                out.put_u32(*flags);
+            }
+            Message::UdpBindOk {
+                socket,
+                pipe,
+                local,
+            } => {
+                out.put_u32(socket.0);
+                out.put_pipe(pipe);
+                out.put_addr(local);
+            }
+            Message::UdpConnect { socket, addr } => {
+                out.put_u32(socket.0);
+                out.put_addr(addr);
+            }
+            Message::UdpConnectOk { local } => out.put_addr(local),
+            Message::Membership {
+                socket,
+                op,
+                group,
+                interface,
+            } => {
+                out.put_u32(socket.0);
+                out.put_u8(op.to_u8());
+                out.put_addr(group);
+                out.put(&interface.octets());
+            }
             Message::Error {
                 code,
                 rejected_type,
@@ -427,6 +568,30 @@ impl Message {
                 peer: r.addr()?,
             },
             MessageType::AcceptErr => Message::AcceptErr { code: r.code()? },
+            MessageType::UdpBind => Message::UdpBind {
+                addr: r.addr()?,
+                flags: r.u32()?,
+            },
+            MessageType::UdpBindOk => Message::UdpBindOk {
+                socket: r.conn()?,
+                pipe: r.pipe()?,
+                local: r.addr()?,
+            },
+            MessageType::UdpBindErr => Message::UdpBindErr { code: r.code()? },
+            MessageType::UdpConnect => Message::UdpConnect {
+                socket: r.conn()?,
+                addr: r.addr()?,
+            },
+            MessageType::UdpConnectOk => Message::UdpConnectOk { local: r.addr()? },
+            MessageType::UdpConnectErr => Message::UdpConnectErr { code: r.code()? },
+            MessageType::Membership => Message::Membership {
+                socket: r.conn()?,
+                op: MembershipOp::from_u8(r.u8()?)?,
+                group: r.addr()?,
+                interface: Ipv4Addr::from(r.u32_be()?),
+            },
+            MessageType::MembershipOk => Message::MembershipOk,
+            MessageType::MembershipErr => Message::MembershipErr { code: r.code()? },
             MessageType::Error => Message::Error {
                 code: r.code()?,
                 rejected_type: r.u8()?,

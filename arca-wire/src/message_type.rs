@@ -7,7 +7,7 @@
 //! | `0x00`        | never valid (decodes as unknown)                                  |
 //! | `0x01..=0x0F` | session: handshake, and operations on any handle (close, options) |
 //! | `0x10..=0x2F` | TCP: listen, connect, accept                                      |
-//! | `0x30..=0x4F` | reserved for UDP                                                  |
+//! | `0x30..=0x4F` | UDP: bind, connect, multicast membership                          |
 //! | `0x50..=0x6F` | reserved                                                          |
 //! | `0x70..=0x7F` | generic replies (`0x7F` = `Error`)                                |
 //! | `0x80..=0xFF` | reserved for extensions                                           |
@@ -69,6 +69,24 @@ pub enum MessageType {
     IncomingConnection = 0x19,
     /// Accepting failed.
     AcceptErr = 0x1A,
+    /// Opens a UDP socket bound to an address.
+    UdpBind = 0x30,
+    /// The socket exists; carries its id, data pipe and real local address.
+    UdpBindOk = 0x31,
+    /// Opening or binding failed.
+    UdpBindErr = 0x32,
+    /// Sets a UDP socket's default peer (and filters what it receives to that peer).
+    UdpConnect = 0x34,
+    /// The peer is set; carries the socket's local address after the connect.
+    UdpConnectOk = 0x35,
+    /// Connecting failed.
+    UdpConnectErr = 0x36,
+    /// Joins or leaves a multicast group on a UDP socket.
+    Membership = 0x38,
+    /// The membership changed.
+    MembershipOk = 0x39,
+    /// The membership could not be changed.
+    MembershipErr = 0x3A,
     /// A generic error reply: unknown message type, malformed frame, out-of-order handshake.
     Error = 0x7F,
 }
@@ -81,12 +99,18 @@ const CONNECT_OK_LEN: usize = 4 + PipeInfo::LEN + 2 * SOCKET_ADDR_LEN;
 const INCOMING_LEN: usize = 4 + CONNECT_OK_LEN;
 /// Payload length of `SetOption`.
 const SET_OPTION_LEN: usize = Handle::LEN + 2 + 8;
+/// Payload length of `UdpBindOk`.
+const UDP_BIND_OK_LEN: usize = 4 + PipeInfo::LEN + SOCKET_ADDR_LEN;
+/// Payload length of `Membership`: socket, op, group, IPv4 interface.
+const MEMBERSHIP_LEN: usize = 4 + 1 + SOCKET_ADDR_LEN + 4;
 
 // Pin the lengths PROTOCOL.md states.
 const _: () = assert!(ADDR_AND_U32 == 31);
 const _: () = assert!(CONNECT_OK_LEN == 74);
 const _: () = assert!(INCOMING_LEN == 78);
 const _: () = assert!(SET_OPTION_LEN == 15);
+const _: () = assert!(UDP_BIND_OK_LEN == 47);
+const _: () = assert!(MEMBERSHIP_LEN == 36);
 
 use MessageType as T;
 
@@ -120,7 +144,7 @@ const fn reply(name: &'static str, payload_len: usize, answers: MessageType) -> 
 
 impl MessageType {
     /// Every known type, in numeric order.
-    pub const ALL: [MessageType; 19] = [
+    pub const ALL: [MessageType; 28] = [
         T::Hello,
         T::HelloOk,
         T::HelloErr,
@@ -139,6 +163,15 @@ impl MessageType {
         T::AcceptRequest,
         T::IncomingConnection,
         T::AcceptErr,
+        T::UdpBind,
+        T::UdpBindOk,
+        T::UdpBindErr,
+        T::UdpConnect,
+        T::UdpConnectOk,
+        T::UdpConnectErr,
+        T::Membership,
+        T::MembershipOk,
+        T::MembershipErr,
         T::Error,
     ];
 
@@ -164,6 +197,15 @@ impl MessageType {
             T::AcceptRequest => request("accept request", 4),
             T::IncomingConnection => reply("incoming connection", INCOMING_LEN, T::AcceptRequest),
             T::AcceptErr => reply("accept err", 2, T::AcceptRequest),
+            T::UdpBind => request("udp bind", ADDR_AND_U32),
+            T::UdpBindOk => reply("udp bind ok", UDP_BIND_OK_LEN, T::UdpBind),
+            T::UdpBindErr => reply("udp bind err", 2, T::UdpBind),
+            T::UdpConnect => request("udp connect", 4 + SOCKET_ADDR_LEN),
+            T::UdpConnectOk => reply("udp connect ok", SOCKET_ADDR_LEN, T::UdpConnect),
+            T::UdpConnectErr => reply("udp connect err", 2, T::UdpConnect),
+            T::Membership => request("membership", MEMBERSHIP_LEN),
+            T::MembershipOk => reply("membership ok", 0, T::Membership),
+            T::MembershipErr => reply("membership err", 2, T::Membership),
             T::Error => Info {
                 name: "error",
                 payload_len: 3,
@@ -285,7 +327,9 @@ mod tests {
             .filter(|&b| MessageType::from_u8(b).is_some())
             .count();
         assert_eq!(known, MessageType::ALL.len());
-        for raw in [0x00, 0x07, 0x0B, 0x13, 0x1B, 0x30, 0x4F, 0x7E, 0x80, 0xFF] {
+        for raw in [
+            0x00, 0x07, 0x0B, 0x13, 0x1B, 0x33, 0x3B, 0x4F, 0x7E, 0x80, 0xFF,
+        ] {
             assert_eq!(MessageType::from_u8(raw), None, "{raw:#04x}");
         }
     }

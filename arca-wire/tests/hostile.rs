@@ -224,7 +224,8 @@ fn check_payload(message_type: u8, request_id: u32, payload: &[u8]) -> Result<()
                 }
                 WireError::UnknownAddressFamily(_)
                 | WireError::Ipv4NonZero { .. }
-                | WireError::UnknownHandleKind(_) => prop_assert_eq!(payload.len(), want),
+                | WireError::UnknownHandleKind(_)
+                | WireError::UnknownMembershipOp(_) => prop_assert_eq!(payload.len(), want),
                 other => prop_assert!(false, "unexpected error {other}"),
             }
         }
@@ -389,7 +390,7 @@ fn bad_handle_kind() {
     for name in ["close", "set_option"] {
         let g = golden::all().into_iter().find(|g| g.name == name).unwrap();
         let header = FrameHeader::parse(g.bytes).unwrap();
-        for kind in [0u8, 3, 0xFF] {
+        for kind in [0u8, 4, 0xFF] {
             let mut payload = g.bytes[HEADER_LEN..].to_vec();
             payload[0] = kind;
             assert_eq!(

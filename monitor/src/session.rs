@@ -971,6 +971,12 @@ impl Session {
                     },
                 ),
             },
+            Handle::Udp(_) => self.reply(
+                rid,
+                Message::CloseErr {
+                    code: ErrorCode::NotFound,
+                },
+            ),
             Handle::Connection(id) => match self.conns.remove(&id) {
                 Some(c) => {
                     self.drop_conn(c, ctx);

@@ -80,7 +80,7 @@ pub use offset::{check_range, OffsetError, ShmOffset};
 #[cfg(not(loom))]
 pub use pipe::{
     BidirectionalPipe, PeerWakers, PipeError, PipeLayout, PipeStatus, Side, MAX_RING_CAPACITY,
-    MIN_RING_CAPACITY, OWNER_STATUS, PEER_STATUS, PIPE_HEADER_AREA, TO_OWNER_HEADER,
+    MIN_RING_CAPACITY, OWNER_COUNTER, OWNER_STATUS, PEER_STATUS, PIPE_HEADER_AREA, TO_OWNER_HEADER,
     TO_PEER_HEADER,
 };
 #[cfg(not(loom))]

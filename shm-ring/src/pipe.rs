@@ -6,6 +6,8 @@
 //! |--------------------------:|-----------------|-------------------------------|
 //! | 0                         | 768             | header of ring `to_owner`     |
 //! | 1024                      | 768             | header of ring `to_peer`      |
+//! | 2048, 2176                | 4 each          | owner's, peer's status word   |
+//! | 2304                      | 8               | owner's counter               |
 //! | 4096                      | `cap_to_owner`  | data of ring `to_owner`       |
 //! | 4096 + `cap_to_owner`     | `cap_to_peer`   | data of ring `to_peer`        |
 //!
@@ -32,6 +34,10 @@ pub const TO_PEER_HEADER: u64 = 1024;
 pub const OWNER_STATUS: u64 = 2048;
 /// Offset of the peer's status word (a `u32` on its own 128-byte line).
 pub const PEER_STATUS: u64 = 2176;
+/// Offset of the owner's counter (a `u64` on its own 128-byte line): for a
+/// datagram pipe, the datagrams the owner dropped because the peer's ring was
+/// full (DATAPIPE.md §10).
+pub const OWNER_COUNTER: u64 = 2304;
 /// Smallest ring capacity accepted.
 pub const MIN_RING_CAPACITY: u64 = 64;
 /// Largest ring capacity accepted (1 GiB).
@@ -292,6 +298,7 @@ impl BidirectionalPipe {
 pub struct PipeStatus {
     own: std::ptr::NonNull<crate::sync::AtomicU32>,
     peer: std::ptr::NonNull<crate::sync::AtomicU32>,
+    counter: std::ptr::NonNull<crate::sync::AtomicU64>,
     _region: Arc<ShmRegion>,
 }
 
@@ -308,6 +315,7 @@ impl PipeStatus {
     fn new(region: &Arc<ShmRegion>, l: &PipeLayout, side: Side) -> Result<Self, PipeError> {
         let owner = region.from_offset(l.at(OWNER_STATUS), 4, 128)?.cast();
         let peer = region.from_offset(l.at(PEER_STATUS), 4, 128)?.cast();
+        let counter = region.from_offset(l.at(OWNER_COUNTER), 8, 128)?.cast();
         let (own, peer) = match side {
             Side::Owner => (owner, peer),
             Side::Peer => (peer, owner),
@@ -315,6 +323,7 @@ impl PipeStatus {
         Ok(Self {
             own,
             peer,
+            counter,
             _region: Arc::clone(region),
         })
     }
@@ -326,10 +335,36 @@ impl PipeStatus {
         unsafe { p.as_ref() }
     }
 
+    fn counter_word(&self) -> &crate::sync::AtomicU64 {
+        // SAFETY: `new` validated the word lies in the mapping, 128-aligned;
+        // the mapping outlives `self`; atomics may be shared across processes.
+        unsafe { self.counter.as_ref() }
+    }
+
     fn reset(&self) {
         self.word(self.own).store(0, crate::sync::Ordering::Relaxed);
         self.word(self.peer)
             .store(0, crate::sync::Ordering::Relaxed);
+        self.counter_word().store(0, crate::sync::Ordering::Relaxed);
+    }
+
+    /// Owner side: publishes the owner's counter (kept privately by the
+    /// caller and only ever stored here, never read back).
+    pub fn publish_counter(&self, value: u64) {
+        self.counter_word()
+            .store(value, crate::sync::Ordering::Release);
+    }
+
+    /// The owner's counter as last published (untrusted on the owner side).
+    pub fn counter(&self) -> u64 {
+        self.counter_word().load(crate::sync::Ordering::Acquire)
+    }
+
+    /// Peer side: reads the other side's status code and clears it
+    /// (`take_error` for a datagram pipe, where the code is the last send
+    /// error rather than a stream's final status).
+    pub fn take_peer(&self) -> u32 {
+        self.word(self.peer).swap(0, crate::sync::Ordering::AcqRel)
     }
 
     /// Stores our status code. Store it before closing the writing half: the
@@ -500,6 +535,87 @@ mod tests {
             assert_eq!(peer.read(&mut buf).unwrap(), 33);
             assert_eq!(&buf[..33], &out[..33]);
         }
+    }
+
+    #[test]
+    fn records_are_whole_or_absent_across_the_wrap() {
+        let f = fixture();
+        let (mut owner, mut peer) = pair(&f, 64);
+        // 3 + 20 bytes per record; the ring wraps every few records.
+        let mut hdr = [0u8; 3];
+        let mut body = [0u8; 20];
+        for round in 0u8..50 {
+            let payload = [round; 20];
+            peer.tx().write_record(&[&[round, 1, 2], &payload]).unwrap();
+            peer.tx().write_record(&[&[round, 3, 4], &payload]).unwrap();
+            // 46 of 64 bytes used: a third record does not fit and nothing of it is published.
+            assert_eq!(
+                peer.tx().write_record(&[&[9; 3], &payload]),
+                Err(RingError::WouldBlock)
+            );
+            assert_eq!(owner.rx().available().unwrap(), 46);
+            for tag in [[round, 1, 2], [round, 3, 4]] {
+                assert_eq!(owner.rx().peek(0, &mut hdr).unwrap(), 3);
+                assert_eq!(hdr, tag);
+                assert_eq!(owner.rx().peek(3, &mut body).unwrap(), 20);
+                assert_eq!(body, payload);
+                owner.rx().discard(23).unwrap();
+            }
+            assert_eq!(owner.rx().peek(0, &mut hdr).unwrap(), 0);
+        }
+        assert_eq!(
+            peer.tx().write_record(&[&[0; 60], &[0; 5]]),
+            Err(RingError::RecordTooLarge {
+                len: 65,
+                capacity: 64
+            })
+        );
+        assert!(matches!(
+            owner.rx().discard(1),
+            Err(RingError::Overcommit { .. })
+        ));
+        // Space for a 40-byte record is "writable for 40" only once 40 are free.
+        peer.write(&[7; 30]).unwrap();
+        assert!(peer.tx().poll_writable_for(34));
+        assert!(!peer.tx().poll_writable_for(35));
+        assert!(peer.tx().poll_writable());
+    }
+
+    #[test]
+    fn segment_ranges_pick_out_a_record_across_the_wrap() {
+        let f = fixture();
+        let (mut owner, mut peer) = pair(&f, 64);
+        peer.write(&[0; 50]).unwrap();
+        owner.rx().discard(50).unwrap();
+        let data: Vec<u8> = (0..40).collect();
+        peer.write(&data).unwrap(); // positions 50..90: wraps after 14 bytes
+        let segs = owner.rx().readable_segments().unwrap();
+        assert_eq!(segs.as_slice().len(), 2);
+        let r = segs.range(10, 8); // 4 bytes before the wrap, 4 after
+        assert_eq!(r.as_slice().len(), 2);
+        assert_eq!(r.total(), 8);
+        let mut got = Vec::new();
+        for seg in r.as_slice() {
+            // SAFETY: the segment lies in published, unconsumed ring data.
+            got.extend_from_slice(unsafe { std::slice::from_raw_parts(seg.as_ptr(), seg.len()) });
+        }
+        assert_eq!(got, (10..18).collect::<Vec<u8>>());
+        assert_eq!(segs.range(38, 10).total(), 2, "clamped to what is there");
+        assert_eq!(segs.range(40, 1).total(), 0);
+        assert_eq!(segs.range(20, 5).as_slice().len(), 1);
+        owner.rx().consume(40).unwrap();
+    }
+
+    #[test]
+    fn owner_counter_and_taking_the_owner_status() {
+        let f = fixture();
+        let (owner, peer) = pair(&f, 64);
+        assert_eq!(peer.status().counter(), 0);
+        owner.status().publish_counter(42);
+        assert_eq!(peer.status().counter(), 42);
+        owner.status().set(0x0107);
+        assert_eq!(peer.status().take_peer(), 0x0107);
+        assert_eq!(peer.status().take_peer(), 0);
     }
 
     #[test]
@@ -683,7 +799,7 @@ mod tests {
                 Err(RingError::WouldBlock) => 2,
                 Err(RingError::BrokenPipe) | Err(RingError::Closed) => 3,
                 Err(RingError::Corrupt { .. }) => 4,
-                Err(RingError::Overcommit { .. }) => 5,
+                Err(RingError::Overcommit { .. } | RingError::RecordTooLarge { .. }) => 5,
             };
             outcomes[slot] += 1;
             if slot == 4 {

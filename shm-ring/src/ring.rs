@@ -41,6 +41,14 @@ pub enum RingError {
         /// The ring's capacity.
         capacity: u64,
     },
+    /// A record longer than the ring's capacity can never be written whole.
+    #[error("record of {len} bytes exceeds the ring's capacity of {capacity}")]
+    RecordTooLarge {
+        /// The record's length.
+        len: usize,
+        /// The ring's capacity.
+        capacity: usize,
+    },
     /// `commit`/`consume` was asked for more than the segments offered.
     #[error("commit of {requested} bytes exceeds the {available} bytes offered")]
     Overcommit {
@@ -58,7 +66,9 @@ impl From<RingError> for std::io::Error {
             RingError::WouldBlock => ErrorKind::WouldBlock,
             RingError::BrokenPipe | RingError::Closed => ErrorKind::BrokenPipe,
             RingError::Corrupt { .. } => ErrorKind::InvalidData,
-            RingError::Overcommit { .. } => ErrorKind::InvalidInput,
+            RingError::Overcommit { .. } | RingError::RecordTooLarge { .. } => {
+                ErrorKind::InvalidInput
+            }
         };
         std::io::Error::new(kind, e)
     }
@@ -332,6 +342,42 @@ impl Segments {
     pub fn total(&self) -> usize {
         self.as_slice().iter().map(|s| s.len).sum()
     }
+    /// The `len` bytes starting `offset` bytes into these segments, as up to two segments
+    /// (clamped to what the segments hold).
+    pub fn range(&self, offset: usize, len: usize) -> Segments {
+        let empty = Segment {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        };
+        let mut out = Segments {
+            segs: [empty; 2],
+            count: 0,
+        };
+        let mut skip = offset;
+        let mut want = len;
+        for seg in self.as_slice() {
+            if want == 0 {
+                break;
+            }
+            if skip >= seg.len {
+                skip -= seg.len;
+                continue;
+            }
+            let take = (seg.len - skip).min(want);
+            if let Some(slot) = out.segs.get_mut(out.count) {
+                *slot = Segment {
+                    // In bounds: `skip < seg.len`; `wrapping_add` keeps this safe code.
+                    ptr: seg.ptr.wrapping_add(skip),
+                    len: take,
+                };
+                out.count += 1;
+            }
+            skip = 0;
+            want -= take;
+        }
+        out
+    }
+
     /// As iovecs, with the count to pass.
     pub fn iovecs(&self) -> ([libc::iovec; 2], usize) {
         (
@@ -591,6 +637,37 @@ impl Producer {
         Ok(n)
     }
 
+    /// Writes `parts` back to back as **one record**: all of it or nothing,
+    /// made visible with a single publish, so the consumer never sees part of
+    /// it (DATAPIPE.md §10).
+    ///
+    /// # Errors
+    /// [`RingError::WouldBlock`] while the free space is smaller than the
+    /// record, [`RingError::RecordTooLarge`] if it could never fit, and
+    /// [`write`](Self::write)'s other errors.
+    pub fn write_record(&mut self, parts: &[&[u8]]) -> Result<(), RingError> {
+        self.check_open()?;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > self.mem.cap() {
+            return Err(RingError::RecordTooLarge {
+                len,
+                capacity: self.mem.cap(),
+            });
+        }
+        if self.cached_free() < len && self.refresh()? < len {
+            return Err(RingError::WouldBlock);
+        }
+        let mut pos = self.tail;
+        for part in parts {
+            self.mem.copy_in(pos, part);
+            pos = pos.wrapping_add(part.len() as u64);
+        }
+        if len > 0 {
+            self.publish(len);
+        }
+        Ok(())
+    }
+
     /// Makes `n` more bytes visible to the consumer and wakes it if it sleeps.
     fn publish(&mut self, n: usize) {
         self.tail = self.tail.wrapping_add(n as u64);
@@ -740,9 +817,15 @@ impl Producer {
     /// Ready to write: space is free, or a write would fail at once (reader
     /// closed, poisoned, closed by us). Loads the consumer's index.
     pub fn poll_writable(&mut self) -> bool {
+        self.poll_writable_for(1)
+    }
+
+    /// Ready to write `n` bytes at once (a record): that much space is free,
+    /// or a write would fail at once.
+    pub fn poll_writable_for(&mut self, n: usize) -> bool {
         match self.check_open() {
             Err(_) => true,
-            Ok(()) => !matches!(self.refresh(), Ok(0)),
+            Ok(()) => !matches!(self.refresh(), Ok(free) if free < n.clamp(1, self.mem.cap())),
         }
     }
 
@@ -756,7 +839,21 @@ impl Producer {
         waiter: &W,
         deadline: Option<Instant>,
     ) -> Result<(), WaitError> {
-        if spin_until(self.spin, || self.poll_writable()) {
+        self.wait_writable_for(waiter, deadline, 1)
+    }
+
+    /// As [`wait_writable`](Self::wait_writable), until `n` bytes are free
+    /// (for a record of `n` bytes).
+    ///
+    /// # Errors
+    /// [`WaitError`] when the deadline passes or the peer is gone.
+    pub fn wait_writable_for<W: Wait>(
+        &mut self,
+        waiter: &W,
+        deadline: Option<Instant>,
+        n: usize,
+    ) -> Result<(), WaitError> {
+        if spin_until(self.spin, || self.poll_writable_for(n)) {
             return Ok(());
         }
         loop {
@@ -766,7 +863,7 @@ impl Producer {
             // Pairs with the fence in `Consumer::wake_writer_if_waiting`: see
             // `Producer::wake_reader_if_waiting` for the argument.
             fence(Ordering::SeqCst);
-            if self.poll_writable() {
+            if self.poll_writable_for(n) {
                 self.mem
                     .header()
                     .writer_waiting
@@ -782,7 +879,7 @@ impl Producer {
                 .store(0, Ordering::Relaxed);
             // Readiness wins over a timeout or a dead peer that raced with
             // it: bytes a dead peer left behind are delivered first.
-            if self.poll_writable() {
+            if self.poll_writable_for(n) {
                 return Ok(());
             }
             r?;
@@ -887,6 +984,50 @@ impl Consumer {
         self.mem.copy_out(self.head, &mut buf[..n]);
         self.release(n);
         Ok(n)
+    }
+
+    /// Copies up to `buf.len()` readable bytes starting `skip` bytes past the
+    /// read position, **without consuming them** (to read a record's header
+    /// before deciding what to do with it). Returns the bytes copied, which is
+    /// less than `buf.len()` when fewer are published.
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] or [`RingError::Closed`].
+    pub fn peek(&mut self, skip: usize, buf: &mut [u8]) -> Result<usize, RingError> {
+        self.check_usable()?;
+        let mut avail = self.cached_available();
+        if avail < skip.saturating_add(buf.len()) {
+            avail = self.refresh()?;
+        }
+        let n = avail.saturating_sub(skip).min(buf.len());
+        if let Some(dst) = buf.get_mut(..n) {
+            self.mem.copy_out(self.head.wrapping_add(skip as u64), dst);
+        }
+        Ok(n)
+    }
+
+    /// Consumes `n` readable bytes without copying them (the rest of a record
+    /// whose header [`peek`](Self::peek) showed, or one to drop).
+    ///
+    /// # Errors
+    /// [`RingError::Overcommit`] if fewer than `n` bytes are readable, or
+    /// [`RingError::Corrupt`] / [`RingError::Closed`].
+    pub fn discard(&mut self, n: usize) -> Result<(), RingError> {
+        self.check_usable()?;
+        let mut avail = self.cached_available();
+        if avail < n {
+            avail = self.refresh()?;
+        }
+        if n > avail {
+            return Err(RingError::Overcommit {
+                requested: n,
+                available: avail,
+            });
+        }
+        if n > 0 {
+            self.release(n);
+        }
+        Ok(())
     }
 
     /// Hands `n` consumed bytes back to the producer and wakes it if it

@@ -1,10 +1,11 @@
 //! One hand-written frame per message type: the exact bytes PROTOCOL.md shows as that message's
 //! example. The bytes are written out field by field, not produced by the encoder under test.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use arca_wire::{
-    ConnId, ErrorCode, Handle, ListenerId, Message, PipeInfo, RequestId, SocketOption, HELLO_MAGIC,
+    ConnId, ErrorCode, Handle, ListenerId, MembershipOp, Message, PipeInfo, RequestId,
+    SocketOption, HELLO_MAGIC, UDP_REUSE_ADDR,
 };
 
 /// A golden frame: the name of its example in PROTOCOL.md, the decoded frame and its bytes.
@@ -297,6 +298,146 @@ pub fn all() -> Vec<Golden> {
             bytes: &[
                 0x1a, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, // header
                 0x02, 0x01, // code ConnectionAborted (0x0102)
+            ],
+        },
+        Golden {
+            name: "udp_bind",
+            request_id: RequestId(12),
+            message: Message::UdpBind {
+                addr: addr("0.0.0.0:18383"),
+                flags: UDP_REUSE_ADDR,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x30, 0x1f, 0x00, 0x0c, 0x00, 0x00, 0x00, // header
+                0x04, 0xcf, 0x47, // family 4, port 18383
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0.0.0.0
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+                0x01, 0x00, 0x00, 0x00, // flags: reuse address
+            ],
+        },
+        Golden {
+            name: "udp_bind_ok",
+            request_id: RequestId(12),
+            message: Message::UdpBindOk {
+                socket: ConnId(3),
+                pipe: PipeInfo {
+                    shm_offset: 0x0030_0000,
+                    cap_to_monitor: 0x0004_0000,
+                    cap_to_guest: 0x0004_0000,
+                },
+                local: addr("0.0.0.0:18383"),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x31, 0x2f, 0x00, 0x0c, 0x00, 0x00, 0x00, // header
+                0x03, 0x00, 0x00, 0x00, // socket 3
+                0x00, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, // shm_offset 0x300000
+                0x00, 0x00, 0x04, 0x00, // cap_to_monitor 256 KiB
+                0x00, 0x00, 0x04, 0x00, // cap_to_guest 256 KiB
+                0x04, 0xcf, 0x47, // family 4, port 18383
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0.0.0.0
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+            ],
+        },
+        Golden {
+            name: "udp_bind_err",
+            request_id: RequestId(12),
+            message: Message::UdpBindErr {
+                code: ErrorCode::AddrInUse,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x32, 0x02, 0x00, 0x0c, 0x00, 0x00, 0x00, // header
+                0x05, 0x01, // code AddrInUse (0x0105)
+            ],
+        },
+        Golden {
+            name: "udp_connect",
+            request_id: RequestId(13),
+            message: Message::UdpConnect {
+                socket: ConnId(3),
+                addr: addr("127.0.0.1:53"),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x34, 0x1f, 0x00, 0x0d, 0x00, 0x00, 0x00, // header
+                0x03, 0x00, 0x00, 0x00, // socket 3
+                0x04, 0x35, 0x00, // family 4, port 53
+                0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 127.0.0.1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+            ],
+        },
+        Golden {
+            name: "udp_connect_ok",
+            request_id: RequestId(13),
+            message: Message::UdpConnectOk {
+                local: addr("127.0.0.1:18383"),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x35, 0x1b, 0x00, 0x0d, 0x00, 0x00, 0x00, // header
+                0x04, 0xcf, 0x47, // family 4, port 18383
+                0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 127.0.0.1
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+            ],
+        },
+        Golden {
+            name: "udp_connect_err",
+            request_id: RequestId(13),
+            message: Message::UdpConnectErr {
+                code: ErrorCode::NotFound,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x36, 0x02, 0x00, 0x0d, 0x00, 0x00, 0x00, // header
+                0x04, 0x00, // code NotFound
+            ],
+        },
+        Golden {
+            name: "membership",
+            request_id: RequestId(14),
+            message: Message::Membership {
+                socket: ConnId(3),
+                op: MembershipOp::Join,
+                group: addr("224.238.0.31:0"),
+                interface: Ipv4Addr::new(127, 0, 0, 1),
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x38, 0x24, 0x00, 0x0e, 0x00, 0x00, 0x00, // header
+                0x03, 0x00, 0x00, 0x00, // socket 3
+                0x01, // op: join
+                0x04, 0x00, 0x00, // family 4, port 0
+                0xe0, 0xee, 0x00, 0x1f, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 224.238.0.31
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flowinfo, scope_id
+                0x7f, 0x00, 0x00, 0x01, // interface 127.0.0.1
+            ],
+        },
+        Golden {
+            name: "membership_ok",
+            request_id: RequestId(14),
+            message: Message::MembershipOk,
+            #[rustfmt::skip]
+            bytes: &[
+                0x39, 0x00, 0x00, 0x0e, 0x00, 0x00, 0x00, // header
+            ],
+        },
+        Golden {
+            name: "membership_err",
+            request_id: RequestId(14),
+            message: Message::MembershipErr {
+                code: ErrorCode::PermissionDenied,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x3a, 0x02, 0x00, 0x0e, 0x00, 0x00, 0x00, // header
+                0x00, 0x02, // code PermissionDenied (0x0200)
             ],
         },
         Golden {

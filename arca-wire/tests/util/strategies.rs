@@ -3,8 +3,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use arca_wire::{
-    ConnId, ErrorCode, Frame, Handle, ListenerId, Message, MessageType, PipeInfo, RequestId,
-    SocketOption,
+    ConnId, ErrorCode, Frame, Handle, ListenerId, MembershipOp, Message, MessageType, PipeInfo,
+    RequestId, SocketOption,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -48,7 +48,7 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 pub fn socket_option() -> impl Strategy<Value = SocketOption> {
     prop_oneof![
-        Just(SocketOption::NoDelay),
+        select(SocketOption::ALL.map(|(o, _)| o).to_vec()),
         any::<u16>().prop_map(SocketOption::from_u16),
     ]
 }
@@ -57,6 +57,7 @@ pub fn handle() -> impl Strategy<Value = Handle> {
     prop_oneof![
         any::<u32>().prop_map(|id| Handle::Listener(ListenerId(id))),
         any::<u32>().prop_map(|id| Handle::Connection(ConnId(id))),
+        any::<u32>().prop_map(|id| Handle::Udp(ConnId(id))),
     ]
 }
 
@@ -132,6 +133,33 @@ pub fn message() -> impl Strategy<Value = Message> {
             }
         ),
         error_code().prop_map(|code| Message::AcceptErr { code }),
+        (socket_addr(), any::<u32>()).prop_map(|(addr, flags)| Message::UdpBind { addr, flags }),
+        (any::<u32>(), pipe(), socket_addr()).prop_map(|(id, pipe, local)| Message::UdpBindOk {
+            socket: ConnId(id),
+            pipe,
+            local
+        }),
+        error_code().prop_map(|code| Message::UdpBindErr { code }),
+        (any::<u32>(), socket_addr()).prop_map(|(id, addr)| Message::UdpConnect {
+            socket: ConnId(id),
+            addr
+        }),
+        socket_addr().prop_map(|local| Message::UdpConnectOk { local }),
+        error_code().prop_map(|code| Message::UdpConnectErr { code }),
+        (any::<u32>(), any::<bool>(), socket_addr(), any::<u32>()).prop_map(
+            |(id, join, group, interface)| Message::Membership {
+                socket: ConnId(id),
+                op: if join {
+                    MembershipOp::Join
+                } else {
+                    MembershipOp::Leave
+                },
+                group,
+                interface: Ipv4Addr::from(interface),
+            }
+        ),
+        Just(Message::MembershipOk),
+        error_code().prop_map(|code| Message::MembershipErr { code }),
         (error_code(), any::<u8>()).prop_map(|(code, rejected_type)| Message::Error {
             code,
             rejected_type
