@@ -38,6 +38,7 @@ mod session;
 mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+mod udp;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -50,6 +51,7 @@ use arca_wire::Message;
 
 pub use listener::{Incoming, TcpListener};
 pub use stream::TcpStream;
+pub use udp::UdpSocket;
 
 use session::{lock, op_error, Owner};
 use stream::unexpected;
@@ -234,6 +236,51 @@ impl ArcaSession {
             match self.bind_one(a) {
                 Ok(l) => return Ok(l),
                 Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "could not resolve to any addresses",
+            )
+        }))
+    }
+
+    /// Opens a UDP socket bound to `addr` (the first address it resolves to, as `std`'s
+    /// `UdpSocket::bind` tries each in turn). Port 0 asks the host for a free port.
+    ///
+    /// # Errors
+    /// `AddrInUse`, `PermissionDenied`, … or `InvalidInput` if `addr` resolves to nothing.
+    pub fn bind_udp(&self, addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        self.bind_udp_with(addr, 0)
+    }
+
+    /// Like [`bind_udp`](Self::bind_udp), with `SO_REUSEADDR` set first, so that several
+    /// sockets that all set it (multicast receivers, say) may bind one port.
+    ///
+    /// # Errors
+    /// As [`bind_udp`](Self::bind_udp).
+    pub fn bind_udp_reuse(&self, addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        self.bind_udp_with(addr, arca_wire::UDP_REUSE_ADDR)
+    }
+
+    fn bind_udp_with(&self, addr: impl ToSocketAddrs, flags: u32) -> io::Result<UdpSocket> {
+        let mut last = None;
+        for a in addr.to_socket_addrs()? {
+            let reply = self
+                .owner
+                .shared
+                .request(&Message::UdpBind { addr: a, flags })?;
+            match reply {
+                Message::UdpBindOk {
+                    socket,
+                    pipe,
+                    local,
+                } => return UdpSocket::attach(Arc::clone(&self.owner), socket, pipe, local),
+                Message::UdpBindErr { code } | Message::Error { code, .. } => {
+                    last = Some(op_error(code, "bind udp", Some(a)));
+                }
+                other => return Err(unexpected(&other)),
             }
         }
         Err(last.unwrap_or_else(|| {

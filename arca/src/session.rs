@@ -319,6 +319,12 @@ impl Shared {
                     }),
                 }
             }
+            Message::UdpBindOk { socket, pipe, .. } => match self.attach_pipe(socket, pipe) {
+                Ok(p) => drop(p),
+                Err(_) => self.fire_nonblocking(&Message::Close {
+                    handle: Handle::Udp(socket),
+                }),
+            },
             Message::ListenOk { listener, .. } => self.fire_nonblocking(&Message::Close {
                 handle: Handle::Listener(listener),
             }),

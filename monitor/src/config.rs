@@ -14,6 +14,9 @@ pub struct Config {
     pub data_ring: u64,
     /// Connection slots per guest (size of the notification bitmap).
     pub max_conns: u32,
+    /// Capacity of each ring of a UDP socket's pipe, in bytes (at least
+    /// 128 KiB, so any datagram record fits).
+    pub udp_ring: u64,
     /// Bytes moved per connection per direction per turn, so one busy
     /// connection cannot starve the rest or the control pipe.
     pub relay_budget: usize,
@@ -36,6 +39,7 @@ impl Default for Config {
             control_ring: 64 << 10,
             data_ring: 256 << 10,
             max_conns: 16384,
+            udp_ring: 256 << 10,
             relay_budget: 256 << 10,
             control_budget: 256,
             max_outbox_bytes: 256 << 10,
@@ -66,6 +70,12 @@ impl Config {
                     "{name} capacity {cap} must be a power of two between 4096 and 2^30"
                 ));
             }
+        }
+        if !self.udp_ring.is_power_of_two() || !((128 << 10)..=(1 << 30)).contains(&self.udp_ring) {
+            return Err(format!(
+                "udp ring capacity {} must be a power of two between 128 KiB and 2^30",
+                self.udp_ring
+            ));
         }
         let need = shm_ring::BidirectionalPipe::block_size(self.control_ring, self.control_ring)
             + shm_ring::NotifyBitmap::bytes_for(self.max_conns)

@@ -21,6 +21,7 @@ pub mod guest;
 pub mod handoff;
 pub mod relay;
 pub mod session;
+pub mod udp;
 
 pub use config::Config;
 pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats};

@@ -30,6 +30,9 @@ pub enum RelayFault {
     /// The guest broke its ring's invariants.
     #[error("guest corrupted the data pipe: {0}")]
     Corrupt(RingError),
+    /// The guest wrote a datagram record that breaks DATAPIPE.md §10.
+    #[error("guest wrote a bad datagram record: {0}")]
+    BadRecord(String),
 }
 
 /// What a turn of relaying achieved.

@@ -24,7 +24,8 @@ use shm_ring::{
 };
 
 use crate::config::Config;
-use crate::relay::{Progress, Relay};
+use crate::relay::{Progress, Relay, RelayFault};
+use crate::udp::UdpRelay;
 
 /// Identifies a session within one monitor.
 pub type SessionId = u64;
@@ -76,6 +77,8 @@ enum ConnState {
         addr: SocketAddr,
     },
     Open(Box<Relay>),
+    /// A UDP socket (its id is a `ConnId` too: it has a pipe and a slot).
+    Udp(Box<UdpRelay>),
 }
 
 struct Conn {
@@ -376,7 +379,7 @@ impl Session {
 
     fn enqueue(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(&id) {
-            if !c.queued && matches!(c.state, ConnState::Open(_)) {
+            if !c.queued && matches!(c.state, ConnState::Open(_) | ConnState::Udp(_)) {
                 c.queued = true;
                 self.ready.push_back(id);
             }
@@ -410,6 +413,10 @@ impl Session {
                 relay.on_event(readable, writable);
                 self.service_conn(id, ctx);
             }
+            ConnState::Udp(relay) => {
+                relay.on_event(readable, writable);
+                self.service_conn(id, ctx);
+            }
         }
     }
 
@@ -417,33 +424,44 @@ impl Session {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let ConnState::Open(relay) = &mut c.state else {
-            return;
-        };
-        match relay.service(ctx.config.relay_budget) {
-            Ok(Progress { more: true, .. }) => {
-                if !c.queued {
-                    c.queued = true;
-                    self.ready.push_back(id);
+        let budget = ctx.config.relay_budget;
+        let (outcome, done) = match &mut c.state {
+            ConnState::Connecting { .. } => return,
+            ConnState::Open(relay) => {
+                let outcome = relay.service(budget);
+                if outcome.is_err() {
+                    if let Some(mut s) = relay.abort() {
+                        let _ = ctx.registry.deregister(&mut s);
+                    }
                 }
-            }
-            Ok(_) => {}
-            Err(fault) => {
-                tracing::warn!(
-                    session = self.id,
-                    conn = id.0,
-                    "closing connection: {fault}"
-                );
-                if let Some(mut s) = relay.abort() {
+                if let Some(mut s) = relay.take_finished_socket() {
                     let _ = ctx.registry.deregister(&mut s);
                 }
+                (outcome, relay.is_done())
             }
+            ConnState::Udp(relay) => {
+                let outcome = relay.service(budget);
+                if outcome.is_err() {
+                    if let Some(mut s) = relay.abort() {
+                        let _ = ctx.registry.deregister(&mut s);
+                    }
+                }
+                if let Some(mut s) = relay.take_finished_socket() {
+                    let _ = ctx.registry.deregister(&mut s);
+                }
+                (outcome, relay.is_done())
+            }
+        };
+        let token = c.token;
+        match outcome {
+            Ok(Progress { more: true, .. }) if !c.queued => {
+                c.queued = true;
+                self.ready.push_back(id);
+            }
+            Ok(_) => {}
+            Err(fault) => self.log_fault(id, &fault),
         }
-        if let Some(mut s) = relay.take_finished_socket() {
-            let _ = ctx.registry.deregister(&mut s);
-        }
-        if relay.is_done() {
-            let token = c.token;
+        if done {
             self.conns.remove(&id);
             (ctx.release)(token);
             self.ids.put(id);
@@ -453,6 +471,14 @@ impl Session {
                 "connection closed, pipe freed"
             );
         }
+    }
+
+    fn log_fault(&self, id: ConnId, fault: &RelayFault) {
+        tracing::warn!(
+            session = self.id,
+            conn = id.0,
+            "closing connection: {fault}"
+        );
     }
 
     // ---- control pipe -------------------------------------------------
@@ -602,6 +628,40 @@ impl Session {
                 ),
             },
             Message::Close { handle } => self.close(rid, handle, ctx),
+            Message::UdpBind { addr, flags } => self.udp_bind(rid, addr, flags, ctx),
+            Message::UdpConnect { socket, addr } => {
+                let reply = match self.udp(socket) {
+                    Some(relay) => match relay.connect(addr) {
+                        Ok(local) => Message::UdpConnectOk { local },
+                        Err(e) => Message::UdpConnectErr {
+                            code: ErrorCode::from_io(&e),
+                        },
+                    },
+                    None => Message::UdpConnectErr {
+                        code: ErrorCode::NotFound,
+                    },
+                };
+                self.reply(rid, reply);
+            }
+            Message::Membership {
+                socket,
+                op,
+                group,
+                interface,
+            } => {
+                let reply = match self.udp(socket) {
+                    Some(relay) => match relay.membership(op, group, interface) {
+                        Ok(()) => Message::MembershipOk,
+                        Err(e) => Message::MembershipErr {
+                            code: ErrorCode::from_io(&e),
+                        },
+                    },
+                    None => Message::MembershipErr {
+                        code: ErrorCode::NotFound,
+                    },
+                };
+                self.reply(rid, reply);
+            }
             Message::SetOption {
                 handle,
                 option,
@@ -971,13 +1031,7 @@ impl Session {
                     },
                 ),
             },
-            Handle::Udp(_) => self.reply(
-                rid,
-                Message::CloseErr {
-                    code: ErrorCode::NotFound,
-                },
-            ),
-            Handle::Connection(id) => match self.conns.remove(&id) {
+            Handle::Connection(id) | Handle::Udp(id) => match self.take_conn(handle) {
                 Some(c) => {
                     self.drop_conn(c, ctx);
                     self.ids.put(id);
@@ -1006,6 +1060,11 @@ impl Session {
                     let _ = ctx.registry.deregister(&mut s);
                 }
             }
+            ConnState::Udp(mut relay) => {
+                if let Some(mut s) = relay.abort() {
+                    let _ = ctx.registry.deregister(&mut s);
+                }
+            }
             ConnState::Connecting { request, .. } => {
                 self.reply(
                     request,
@@ -1016,6 +1075,104 @@ impl Session {
             }
         }
         (ctx.release)(token);
+    }
+
+    /// Removes the connection or UDP socket `handle` names, if this session
+    /// holds one of that kind.
+    fn take_conn(&mut self, handle: Handle) -> Option<Conn> {
+        let (id, udp) = match handle {
+            Handle::Connection(id) => (id, false),
+            Handle::Udp(id) => (id, true),
+            Handle::Listener(_) => return None,
+        };
+        let is_udp = matches!(self.conns.get(&id)?.state, ConnState::Udp(_));
+        if is_udp == udp {
+            self.conns.remove(&id)
+        } else {
+            None
+        }
+    }
+
+    /// The UDP socket with this id, if the session holds one.
+    fn udp(&self, id: ConnId) -> Option<&UdpRelay> {
+        match &self.conns.get(&id)?.state {
+            ConnState::Udp(relay) => Some(relay),
+            _ => None,
+        }
+    }
+
+    fn udp_bind(&mut self, rid: RequestId, addr: SocketAddr, flags: u32, ctx: &mut Ctx<'_>) {
+        let reply = match self.open_udp(addr, flags, ctx) {
+            Ok((socket, pipe, local)) => Message::UdpBindOk {
+                socket,
+                pipe,
+                local,
+            },
+            Err(code) => {
+                tracing::debug!(session = self.id, request = rid.0, %addr, ?code, "udp bind failed");
+                Message::UdpBindErr { code }
+            }
+        };
+        self.reply(rid, reply);
+    }
+
+    /// Opens a UDP socket with an id and a datagram pipe.
+    fn open_udp(
+        &mut self,
+        addr: SocketAddr,
+        flags: u32,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
+        if flags & !arca_wire::UDP_REUSE_ADDR != 0 {
+            return Err(ErrorCode::InvalidInput);
+        }
+        let reuse = flags & arca_wire::UDP_REUSE_ADDR != 0;
+        let mut sock = crate::udp::bind(addr, reuse).map_err(|e| ErrorCode::from_io(&e))?;
+        let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
+        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
+        let cap = ctx.config.udp_ring;
+        let pipe = self
+            .alloc
+            .alloc(BidirectionalPipe::block_size(cap, cap))
+            .map_err(|_| ErrorCode::OutOfMemory)
+            .and_then(|block| {
+                let wake = PeerWakers::single(self.guest_bell.clone());
+                BidirectionalPipe::create(&self.region, block, cap, cap, wake)
+                    .map_err(|_| ErrorCode::OutOfMemory)
+            });
+        let pipe = match pipe {
+            Ok(p) => p,
+            Err(code) => {
+                self.ids.put(id);
+                tracing::warn!(session = self.id, stats = ?self.alloc.stats(), "no room for a udp pipe");
+                return Err(code);
+            }
+        };
+        let token = (ctx.tokens)(SessionSource::Conn(id));
+        if let Err(e) =
+            ctx.registry
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            (ctx.release)(token);
+            self.ids.put(id);
+            return Err(ErrorCode::from_io(&e));
+        }
+        let info = PipeInfo {
+            shm_offset: pipe.layout().offset().0,
+            cap_to_monitor: cap as u32,
+            cap_to_guest: cap as u32,
+        };
+        tracing::debug!(session = self.id, socket = id.0, %local, "udp socket open");
+        self.conns.insert(
+            id,
+            Conn {
+                token,
+                state: ConnState::Udp(Box::new(UdpRelay::new(sock, pipe))),
+                sock: None,
+                queued: false,
+            },
+        );
+        Ok((id, info, local))
     }
 
     fn set_option(&mut self, rid: RequestId, handle: Handle, option: SocketOption, value: u64) {
@@ -1036,12 +1193,23 @@ impl Session {
                         Some(ConnState::Connecting { .. }) => Message::SetOptionErr {
                             code: ErrorCode::NotConnected,
                         },
-                        None => Message::SetOptionErr {
+                        Some(ConnState::Udp(_)) | None => Message::SetOptionErr {
                             code: ErrorCode::NotFound,
                         },
                     }
                 }
             }
+            (Handle::Udp(id), option) => match self.udp(id) {
+                Some(relay) => match relay.set_option(option, value) {
+                    Ok(()) => Message::SetOptionOk,
+                    Err(e) => Message::SetOptionErr {
+                        code: ErrorCode::from_io(&e),
+                    },
+                },
+                None => Message::SetOptionErr {
+                    code: ErrorCode::NotFound,
+                },
+            },
             _ => Message::SetOptionErr {
                 code: ErrorCode::Unsupported,
             },

@@ -1,0 +1,582 @@
+//! Relaying one UDP socket between its kernel socket and its datagram pipe
+//! (DATAPIPE.md §10).
+//!
+//! - Guest → socket: the guest's ring holds whole records (header, then
+//!   payload). Each header is copied once into private memory and checked;
+//!   payloads go to the kernel straight from the ring with one `sendmmsg` per
+//!   batch, no copy. A socket that would block leaves the records in the ring,
+//!   so the guest's sends wait: backpressure, never loss. A datagram the host
+//!   refuses is dropped, counted, and its error left in the status word for the
+//!   guest's `take_error`.
+//! - Socket → guest: each datagram is received straight into the guest ring's
+//!   free space (after room for its header), so no copy either; when the ring
+//!   has no room for it the datagram is dropped and counted, as a full kernel
+//!   receive buffer would drop it. Receives cannot be batched without a copy
+//!   (a datagram's size is unknown until it has arrived), and a copy costs more
+//!   than the system call it would save.
+//! - The guest closing its writing half (or `Close`) ends the socket once the
+//!   published records are sent.
+
+use std::io::{self, ErrorKind};
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use arca_wire::{
+    DatagramHeader, ErrorCode, MembershipOp, SocketOption, DATAGRAM_HEADER_LEN, MAX_DATAGRAM,
+};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use shm_ring::{BidirectionalPipe, RingError, Segments};
+
+use crate::relay::{Progress, RelayFault};
+
+/// Records sent per `sendmmsg`.
+const SEND_BATCH: usize = 32;
+
+/// Counters for one socket (and, summed, for the monitor).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams sent for the guest.
+    pub sent: u64,
+    /// Datagrams the host refused to send (dropped).
+    pub send_errors: u64,
+    /// Datagrams delivered to the guest.
+    pub received: u64,
+    /// Datagrams dropped because the guest's ring was full.
+    pub dropped: u64,
+}
+
+/// One UDP socket's relay state.
+#[derive(Debug)]
+pub struct UdpRelay {
+    pipe: BidirectionalPipe,
+    sock: Option<mio::net::UdpSocket>,
+    /// The socket may have datagrams to read (cleared only by `WouldBlock`).
+    readable: bool,
+    /// The socket may accept datagrams (cleared only by `WouldBlock`).
+    writable: bool,
+    counters: UdpCounters,
+    /// `counters.dropped` as last published to the guest.
+    published_drops: u64,
+}
+
+/// Opens a non-blocking UDP socket bound to `addr`; `reuse` sets
+/// `SO_REUSEADDR` first. IPv6 sockets are IPv6-only.
+///
+/// # Errors
+/// The failing system call's error.
+pub fn bind(addr: SocketAddr, reuse: bool) -> io::Result<mio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    if reuse {
+        sock.set_reuse_address(true)?;
+    }
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    Ok(mio::net::UdpSocket::from_std(sock.into()))
+}
+
+impl UdpRelay {
+    /// A relay for a bound socket and a freshly created pipe.
+    pub fn new(sock: mio::net::UdpSocket, pipe: BidirectionalPipe) -> Self {
+        Self {
+            pipe,
+            sock: Some(sock),
+            readable: true,
+            writable: true,
+            counters: UdpCounters::default(),
+            published_drops: 0,
+        }
+    }
+
+    /// The socket, while it is open.
+    pub fn socket(&self) -> Option<&mio::net::UdpSocket> {
+        self.sock.as_ref()
+    }
+
+    /// This socket's counters.
+    pub fn counters(&self) -> UdpCounters {
+        self.counters
+    }
+
+    /// Records readiness from the event loop.
+    pub fn on_event(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+
+    /// True when the pipe is closed on both sides and the socket is gone.
+    pub fn is_done(&self) -> bool {
+        self.sock.is_none() && self.pipe.is_closed()
+    }
+
+    /// Takes the socket out (to deregister it) once the guest has finished
+    /// with it: its writing half closed and every record sent, or its pipe
+    /// closed altogether.
+    pub fn take_finished_socket(&mut self) -> Option<mio::net::UdpSocket> {
+        // The close flag first: its Acquire makes every record published
+        // before it visible to the emptiness check that follows.
+        if self.pipe.is_peer_write_closed() && matches!(self.pipe.rx().available(), Ok(0) | Err(_))
+        {
+            self.pipe.close_write();
+            self.pipe.close_read();
+            return self.sock.take();
+        }
+        None
+    }
+
+    /// Ends the relay at once; the guest's blocked calls see
+    /// `ConnectionAborted`.
+    pub fn abort(&mut self) -> Option<mio::net::UdpSocket> {
+        self.pipe
+            .status()
+            .set(u32::from(ErrorCode::ConnectionAborted.to_u16()));
+        self.pipe.close_write();
+        self.pipe.close_read();
+        self.sock.take()
+    }
+
+    /// Moves datagrams both ways, at most `budget` bytes per direction.
+    ///
+    /// # Errors
+    /// [`RelayFault`] when the guest broke the pipe (a corrupt ring or a bad
+    /// record header); the caller closes the socket and logs it.
+    pub fn service(&mut self, budget: usize) -> Result<Progress, RelayFault> {
+        let mut p = Progress::default();
+        self.pipe.rx().disarm();
+        self.pipe.tx().disarm();
+        self.up(budget, &mut p)?;
+        self.down(budget, &mut p)?;
+        if self.counters.dropped != self.published_drops {
+            self.published_drops = self.counters.dropped;
+            self.pipe.status().publish_counter(self.published_drops);
+        }
+        Ok(p)
+    }
+
+    /// Guest → socket.
+    fn up(&mut self, budget: usize, p: &mut Progress) -> Result<(), RelayFault> {
+        let Some(sock) = self.sock.as_ref() else {
+            return Ok(());
+        };
+        let fd = sock.as_fd();
+        loop {
+            if !self.writable {
+                return Ok(());
+            }
+            if p.up >= budget {
+                p.more = true;
+                return Ok(());
+            }
+            let segs = self
+                .pipe
+                .rx()
+                .readable_segments()
+                .map_err(RelayFault::Corrupt)?;
+            let closed = self.pipe.is_peer_write_closed();
+            let batch = parse_records(&mut self.pipe, &segs, closed)?;
+            if batch.is_empty() {
+                self.pipe.rx().consume(0).map_err(RelayFault::Corrupt)?;
+                if self.pipe.is_peer_write_closed() {
+                    return Ok(()); // drained; `take_finished_socket` ends it
+                }
+                if self.pipe.rx().arm() {
+                    self.pipe.rx().disarm();
+                    continue;
+                }
+                return Ok(()); // armed: the guest's next record rings us
+            }
+            match send_batch(fd, &batch) {
+                Ok(sent) => {
+                    let bytes: usize = batch.iter().take(sent).map(|r| r.record_len).sum();
+                    self.pipe.rx().consume(bytes).map_err(RelayFault::Corrupt)?;
+                    self.counters.sent += sent as u64;
+                    p.up += bytes;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The first record was refused: drop it, tell the guest.
+                    let first = batch.first().map_or(0, |r| r.record_len);
+                    self.pipe.rx().consume(first).map_err(RelayFault::Corrupt)?;
+                    self.counters.send_errors += 1;
+                    let code = ErrorCode::from_io(&e);
+                    self.pipe.status().set(u32::from(code.to_u16()));
+                    tracing::debug!(error = %e, "datagram refused by the host");
+                    p.up += first;
+                }
+            }
+        }
+    }
+
+    /// Socket → guest.
+    fn down(&mut self, budget: usize, p: &mut Progress) -> Result<(), RelayFault> {
+        let Some(sock) = self.sock.as_ref() else {
+            return Ok(());
+        };
+        let fd = sock.as_fd();
+        let mut received = 0usize;
+        loop {
+            if !self.readable {
+                return Ok(());
+            }
+            if received >= budget {
+                p.more = true;
+                return Ok(());
+            }
+            let guest_reads = !self.pipe.is_peer_read_closed();
+            let segs = if guest_reads {
+                match self.pipe.tx().writable_segments() {
+                    Ok(s) => Some(s),
+                    Err(RingError::BrokenPipe | RingError::Closed) => None,
+                    Err(e) => return Err(RelayFault::Corrupt(e)),
+                }
+            } else {
+                None
+            };
+            let space = segs.as_ref().map_or(0, Segments::total);
+            let room = segs
+                .as_ref()
+                .filter(|_| space > DATAGRAM_HEADER_LEN)
+                .map(|s| {
+                    s.range(
+                        DATAGRAM_HEADER_LEN,
+                        MAX_DATAGRAM.min(space - DATAGRAM_HEADER_LEN),
+                    )
+                });
+            match recv_into(fd, room.as_ref()) {
+                Ok(Received {
+                    len,
+                    from,
+                    truncated,
+                }) => {
+                    received += len.max(1);
+                    let header = from
+                        .filter(|_| !truncated && room.is_some())
+                        .and_then(|a| DatagramHeader::new(len, a).ok());
+                    match header {
+                        Some(h) => {
+                            let hdr = h.to_bytes();
+                            let at = segs.map(|s| s.range(0, DATAGRAM_HEADER_LEN));
+                            if let Some(at) = at {
+                                copy_into(&at, &hdr);
+                            }
+                            self.pipe
+                                .tx()
+                                .commit(h.record_len())
+                                .map_err(RelayFault::Corrupt)?;
+                            self.counters.received += 1;
+                            p.down += h.record_len();
+                        }
+                        None => {
+                            // No room (or no reader): dropped, as a full
+                            // socket buffer drops.
+                            let _ = self.pipe.tx().commit(0);
+                            self.counters.dropped += 1;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let _ = self.pipe.tx().commit(0);
+                    self.readable = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {
+                    let _ = self.pipe.tx().commit(0);
+                }
+                Err(e) => {
+                    // An asynchronous error (an ICMP "port unreachable" on a
+                    // connected socket): the guest's next `take_error` sees it.
+                    let _ = self.pipe.tx().commit(0);
+                    let code = ErrorCode::from_io(&e);
+                    self.pipe.status().set(u32::from(code.to_u16()));
+                }
+            }
+        }
+    }
+
+    /// Connects the socket to `addr`; returns the local address after it.
+    ///
+    /// # Errors
+    /// `NotConnected` if the socket is gone, or the system call's error.
+    pub fn connect(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let sock = self.sock()?;
+        sock.connect(addr)?;
+        sock.local_addr()
+    }
+
+    /// Joins or leaves a multicast group.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a group that is not multicast, a non-zero port, or
+    /// an interface address with an IPv6 group; otherwise the system call's.
+    pub fn membership(
+        &self,
+        op: MembershipOp,
+        group: SocketAddr,
+        interface: Ipv4Addr,
+    ) -> io::Result<()> {
+        let sock = self.sock()?;
+        if group.port() != 0 || !group.ip().is_multicast() {
+            return Err(invalid("group must be a multicast address with port 0"));
+        }
+        match (group, op) {
+            (SocketAddr::V4(g), MembershipOp::Join) => sock.join_multicast_v4(g.ip(), &interface),
+            (SocketAddr::V4(g), MembershipOp::Leave) => sock.leave_multicast_v4(g.ip(), &interface),
+            (SocketAddr::V6(_), _) if !interface.is_unspecified() => {
+                Err(invalid("an IPv6 group takes its interface from scope_id"))
+            }
+            (SocketAddr::V6(g), MembershipOp::Join) => sock.join_multicast_v6(g.ip(), g.scope_id()),
+            (SocketAddr::V6(g), MembershipOp::Leave) => {
+                sock.leave_multicast_v6(g.ip(), g.scope_id())
+            }
+        }
+    }
+
+    /// Sets a UDP option (PROTOCOL.md §5.6).
+    ///
+    /// # Errors
+    /// `Unsupported` for an option that is not a UDP option, `InvalidInput`
+    /// for a value out of range, otherwise the system call's.
+    pub fn set_option(&self, option: SocketOption, value: u64) -> io::Result<()> {
+        let sock = socket2::SockRef::from(self.sock()?);
+        let flag = || match value {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(invalid("boolean option takes 0 or 1")),
+        };
+        let small = |max: u64| {
+            u32::try_from(value)
+                .ok()
+                .filter(|v| u64::from(*v) <= max)
+                .ok_or_else(|| invalid("option value out of range"))
+        };
+        match option {
+            SocketOption::Broadcast => sock.set_broadcast(flag()?),
+            SocketOption::MulticastLoopV4 => sock.set_multicast_loop_v4(flag()?),
+            SocketOption::MulticastTtlV4 => sock.set_multicast_ttl_v4(small(255)?),
+            SocketOption::MulticastIfV4 => {
+                sock.set_multicast_if_v4(&Ipv4Addr::from(small(u64::from(u32::MAX))?))
+            }
+            SocketOption::MulticastLoopV6 => sock.set_multicast_loop_v6(flag()?),
+            SocketOption::MulticastIfV6 => sock.set_multicast_if_v6(small(u64::from(u32::MAX))?),
+            SocketOption::Ttl => {
+                let ttl = small(255)?;
+                if ttl == 0 {
+                    return Err(invalid("ttl must be between 1 and 255"));
+                }
+                match sock.local_addr()?.as_socket() {
+                    Some(SocketAddr::V6(_)) => sock.set_unicast_hops_v6(ttl),
+                    _ => sock.set_ttl_v4(ttl),
+                }
+            }
+            SocketOption::RecvBufferSize => sock.set_recv_buffer_size(buffer_size(value)?),
+            SocketOption::SendBufferSize => sock.set_send_buffer_size(buffer_size(value)?),
+            SocketOption::NoDelay | SocketOption::Unknown(_) => {
+                Err(io::Error::from(ErrorKind::Unsupported))
+            }
+        }
+    }
+
+    fn sock(&self) -> io::Result<&mio::net::UdpSocket> {
+        self.sock
+            .as_ref()
+            .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))
+    }
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(ErrorKind::InvalidInput, msg)
+}
+
+fn buffer_size(value: u64) -> io::Result<usize> {
+    // The kernel doubles and clamps; refuse only what cannot be expressed.
+    usize::try_from(value)
+        .ok()
+        .filter(|v| (1..=(1 << 30)).contains(v))
+        .ok_or_else(|| invalid("buffer size must be between 1 byte and 1 GiB"))
+}
+
+/// One record ready to send: where its payload lies and where it goes.
+struct Outgoing {
+    addr: SockaddrStorage,
+    payload: Segments,
+    record_len: usize,
+}
+
+/// Reads the headers of up to [`SEND_BATCH`] whole records from the front of
+/// the guest's ring. Each header is copied once into private memory and
+/// checked before anything else is derived from it.
+fn parse_records(
+    pipe: &mut BidirectionalPipe,
+    segs: &Segments,
+    writer_closed: bool,
+) -> Result<Vec<Outgoing>, RelayFault> {
+    let avail = segs.total();
+    let mut out = Vec::with_capacity(SEND_BATCH.min(avail / DATAGRAM_HEADER_LEN + 1));
+    let mut off = 0usize;
+    while out.len() < SEND_BATCH && off < avail {
+        let mut raw = [0u8; DATAGRAM_HEADER_LEN];
+        let got = pipe.rx().peek(off, &mut raw).map_err(RelayFault::Corrupt)?;
+        if got < DATAGRAM_HEADER_LEN {
+            if writer_closed {
+                return Err(RelayFault::BadRecord(format!(
+                    "{got} stray bytes after the last record"
+                )));
+            }
+            break; // an honest guest publishes whole records; wait for the rest
+        }
+        let header = DatagramHeader::parse(&raw)
+            .map_err(|e| RelayFault::BadRecord(format!("record header at +{off}: {e}")))?;
+        let end = off + header.record_len();
+        if end > avail {
+            if writer_closed {
+                return Err(RelayFault::BadRecord(format!(
+                    "record of {} bytes cut short at {} bytes",
+                    header.record_len(),
+                    avail - off
+                )));
+            }
+            break;
+        }
+        out.push(Outgoing {
+            addr: SockaddrStorage::from(header.addr),
+            payload: segs.range(off + DATAGRAM_HEADER_LEN, usize::from(header.payload_len)),
+            record_len: header.record_len(),
+        });
+        off = end;
+    }
+    Ok(out)
+}
+
+/// `sendmmsg` of a batch; returns how many were sent (at least one), or the
+/// error of the first.
+fn send_batch(fd: BorrowedFd<'_>, batch: &[Outgoing]) -> io::Result<usize> {
+    let mut iovs: Vec<[libc::iovec; 2]> = Vec::with_capacity(batch.len());
+    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(batch.len());
+    for r in batch {
+        iovs.push(r.payload.iovecs().0);
+    }
+    for (r, iov) in batch.iter().zip(iovs.iter_mut()) {
+        // SAFETY: `msghdr` is a plain C struct for which all-zero is a valid
+        // (empty) value; the fields that matter are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = r.addr.as_ptr().cast_mut().cast();
+        msg.msg_namelen = r.addr.len();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = r.payload.as_slice().len();
+        hdrs.push(libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: 0,
+        });
+    }
+    let count = libc::c_uint::try_from(hdrs.len()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: every `mmsghdr` points at a socket address owned by `batch` and
+    // at iovecs in `iovs`, both alive across the call; the iovecs describe
+    // published, unconsumed bytes of the guest's ring inside the live mapping
+    // (from `readable_segments`), which the kernel only reads. A guest that
+    // scribbles on them meanwhile changes only what is sent.
+    let r = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            count,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(r).unwrap_or(0))
+}
+
+struct Received {
+    len: usize,
+    from: Option<SocketAddr>,
+    truncated: bool,
+}
+
+/// `recvmsg` of one datagram into `room` (the guest ring's free space after a
+/// header's worth), or, with no room, into a scratch byte so that it is
+/// dropped. `truncated` is set when it did not fit.
+fn recv_into(fd: BorrowedFd<'_>, room: Option<&Segments>) -> io::Result<Received> {
+    let mut scratch = [0u8; 1];
+    let (mut iov, iovlen) = match room {
+        Some(r) => r.iovecs(),
+        None => (
+            [
+                libc::iovec {
+                    iov_base: scratch.as_mut_ptr().cast(),
+                    iov_len: scratch.len(),
+                },
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+            ],
+            1,
+        ),
+    };
+    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    // SAFETY: all-zero is a valid `msghdr`; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iovlen;
+    // SAFETY: `msg` points at `name` and `iov`, alive across the call; the
+    // iovecs are either `scratch` or free space of the guest's ring inside the
+    // live mapping (from `writable_segments`), which no honest guest touches
+    // until we publish it; the kernel writes at most their total length.
+    let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = usize::try_from(r).unwrap_or(0);
+    // SAFETY: `name` was zero-initialised and the kernel wrote `msg_namelen`
+    // bytes of a socket address into it; `SockaddrStorage::from_raw` checks
+    // the family and length.
+    let from = unsafe { SockaddrStorage::from_raw(name.as_ptr().cast(), Some(msg.msg_namelen)) }
+        .and_then(|s| {
+            s.as_sockaddr_in()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                .or_else(|| {
+                    s.as_sockaddr_in6()
+                        .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+                })
+        });
+    Ok(Received {
+        len,
+        from,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+    })
+}
+
+/// Copies `src` into ring free space described by `at` (exactly
+/// `src.len()` bytes of segments).
+fn copy_into(at: &Segments, src: &[u8]) {
+    let mut rest = src;
+    for seg in at.as_slice() {
+        let (now, later) = rest.split_at(seg.len().min(rest.len()));
+        // SAFETY: `seg` is free space of the guest's ring in the live mapping
+        // (from `writable_segments`), not yet published, `now.len() <=
+        // seg.len()`; a byte copy to shared memory, with no reference formed
+        // over it.
+        unsafe { std::ptr::copy_nonoverlapping(now.as_ptr(), seg.as_ptr(), now.len()) };
+        rest = later;
+    }
+}
