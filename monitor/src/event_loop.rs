@@ -27,6 +27,8 @@ const SERVER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CHILD: Token = Token(3);
 const FIRST_DYNAMIC: usize = 16;
+/// How often `run_guest` checks for the guest's exit when it has no pidfd.
+pub const CHILD_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy)]
 enum Src {
@@ -234,15 +236,23 @@ impl Monitor {
 
     /// Serves `guest` (already added with its socket) until it exits; returns
     /// its status. A SIGINT/SIGTERM is passed on to the guest as SIGTERM.
+    /// Without a `pidfd` (no `pidfd_open` on this kernel, or under valgrind)
+    /// the loop wakes every [`CHILD_POLL`] to check whether the guest exited.
     ///
     /// # Errors
     /// If epoll or waiting for the child fails.
-    pub fn run_guest(&mut self, child: &mut Child, pidfd: &OwnedFd) -> io::Result<GuestOutcome> {
-        self.poll.registry().register(
-            &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
-            CHILD,
-            Interest::READABLE,
-        )?;
+    pub fn run_guest(
+        &mut self,
+        child: &mut Child,
+        pidfd: Option<&OwnedFd>,
+    ) -> io::Result<GuestOutcome> {
+        if let Some(pidfd) = pidfd {
+            self.poll.registry().register(
+                &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
+                CHILD,
+                Interest::READABLE,
+            )?;
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
         let mut exited = false;
         while !exited {
@@ -250,7 +260,12 @@ impl Monitor {
                 tracing::info!("passing the stop signal on to the guest");
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
-            self.turn(None, Some(&mut exited))?;
+            if pidfd.is_some() {
+                self.turn(None, Some(&mut exited))?;
+            } else {
+                self.turn(Some(CHILD_POLL), None)?;
+                exited = child.try_wait()?.is_some();
+            }
         }
         let status = child.wait()?;
         // Let the session notice its socket hang up and release everything.
