@@ -42,6 +42,9 @@ pub struct MonitorStats {
     pub sessions: Vec<(SessionId, SessionStats)>,
     /// Sessions ended so far.
     pub ended: u64,
+    /// Ended sessions whose allocator still held data-pipe blocks after
+    /// teardown (0 unless a connection's resources were not released).
+    pub unreclaimed: u64,
 }
 
 /// Controls a monitor running on another thread.
@@ -80,6 +83,7 @@ pub struct Monitor {
     timer_seq: u64,
     next_session: SessionId,
     ended: u64,
+    unreclaimed: u64,
     server: Option<OwnedFd>,
     signals: Option<nix::sys::signalfd::SignalFd>,
     waker: Arc<Waker>,
@@ -127,6 +131,7 @@ impl Monitor {
             timer_seq: 0,
             next_session: 1,
             ended: 0,
+            unreclaimed: 0,
             server: None,
             signals: None,
             waker,
@@ -429,6 +434,11 @@ impl Monitor {
     fn end_session(&mut self, sid: SessionId) {
         self.with_session(sid, |s, ctx| s.teardown(ctx));
         if let Some(s) = self.sessions.remove(&sid) {
+            let st = s.stats();
+            if st.alloc.allocated != st.fixed_bytes {
+                self.unreclaimed += 1;
+                tracing::warn!(session = sid, alloc = ?st.alloc, fixed = st.fixed_bytes, "teardown left data-pipe blocks allocated");
+            }
             tracing::info!(session = sid, reason = ?s.ended(), "session closed");
             self.ended += 1;
         }
@@ -481,6 +491,7 @@ impl Monitor {
             let _ = reply.send(MonitorStats {
                 sessions,
                 ended: self.ended,
+                unreclaimed: self.unreclaimed,
             });
         }
     }
