@@ -512,6 +512,15 @@ pub struct Decision {
     pub rule: Option<usize>,
 }
 
+impl Decision {
+    /// An answer given without a policy (the relay's unit tests).
+    pub const ALLOW: Decision = Decision {
+        allowed: true,
+        section: Section::Outbound,
+        rule: None,
+    };
+}
+
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let section = match self.section {
@@ -522,6 +531,7 @@ impl fmt::Display for Decision {
         let verdict = if self.allowed { "allow" } else { "deny" };
         match self.rule {
             Some(i) => write!(f, "{section}[{i}] ({verdict})"),
+            None if self.allowed => f.write_str("no policy"),
             None => write!(f, "no {section} rule matched (deny)"),
         }
     }
@@ -655,6 +665,54 @@ impl ConnectRate {
         }
         self.tat = Some(tat + interval);
         true
+    }
+}
+
+/// What a session's policy refused, for [`SessionStats`](crate::SessionStats)
+/// and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyCounters {
+    /// Requests refused by a rule (`PermissionDenied`).
+    pub denied: u64,
+    /// Requests refused by a limit (`QuotaExceeded`), accepts included.
+    pub quota_hits: u64,
+    /// Incoming connections accepted and closed at once because the guest
+    /// held its connection quota.
+    pub accepts_refused: u64,
+    /// Datagrams dropped because the policy denies their destination.
+    pub udp_denied: u64,
+}
+
+/// Bounds log lines for events a guest can cause at will: at most
+/// [`LogLimit::PER_SECOND`] a second, the rest counted and reported with the
+/// next line let through.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Lines let through per second.
+    pub const PER_SECOND: u32 = 20;
+
+    /// `Some(lines suppressed since the last one)` when a line may be
+    /// written at `now`.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.window {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.lines = 0;
+            }
+        }
+        if self.lines >= Self::PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -848,6 +906,16 @@ mod tests {
         assert!(!r.try_take(later));
         let mut none = ConnectRate::new(0, NonZeroU32::MIN);
         assert!(!none.try_take(t0));
+    }
+
+    #[test]
+    fn log_lines_are_bounded_per_second() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::default();
+        let let_through = (0..100).filter(|_| l.allow(t0).is_some()).count();
+        assert_eq!(let_through, LogLimit::PER_SECOND as usize);
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(80));
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(0));
     }
 
     #[test]
