@@ -19,6 +19,7 @@ pub mod config;
 pub mod event_loop;
 pub mod guest;
 pub mod handoff;
+pub mod ratelimit;
 pub mod relay;
 pub mod session;
 pub mod udp;

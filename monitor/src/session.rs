@@ -24,6 +24,7 @@ use shm_ring::{
 };
 
 use crate::config::Config;
+use crate::ratelimit::WarnLimiter;
 use crate::relay::{Progress, Relay, RelayFault};
 use crate::udp::UdpRelay;
 
@@ -152,6 +153,10 @@ pub struct Session {
     next_listener: u32,
     ready: VecDeque<ConnId>,
     ended: Option<EndReason>,
+    /// Bounds the warnings this guest can cause with malformed frames...
+    frame_warns: WarnLimiter,
+    /// ...and with pipes closed for cause.
+    fault_warns: WarnLimiter,
 }
 
 impl std::fmt::Debug for Session {
@@ -283,6 +288,8 @@ impl Session {
             next_listener: 1,
             ready: VecDeque::new(),
             ended: None,
+            frame_warns: WarnLimiter::new(),
+            fault_warns: WarnLimiter::new(),
         };
         tracing::info!(
             session = id,
@@ -473,12 +480,14 @@ impl Session {
         }
     }
 
-    fn log_fault(&self, id: ConnId, fault: &RelayFault) {
-        tracing::warn!(
-            session = self.id,
-            conn = id.0,
-            "closing connection: {fault}"
-        );
+    fn log_fault(&mut self, id: ConnId, fault: &RelayFault) {
+        if allow_warning(&mut self.fault_warns, self.id, "pipe-fault") {
+            tracing::warn!(
+                session = self.id,
+                conn = id.0,
+                "closing connection: {fault}"
+            );
+        }
     }
 
     // ---- control pipe -------------------------------------------------
@@ -556,11 +565,13 @@ impl Session {
                 Ok(None) => return true,
                 Err(FrameError::Malformed { header, error }) => {
                     *handled += 1;
-                    tracing::warn!(
-                        session = self.id,
-                        request = header.request_id.0,
-                        "malformed frame: {error}"
-                    );
+                    if allow_warning(&mut self.frame_warns, self.id, "malformed-frame") {
+                        tracing::warn!(
+                            session = self.id,
+                            request = header.request_id.0,
+                            "malformed frame: {error}"
+                        );
+                    }
                     self.reply(
                         header.request_id,
                         Message::Error {
@@ -1242,8 +1253,34 @@ impl Session {
         self.control.close_write();
         self.control.close_read();
         self.guest_bell.ring();
+        for (limiter, what) in [
+            (&mut self.frame_warns, "malformed-frame"),
+            (&mut self.fault_warns, "pipe-fault"),
+        ] {
+            let suppressed = limiter.poll_suppressed();
+            if suppressed > 0 {
+                tracing::warn!(
+                    session = self.id,
+                    "{suppressed} more {what} warnings suppressed"
+                );
+            }
+        }
         tracing::info!(session = self.id, alloc = ?self.alloc.stats(), "session torn down");
     }
+}
+
+/// Counts one guest-caused warning of kind `what`; true if it may be logged.
+/// Reports the warnings suppressed in the window before, if any.
+fn allow_warning(limiter: &mut WarnLimiter, session: SessionId, what: &str) -> bool {
+    let v = limiter.handle_warning(Instant::now());
+    if v.suppressed_before > 0 {
+        tracing::warn!(
+            session,
+            "{} more {what} warnings suppressed",
+            v.suppressed_before
+        );
+    }
+    v.log
 }
 
 /// `socket` + `SO_REUSEADDR` + `bind` + `listen(backlog)`, non-blocking.
