@@ -93,7 +93,11 @@ struct Conn {
 struct Listener {
     token: Token,
     sock: mio::net::TcpListener,
+    /// Accepts waiting for a connection, at most `backlog` of them.
     pending: VecDeque<RequestId>,
+    /// The listen backlog: also the bound on pending accepts, so a guest
+    /// cannot grow the queue without limit.
+    backlog: usize,
 }
 
 /// Connection ids in use, below the bitmap's size; 0 is the control pipe's.
@@ -627,6 +631,12 @@ impl Session {
                 self.connect(rid, addr, timeout_ms, ctx)
             }
             Message::AcceptRequest { listener } => match self.listeners.get_mut(&listener) {
+                Some(l) if l.pending.len() >= l.backlog => self.reply(
+                    rid,
+                    Message::AcceptErr {
+                        code: ErrorCode::QuotaExceeded,
+                    },
+                ),
                 Some(l) => {
                     l.pending.push_back(rid);
                     self.accept_pending(listener, ctx);
@@ -790,6 +800,7 @@ impl Session {
                 token,
                 sock,
                 pending: VecDeque::new(),
+                backlog: usize::try_from(backlog).unwrap_or(usize::MAX).max(1),
             },
         );
         self.reply(
