@@ -606,6 +606,18 @@ impl Session {
                 self.outbox.drain(..n);
             }
             Err(RingError::WouldBlock) => {}
+            Err(RingError::BrokenPipe) => {
+                // The guest closed its reading half (it exited with replies
+                // unread): it is gone, not misbehaving.
+                tracing::debug!(
+                    session = self.id,
+                    unread = self.outbox.len(),
+                    "guest stopped reading replies"
+                );
+                self.outbox.clear();
+                self.end(EndReason::GuestGone);
+                return;
+            }
             Err(e) => {
                 self.end(EndReason::Violation(format!("control pipe: {e}")));
                 return;
