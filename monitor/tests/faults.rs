@@ -435,9 +435,11 @@ fn a_peer_that_never_reads_blocks_only_its_own_connection() {
     let echo = EchoServer::start();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let hold = std::thread::spawn(move || {
         let (s, _) = l.accept().unwrap();
-        std::thread::sleep(Duration::from_secs(15));
+        // Holds the connection unread until the test is done (at most 30 s).
+        let _ = released.recv_timeout(Duration::from_secs(30));
         drop(s);
     });
     let s = m.session();
@@ -476,6 +478,7 @@ fn a_peer_that_never_reads_blocks_only_its_own_connection() {
         assert_eq!(echo_verified(&c, 1000 + i, 2 << 20).unwrap(), 2 << 20);
     }
     drop((stuck, s));
+    drop(release);
     hold.join().unwrap();
 }
 
