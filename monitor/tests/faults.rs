@@ -330,8 +330,8 @@ fn monitor_killed_every_blocked_call_fails_within_a_second() {
         "a call that should block returned before the monitor died"
     );
     killed.store(true, Ordering::SeqCst);
-    mon.kill();
     let at = Instant::now();
+    mon.kill();
     let mut seen = Vec::new();
     while let Ok((name, r, when, after_kill)) = rx.recv_timeout(Duration::from_secs(5)) {
         assert!(after_kill, "{name} returned {r:?} before the monitor died");
