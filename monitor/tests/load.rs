@@ -45,10 +45,19 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
     // monitor (which inherits the limit) the other.
     let want = (n as u64) + 1024;
     let limit = raise_nofile(want);
-    assert!(
-        limit >= want,
-        "cannot raise RLIMIT_NOFILE to {want} (got {limit}); lower ARCA_LOAD_CONNS"
-    );
+    if limit < want {
+        // Root can always raise it (CI runs as root): there it is a failure.
+        assert!(
+            !nix::unistd::geteuid().is_root(),
+            "cannot raise RLIMIT_NOFILE to {want} as root (got {limit})"
+        );
+        eprintln!(
+            "SKIPPED: RLIMIT_NOFILE cannot be raised to {want} for this user (hard limit {limit}); \
+             run as root or set ARCA_LOAD_CONNS below {}",
+            limit.saturating_sub(1024)
+        );
+        return;
+    }
 
     // Size the region: every pipe block (rounded up by the buddy allocator)
     // plus the control pipe and bitmap, with room to spare.
