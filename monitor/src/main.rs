@@ -142,7 +142,7 @@ fn run(isolate: bool, config: Config, program: &[OsString]) -> anyhow::Result<Ex
         .add_guest(spawned.sock)
         .context("setting up the guest's session")?;
     let GuestOutcome::Exited(status) = monitor
-        .run_guest(&mut spawned.child, &spawned.pidfd)
+        .run_guest(&mut spawned.child, spawned.pidfd.as_ref())
         .context("serving the guest")?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
