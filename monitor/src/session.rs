@@ -78,6 +78,8 @@ pub struct SessionStats {
     pub fixed_bytes: u64,
     /// UDP sockets held.
     pub udp_sockets: usize,
+    /// Requests waiting for their answer (pending connects and accepts).
+    pub requests_in_flight: u64,
     /// What the policy refused.
     pub policy: PolicyCounters,
 }
@@ -375,6 +377,7 @@ impl Session {
             alloc: self.alloc.stats(),
             fixed_bytes: self.fixed_bytes,
             udp_sockets: self.usage.udp as usize,
+            requests_in_flight: self.in_flight(),
             policy,
         }
     }
