@@ -69,8 +69,7 @@ const RCVBUF: usize = 256 << 20;
 /// A [`RecvShellError`] naming what failed.
 pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvReport, RecvShellError> {
     let start = Instant::now();
-    let tcp = TcpStream::connect_timeout(&opts.server, opts.core.deadline)
-        .map_err(io_err(format!("connect to {}", opts.server)))?;
+    let tcp = connect(opts.server, opts.core.deadline)?;
     tcp.set_nodelay(true).map_err(io_err("set_nodelay"))?;
     tcp.set_nonblocking(true)
         .map_err(io_err("set_nonblocking"))?;
@@ -156,6 +155,21 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
             }
         }
         core.handle_timeout(Instant::now())?;
+    }
+}
+
+/// Connects, retrying a refused connection (the sender may not listen yet) until `deadline`.
+fn connect(server: SocketAddr, deadline: Duration) -> Result<TcpStream, RecvShellError> {
+    let until = Instant::now() + deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&server, left.max(Duration::from_millis(10))) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(io_err(format!("connect to {server}"))(e)),
+        }
     }
 }
 

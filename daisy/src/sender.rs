@@ -48,6 +48,8 @@ pub struct SenderConfig {
     pub deadline: Duration,
     /// Completed receivers needed for success.
     pub min_complete: usize,
+    /// Offer the extensions (DAISY-EXT.md); `false` behaves exactly as a plain sender.
+    pub extensions: bool,
 }
 
 /// A configuration the sender cannot run with.
@@ -276,7 +278,7 @@ impl Sender {
     fn greeting(&self, flags: u8) -> [u8; wire::GREETING_LEN] {
         Greeting {
             group: self.cfg.group,
-            ext: Some(GreetingExt {
+            ext: self.cfg.extensions.then_some(GreetingExt {
                 version: EXT_VERSION,
                 flags,
             }),
@@ -591,7 +593,12 @@ impl Sender {
         match msg {
             ReceiverMsg::Hello(h) => {
                 let r = &mut self.rxs[idx];
-                if r.ext.is_some() || r.ready || round.buffer_id != 1 || phase != Phase::Sync {
+                if !self.cfg.extensions
+                    || r.ext.is_some()
+                    || r.ready
+                    || round.buffer_id != 1
+                    || phase != Phase::Sync
+                {
                     return Err("EXT_HELLO outside the first round's sync".into());
                 }
                 if h.version != EXT_VERSION || h.caps & CAP_CHECKS == 0 {

@@ -134,6 +134,7 @@ fn run(a: &Args) -> io::Result<SendReport> {
             rate: (a.rate > 0.0).then_some(a.rate * 1e6),
             deadline: Duration::from_secs_f64(a.deadline),
             min_complete: a.min_complete,
+            extensions: true,
         },
         bind: SocketAddr::new(a.bind, a.port),
         mcast: McastOptions {
