@@ -12,6 +12,7 @@
 //! --timeout SECS         per run, default 120
 //! --workdir DIR          input and outputs (default /dev/shm: tmpfs, no disk in the way)
 //! --keep-logs            keep the run directory (the last run's logs of each tool)
+//! --send-arg ARG         one more argument for daisy-send (repeatable; for tuning runs)
 //! --daisy-send P --daisy-recv P --arca-monitor P   (default: next to this bench binary)
 //! --udp-sender P --udp-receiver P --uftp P --uftpd P (default: from PATH)
 //! ```
@@ -117,6 +118,7 @@ struct Opts {
     timeout: Duration,
     workdir: PathBuf,
     keep_logs: bool,
+    send_args: Vec<String>,
     daisy_send: PathBuf,
     daisy_recv: PathBuf,
     monitor: PathBuf,
@@ -128,7 +130,7 @@ struct Opts {
 
 const USAGE: &str = "usage: cargo bench --bench daisy -- [--size-mb N] [--receivers 1,2,4] \
 [--repeat N] [--tools udpcast,uftp,daisy-native,daisy-isolated] [--timeout SECS] \
-[--workdir DIR] [--keep-logs] [--daisy-send P] [--daisy-recv P] [--arca-monitor P] [--udp-sender P] \
+[--workdir DIR] [--keep-logs] [--send-arg ARG]... [--daisy-send P] [--daisy-recv P] [--arca-monitor P] [--udp-sender P] \
 [--udp-receiver P] [--uftp P] [--uftpd P]";
 
 fn parse_args() -> Result<Opts, String> {
@@ -145,6 +147,7 @@ fn parse_args() -> Result<Opts, String> {
             std::env::temp_dir()
         },
         keep_logs: false,
+        send_args: Vec::new(),
         daisy_send: bin_dir.join("daisy-send"),
         daisy_recv: bin_dir.join("daisy-recv"),
         monitor: bin_dir.join("arca-monitor"),
@@ -190,6 +193,7 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--workdir" => o.workdir = val()?.into(),
             "--keep-logs" => o.keep_logs = true,
+            "--send-arg" => o.send_args.push(val()?),
             "--daisy-send" => o.daisy_send = val()?.into(),
             "--daisy-recv" => o.daisy_recv = val()?.into(),
             "--arca-monitor" => o.monitor = val()?.into(),
@@ -511,6 +515,7 @@ impl Bench<'_> {
             .args(["--net", if isolated { "arca" } else { "std" }])
             .args(["--deadline", &deadline_arg])
             .arg("--no-progress")
+            .args(&o.send_args)
             .arg(&self.input);
         let mut logs = vec![self.log("daisy-send")];
         let start = Instant::now();
