@@ -185,6 +185,8 @@ fn start_sender(
         .args(["--port", &net.port.to_string()])
         .args(["--group", &net.group.to_string()])
         .args(["--interface", "127.0.0.1"])
+        // The monitor's default policy lets a guest listen on loopback only.
+        .args(["--bind", "127.0.0.1"])
         .arg("--no-progress")
         .args(with_deadline(extra));
     let feed = match input {
