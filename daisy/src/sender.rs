@@ -74,8 +74,10 @@ const RATE_START: f64 = 600e6;
 /// Adaptive rate bounds (bytes per second).
 const RATE_MIN: f64 = 1e6;
 const RATE_MAX: f64 = 20e9;
-/// Token bucket depth: the most bytes sent in one burst.
-const BURST_BYTES: f64 = 512.0 * 1024.0;
+/// Token bucket depth: 10 ms at the current rate (at least 64 KiB), so an unthrottled round
+/// leaves in one burst (every sleep costs a scheduler wake-up) and a throttled one is spread.
+const BURST_SECS: f64 = 0.010;
+const BURST_MIN: f64 = 64.0 * 1024.0;
 /// Packets per [`Action::Multicast`].
 const BATCH: u32 = 64;
 /// Most packets emitted by one `handle_timeout` call, so the shell keeps serving TCP.
@@ -265,7 +267,7 @@ impl Sender {
             eof: false,
             sha: Sha256::new(),
             next_index: 0,
-            tokens: BURST_BYTES,
+            tokens: BURST_MIN,
             refill_at: now,
             rate,
             stats: SenderStats {
@@ -770,7 +772,8 @@ impl Sender {
             .saturating_duration_since(self.refill_at)
             .as_secs_f64();
         self.refill_at = self.now;
-        self.tokens = (self.tokens + dt * self.rate).min(BURST_BYTES);
+        let burst = (self.rate * BURST_SECS).max(BURST_MIN);
+        self.tokens = (self.tokens + dt * self.rate).min(burst);
         let pkt = (self.round_payload + PACKET_HEADER_LEN + 28) as f64;
         let mut sent = 0u32;
         while self.tokens > 0.0 && self.next_index < self.round.pkt_count && sent < MAX_PER_TURN {
