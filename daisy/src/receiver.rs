@@ -117,16 +117,18 @@ pub struct RecvStats {
 enum State {
     Greeting,
     Header,
-    Checks,
+    /// Extended rounds ≥ 2: waiting for EXT_ROUND before CLIENT_READY.
+    RoundInfo,
     Receiving,
+    /// The round's digest did not match: waiting for EXT_CHECKS.
+    AwaitChecks,
     Repairing,
     Delivering,
     Finished,
 }
 
 const EMPTY: u8 = 0;
-const UNVERIFIED: u8 = 1;
-const VERIFIED: u8 = 2;
+const HELD: u8 = 1;
 /// Repair requests per round before giving up.
 const MAX_REQUESTS: u32 = 16;
 
@@ -146,6 +148,7 @@ pub struct Receiver {
     marks: Vec<u8>,
     held: u32,
     checks: Vec<[u8; CHECK_LEN]>,
+    round_digest: Option<[u8; 32]>,
     sent_seen: bool,
     expect: VecDeque<u32>,
     requests: u32,
@@ -181,6 +184,7 @@ impl Receiver {
             marks: Vec::new(),
             held: 0,
             checks: Vec::new(),
+            round_digest: None,
             sent_seen: false,
             expect: VecDeque::new(),
             requests: 0,
@@ -351,7 +355,7 @@ impl Receiver {
                         self.after_sent()?;
                     }
                 }
-                State::Checks | State::Receiving => {
+                State::RoundInfo | State::Receiving | State::AwaitChecks => {
                     let Some((m, used)) = SenderMsg::parse(rest)? else {
                         return Ok(());
                     };
@@ -375,6 +379,7 @@ impl Receiver {
         self.settle_until = None;
         self.requests = 0;
         self.checks.clear();
+        self.round_digest = None;
         self.end = None;
         self.held = 0;
         self.slot = PLAIN_MAX_PAYLOAD;
@@ -394,10 +399,10 @@ impl Receiver {
                 .encode(),
             );
         }
-        let wait_checks = self.ext && !self.first_round && n > 0;
+        let wait_info = self.ext && !self.first_round && n > 0;
         self.first_round = false;
-        if wait_checks {
-            self.state = State::Checks;
+        if wait_info {
+            self.state = State::RoundInfo;
             self.patient = false;
         } else {
             self.ensure_room()?;
@@ -437,19 +442,15 @@ impl Receiver {
             ));
         }
         match m {
-            SenderMsg::Checks {
+            SenderMsg::Round {
                 payload_size,
-                checks,
+                digest,
             } => {
-                if checks.len() != self.round.pkt_count as usize || !self.checks.is_empty() {
-                    return Err(RecvError::Protocol(format!(
-                        "EXT_CHECKS with {} checks for a round of {} packets",
-                        checks.len(),
-                        self.round.pkt_count
-                    )));
+                if self.round_digest.is_some() || self.round.pkt_count == 0 {
+                    return Err(RecvError::Protocol("EXT_ROUND out of turn".into()));
                 }
-                self.checks = checks;
-                if self.state == State::Checks {
+                self.round_digest = Some(digest);
+                if self.state == State::RoundInfo {
                     self.slot = payload_size as usize;
                     self.ensure_room()?;
                     self.actions
@@ -458,13 +459,24 @@ impl Receiver {
                     self.patient = true;
                 } else if payload_size as usize > self.slot {
                     return Err(RecvError::Protocol(format!(
-                        "EXT_CHECKS payload size {payload_size} above {} in the first round",
+                        "EXT_ROUND payload size {payload_size} above {} in the first round",
                         self.slot
                     )));
-                } else {
-                    // Late checks (first round): verify what came before them.
-                    self.verify_held();
                 }
+            }
+            SenderMsg::Checks(checks) => {
+                if self.state != State::AwaitChecks || checks.len() != self.round.pkt_count as usize
+                {
+                    return Err(RecvError::Protocol(format!(
+                        "EXT_CHECKS ({} checks) out of turn for a round of {} packets",
+                        checks.len(),
+                        self.round.pkt_count
+                    )));
+                }
+                self.checks = checks;
+                self.discard_failing();
+                self.state = State::Receiving;
+                self.after_sent()?;
             }
             SenderMsg::End { sha256, total } => {
                 if self.round.pkt_count != 0 || self.state != State::Receiving {
@@ -486,12 +498,11 @@ impl Receiver {
 
     /// After SERVER_SENT or a batch of repairs: verify, then ask again or deliver.
     fn after_sent(&mut self) -> Result<(), RecvError> {
-        if self.ext && self.round.pkt_count > 0 && self.checks.is_empty() {
+        if self.ext && self.round.pkt_count > 0 && self.round_digest.is_none() {
             return Err(RecvError::Protocol(
-                "extended sender sent no EXT_CHECKS for the round".into(),
+                "extended sender sent no EXT_ROUND for the round".into(),
             ));
         }
-        self.verify_held();
         if self.held < self.round.pkt_count {
             if !self.settled && !self.cfg.settle.is_zero() && self.state == State::Receiving {
                 self.settled = true;
@@ -509,7 +520,7 @@ impl Receiver {
                 .marks
                 .iter()
                 .enumerate()
-                .filter(|(_, &m)| m != VERIFIED)
+                .filter(|(_, &m)| m != HELD)
                 .map(|(i, _)| base.wrapping_add(i as u32))
                 .collect();
             let mut b = Vec::new();
@@ -546,11 +557,31 @@ impl Receiver {
             };
         }
         self.out.extend(run);
+        let mut next = self.sha.clone();
         for r in &self.out {
             if let Some(d) = self.data.get(r.clone()) {
-                self.sha.update(d);
+                next.update(d);
             }
         }
+        if let Some(want) = self.round_digest {
+            let got: [u8; 32] = next.clone().finalize().into();
+            if got != want {
+                self.out.clear();
+                if !self.checks.is_empty() {
+                    return Err(RecvError::Digest {
+                        sender: wire::hex(&want),
+                        received: wire::hex(&got),
+                    });
+                }
+                // Something forged or corrupted got in: ask for per-packet checks.
+                self.actions
+                    .push_back(RecvAction::SendTcp(vec![wire::EXT_NEED_CHECKS]));
+                self.state = State::AwaitChecks;
+                self.patient = false;
+                return Ok(());
+            }
+        }
+        self.sha = next;
         self.stats.bytes += u64::from(self.round.buffer_size);
         self.stats.packets += u64::from(self.round.pkt_count);
         if self.round.pkt_count == 0 {
@@ -618,23 +649,11 @@ impl Receiver {
             return;
         }
         self.last_heard = now;
-        let mark = self.marks.get(i).copied().unwrap_or(VERIFIED);
-        let verified = if !self.ext {
-            true
-        } else if let Some(c) = self.checks.get(i) {
-            if wire::strong_check(h.seq, payload) != *c {
-                self.stats.rejected += 1;
-                return;
-            }
-            true
-        } else {
-            false
-        };
-        if mark == VERIFIED || (mark == UNVERIFIED && !verified) {
+        if self.marks.get(i) != Some(&EMPTY) {
             self.stats.duplicates += 1;
             return;
         }
-        self.store(i, payload, if verified { VERIFIED } else { UNVERIFIED });
+        self.store(i, payload);
         if self.settle_until.is_some() && self.held == self.round.pkt_count {
             self.settle_until = None;
             if let Err(e) = self.after_sent() {
@@ -643,25 +662,23 @@ impl Receiver {
         }
     }
 
-    fn store(&mut self, i: usize, payload: &[u8], mark: u8) {
+    fn store(&mut self, i: usize, payload: &[u8]) {
         let start = i * self.slot;
         if let Some(dst) = self.data.get_mut(start..start + payload.len()) {
             dst.copy_from_slice(payload);
-            if self.marks[i] != VERIFIED && mark == VERIFIED {
+            if self.marks[i] != HELD {
                 self.held += 1;
             }
-            self.marks[i] = mark;
+            self.marks[i] = HELD;
             self.lens[i] = payload.len() as u32;
         }
     }
 
-    fn verify_held(&mut self) {
-        if !self.ext || self.checks.is_empty() {
-            return;
-        }
+    /// With per-packet checks in hand, empties every held slot whose check fails.
+    fn discard_failing(&mut self) {
         let base = self.round.packet_id_base;
         for i in 0..self.marks.len() {
-            if self.marks[i] != UNVERIFIED {
+            if self.marks[i] != HELD {
                 continue;
             }
             let start = i * self.slot;
@@ -670,13 +687,11 @@ impl Receiver {
                 .get(start..start + self.lens[i] as usize)
                 .zip(self.checks.get(i))
                 .is_some_and(|(p, c)| wire::strong_check(base.wrapping_add(i as u32), p) == *c);
-            if ok {
-                self.marks[i] = VERIFIED;
-                self.held += 1;
-            } else {
+            if !ok {
                 self.stats.rejected += 1;
                 self.marks[i] = EMPTY;
                 self.lens[i] = 0;
+                self.held -= 1;
             }
         }
     }
@@ -695,17 +710,19 @@ impl Receiver {
             return;
         }
         let i = off as usize;
-        if self.ext && self.checks.get(i) != Some(&wire::strong_check(h.seq, payload)) {
+        if !self.checks.is_empty()
+            && self.checks.get(i) != Some(&wire::strong_check(h.seq, payload))
+        {
             self.stats.rejected += 1;
             return;
         }
-        if self.marks.get(i) == Some(&VERIFIED) {
+        if self.marks.get(i) == Some(&HELD) {
             self.stats.duplicates += 1;
             return;
         }
         // Copy out of inbuf first (the borrow), then store.
         let payload = payload.to_vec();
-        self.store(i, &payload, VERIFIED);
+        self.store(i, &payload);
         self.stats.repaired += 1;
     }
 }

@@ -74,8 +74,10 @@ const RATE_START: f64 = 600e6;
 /// Adaptive rate bounds (bytes per second).
 const RATE_MIN: f64 = 1e6;
 const RATE_MAX: f64 = 20e9;
-/// Token bucket depth: the most bytes sent in one burst.
-const BURST_BYTES: f64 = 512.0 * 1024.0;
+/// Token bucket depth: 10 ms at the current rate (at least 64 KiB), so an unthrottled round
+/// leaves in one burst (every sleep costs a scheduler wake-up) and a throttled one is spread.
+const BURST_SECS: f64 = 0.010;
+const BURST_MIN: f64 = 64.0 * 1024.0;
 /// Packets per [`Action::Multicast`].
 const BATCH: u32 = 64;
 /// Most packets emitted by one `handle_timeout` call, so the shell keeps serving TCP.
@@ -196,8 +198,6 @@ struct Rx {
     done: bool,
     /// When the current wait on this receiver started.
     since: Instant,
-    /// Round (buffer_id) whose EXT_CHECKS it has been sent.
-    checks_round: u32,
     /// Sequence numbers repaired to it this round (sorted on use).
     asked: Vec<u32>,
     /// Requests this round.
@@ -219,6 +219,8 @@ pub struct Sender {
     round_payload: usize,
     headers: Vec<[u8; PACKET_HEADER_LEN]>,
     checks: Vec<[u8; CHECK_LEN]>,
+    /// SHA-256 of the input up to the end of the current round.
+    round_digest: [u8; 32],
     next_seq: u32,
     eof: bool,
     sha: Sha256,
@@ -260,11 +262,12 @@ impl Sender {
             round_payload: 0,
             headers: Vec::new(),
             checks: Vec::new(),
+            round_digest: [0; 32],
             next_seq: 0,
             eof: false,
             sha: Sha256::new(),
             next_index: 0,
-            tokens: BURST_BYTES,
+            tokens: BURST_MIN,
             refill_at: now,
             rate,
             stats: SenderStats {
@@ -311,7 +314,6 @@ impl Sender {
             ready: false,
             done: false,
             since: now,
-            checks_round: 0,
             asked: Vec::new(),
             requests: 0,
         });
@@ -415,8 +417,8 @@ impl Sender {
         }
         self.stats.bytes += n as u64;
         self.stats.packets += count as u64;
-        if self.rxs.iter().any(|r| r.alive && r.ext.is_some()) {
-            self.compute_checks();
+        if self.rxs.iter().any(|r| r.alive) {
+            self.round_digest = self.sha.clone().finalize().into();
         }
         let hdr = self.round.encode();
         for i in 0..self.rxs.len() {
@@ -431,8 +433,7 @@ impl Sender {
             r.requests = 0;
             let mut bytes = hdr.to_vec();
             if r.ext.is_some() && count > 0 {
-                r.checks_round = self.round.buffer_id;
-                wire::encode_checks(ps as u32, &self.checks, &mut bytes);
+                bytes.extend_from_slice(&wire::encode_round(ps as u32, &self.round_digest));
             }
             self.actions.push_back(Action::SendTcp {
                 to: ReceiverId(i as u32),
@@ -608,10 +609,8 @@ impl Sender {
                 r.ext = Some(h);
                 self.stats.extended += 1;
                 if round.pkt_count > 0 {
-                    self.compute_checks();
-                    let mut bytes = Vec::new();
-                    wire::encode_checks(self.round_payload as u32, &self.checks, &mut bytes);
-                    self.rxs[idx].checks_round = round.buffer_id;
+                    let bytes =
+                        wire::encode_round(self.round_payload as u32, &self.round_digest).to_vec();
                     self.actions.push_back(Action::SendTcp { to: id, bytes });
                 }
             }
@@ -655,6 +654,17 @@ impl Sender {
                 let new = (r.asked.len() - before) as u64;
                 self.stats.repaired += seqs.len() as u64;
                 self.stats.duplicates += seqs.len() as u64 - new;
+                self.actions.push_back(Action::SendTcp { to: id, bytes });
+            }
+            ReceiverMsg::NeedChecks => {
+                let r = &mut self.rxs[idx];
+                if phase != Phase::Collect || r.done || r.ext.is_none() || round.pkt_count == 0 {
+                    return Err("EXT_NEED_CHECKS out of turn".into());
+                }
+                r.since = now;
+                self.compute_checks();
+                let mut bytes = Vec::new();
+                wire::encode_checks(&self.checks, &mut bytes);
                 self.actions.push_back(Action::SendTcp { to: id, bytes });
             }
             ReceiverMsg::Done => {
@@ -762,7 +772,8 @@ impl Sender {
             .saturating_duration_since(self.refill_at)
             .as_secs_f64();
         self.refill_at = self.now;
-        self.tokens = (self.tokens + dt * self.rate).min(BURST_BYTES);
+        let burst = (self.rate * BURST_SECS).max(BURST_MIN);
+        self.tokens = (self.tokens + dt * self.rate).min(burst);
         let pkt = (self.round_payload + PACKET_HEADER_LEN + 28) as f64;
         let mut sent = 0u32;
         while self.tokens > 0.0 && self.next_index < self.round.pkt_count && sent < MAX_PER_TURN {

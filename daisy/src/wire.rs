@@ -38,10 +38,15 @@ pub const CLIENT_DONE: u8 = 0x04;
 pub const SERVER_SENT: u8 = 0x08;
 /// Extended receiver → sender: capabilities (DAISY-EXT.md §3).
 pub const EXT_HELLO: u8 = 0x10;
-/// Sender → extended receiver: per-packet strong checks of a round (DAISY-EXT.md §4).
-pub const EXT_CHECKS: u8 = 0x11;
-/// Sender → extended receiver: SHA-256 of the whole transfer (DAISY-EXT.md §5).
+/// Sender → extended receiver: a round's payload size and the SHA-256 of the transfer up to
+/// the end of the round (DAISY-EXT.md §4).
+pub const EXT_ROUND: u8 = 0x11;
+/// Sender → extended receiver: SHA-256 of the whole transfer (DAISY-EXT.md §6).
 pub const EXT_END: u8 = 0x12;
+/// Extended receiver → sender: send this round's per-packet checks (DAISY-EXT.md §5).
+pub const EXT_NEED_CHECKS: u8 = 0x13;
+/// Sender → extended receiver: per-packet strong checks of the round (DAISY-EXT.md §5).
+pub const EXT_CHECKS: u8 = 0x14;
 
 /// Greeting trailer magic of an extended sender.
 pub const EXT_MAGIC: [u8; 3] = *b"DZX";
@@ -49,7 +54,7 @@ pub const EXT_MAGIC: [u8; 3] = *b"DZX";
 pub const EXT_VERSION: u8 = 1;
 /// Greeting flag: the transfer already has all its receivers; the sender closes this connection.
 pub const GREET_FLAG_FULL: u8 = 0x01;
-/// EXT_HELLO capability: verifies EXT_CHECKS and EXT_END.
+/// EXT_HELLO capability: verifies EXT_ROUND, EXT_CHECKS and EXT_END.
 pub const CAP_CHECKS: u8 = 0x01;
 /// Length of an EXT_HELLO message, type byte included.
 pub const EXT_HELLO_LEN: usize = 8;
@@ -57,8 +62,10 @@ pub const EXT_HELLO_LEN: usize = 8;
 pub const EXT_END_LEN: usize = 41;
 /// Length of one strong check.
 pub const CHECK_LEN: usize = 16;
-/// Length of the fixed part of EXT_CHECKS (type, payload size, count).
-pub const EXT_CHECKS_HEAD_LEN: usize = 9;
+/// Length of the fixed part of EXT_CHECKS (type, count).
+pub const EXT_CHECKS_HEAD_LEN: usize = 5;
+/// Length of an EXT_ROUND message, type byte included.
+pub const EXT_ROUND_LEN: usize = 37;
 
 /// A wire format violation: the peer is broken or hostile.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -355,6 +362,8 @@ pub enum ReceiverMsg {
     Done,
     /// EXT_HELLO.
     Hello(ExtHello),
+    /// EXT_NEED_CHECKS.
+    NeedChecks,
 }
 
 impl ReceiverMsg {
@@ -371,6 +380,7 @@ impl ReceiverMsg {
         match t {
             CLIENT_READY => Ok(Some((ReceiverMsg::Ready, 1))),
             CLIENT_DONE => Ok(Some((ReceiverMsg::Done, 1))),
+            EXT_NEED_CHECKS => Ok(Some((ReceiverMsg::NeedChecks, 1))),
             CLIENT_REQ => {
                 let Some(n) = le32(b, 1) else {
                     return Ok(None);
@@ -448,11 +458,20 @@ pub fn strong_check(seq: u32, payload: &[u8]) -> [u8; CHECK_LEN] {
     out
 }
 
-/// Encodes EXT_CHECKS: type, payload size (u32 LE), count (u32 LE), `count` × 16-byte checks.
-pub fn encode_checks(payload_size: u32, checks: &[[u8; CHECK_LEN]], out: &mut Vec<u8>) {
+/// Encodes EXT_ROUND: type, payload size (u32 LE), SHA-256 of the transfer up to the end of
+/// the round (32 bytes).
+pub fn encode_round(payload_size: u32, digest: &[u8; 32]) -> [u8; EXT_ROUND_LEN] {
+    let mut b = [0u8; EXT_ROUND_LEN];
+    b[0] = EXT_ROUND;
+    b[1..5].copy_from_slice(&payload_size.to_le_bytes());
+    b[5..37].copy_from_slice(digest);
+    b
+}
+
+/// Encodes EXT_CHECKS: type, count (u32 LE), `count` × 16-byte checks.
+pub fn encode_checks(checks: &[[u8; CHECK_LEN]], out: &mut Vec<u8>) {
     out.reserve(EXT_CHECKS_HEAD_LEN + CHECK_LEN * checks.len());
     out.push(EXT_CHECKS);
-    out.extend_from_slice(&payload_size.to_le_bytes());
     out.extend_from_slice(
         &u32::try_from(checks.len())
             .unwrap_or(u32::MAX)
@@ -478,13 +497,15 @@ pub fn encode_end(sha256: &[u8; 32], total: u64) -> [u8; EXT_END_LEN] {
 pub enum SenderMsg {
     /// SERVER_SENT.
     Sent,
-    /// EXT_CHECKS: payload size and checks.
-    Checks {
+    /// EXT_ROUND.
+    Round {
         /// Largest payload of the round.
         payload_size: u32,
-        /// One check per packet of the round, in sequence order.
-        checks: Vec<[u8; CHECK_LEN]>,
+        /// SHA-256 of the transfer up to the end of the round.
+        digest: [u8; 32],
     },
+    /// EXT_CHECKS: one check per packet of the round, in sequence order.
+    Checks(Vec<[u8; CHECK_LEN]>),
     /// EXT_END.
     End {
         /// SHA-256 of the whole transfer.
@@ -506,17 +527,32 @@ impl SenderMsg {
         };
         match t {
             SERVER_SENT => Ok(Some((SenderMsg::Sent, 1))),
-            EXT_CHECKS => {
-                let (Some(size), Some(n)) = (le32(b, 1), le32(b, 5)) else {
+            EXT_ROUND => {
+                let Some(m) = b.get(..EXT_ROUND_LEN) else {
                     return Ok(None);
                 };
+                let size = le32(m, 1).unwrap_or(0);
                 if size == 0 || size as usize > EXT_MAX_PAYLOAD {
                     return Err(WireError::BadSize {
-                        what: "EXT_CHECKS",
+                        what: "EXT_ROUND",
                         size,
                         max: EXT_MAX_PAYLOAD as u32,
                     });
                 }
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(&m[5..37]);
+                Ok(Some((
+                    SenderMsg::Round {
+                        payload_size: size,
+                        digest,
+                    },
+                    EXT_ROUND_LEN,
+                )))
+            }
+            EXT_CHECKS => {
+                let Some(n) = le32(b, 1) else {
+                    return Ok(None);
+                };
                 if n > MAX_PACKETS_PER_BUFFER {
                     return Err(WireError::TooMany {
                         what: "EXT_CHECKS",
@@ -536,13 +572,7 @@ impl SenderMsg {
                         a
                     })
                     .collect();
-                Ok(Some((
-                    SenderMsg::Checks {
-                        payload_size: size,
-                        checks,
-                    },
-                    len,
-                )))
+                Ok(Some((SenderMsg::Checks(checks), len)))
             }
             EXT_END => {
                 let Some(m) = b.get(..EXT_END_LEN) else {
@@ -704,18 +734,34 @@ mod tests {
             Some((ReceiverMsg::Hello(h), 8))
         );
         let mut v = Vec::new();
-        encode_checks(1460, &[[0xaa; 16]], &mut v);
-        assert_eq!(&v[..9], &[0x11, 0xb4, 0x05, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(v.len(), 25);
+        encode_checks(&[[0xaa; 16]], &mut v);
+        assert_eq!(&v[..5], &[0x14, 1, 0, 0, 0]);
+        assert_eq!(v.len(), 21);
         assert_eq!(
             SenderMsg::parse(&v).unwrap(),
+            Some((SenderMsg::Checks(vec![[0xaa; 16]]), 21))
+        );
+        assert_eq!(SenderMsg::parse(&v[..20]).unwrap(), None);
+        let r = encode_round(1460, &[9; 32]);
+        assert_eq!(&r[..5], &[0x11, 0xb4, 0x05, 0, 0]);
+        assert_eq!(&r[5..], &[9; 32]);
+        assert_eq!(
+            SenderMsg::parse(&r).unwrap(),
             Some((
-                SenderMsg::Checks {
+                SenderMsg::Round {
                     payload_size: 1460,
-                    checks: vec![[0xaa; 16]]
+                    digest: [9; 32]
                 },
-                25
+                37
             ))
+        );
+        assert!(matches!(
+            SenderMsg::parse(&encode_round(0, &[0; 32])),
+            Err(WireError::BadSize { .. })
+        ));
+        assert_eq!(
+            ReceiverMsg::parse(&[0x13]).unwrap(),
+            Some((ReceiverMsg::NeedChecks, 1))
         );
         let e = encode_end(&[7; 32], 0x0102);
         assert_eq!(e[0], 0x12);
