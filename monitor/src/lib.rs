@@ -19,10 +19,13 @@ pub mod config;
 pub mod event_loop;
 pub mod guest;
 pub mod handoff;
+pub mod policy;
+pub mod ratelimit;
 pub mod relay;
 pub mod session;
 pub mod udp;
 
 pub use config::Config;
 pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats};
+pub use policy::Policy;
 pub use session::{SessionId, SessionStats};

@@ -417,7 +417,10 @@ pub struct Producer {
     tail: u64,
     /// The last validated `head`, so a write that fits needs no peer load.
     cached_head: u64,
-    /// Free bytes offered by the last `writable_segments`.
+    /// Free bytes offered by the last `writable_segments` and not committed
+    /// yet. Zeroed by every other index movement (`write`, `write_record`) and
+    /// by `close`: the offer's segments describe space as it was when made, so
+    /// after the tail moves they may overlap published bytes.
     offered: usize,
     closed: bool,
     poison: Poison,
@@ -432,7 +435,9 @@ pub struct Consumer {
     head: u64,
     /// The last validated `tail`.
     cached_tail: u64,
-    /// Bytes offered by the last `readable_segments`.
+    /// Bytes offered by the last `readable_segments` and not consumed yet.
+    /// Zeroed by every other index movement (`read`, `discard`) and by
+    /// `close`, for the same reason as the producer's.
     offered: usize,
     closed: bool,
     poison: Poison,
@@ -633,6 +638,9 @@ impl Producer {
         }
         let n = free.min(buf.len());
         self.mem.copy_in(self.tail, &buf[..n]);
+        // The tail moves: an outstanding zero-copy offer no longer describes
+        // free space.
+        self.offered = 0;
         self.publish(n);
         Ok(n)
     }
@@ -663,6 +671,7 @@ impl Producer {
             pos = pos.wrapping_add(part.len() as u64);
         }
         if len > 0 {
+            self.offered = 0;
             self.publish(len);
         }
         Ok(())
@@ -708,15 +717,30 @@ impl Producer {
     }
 
     /// Publishes `n` bytes written into the segments from
-    /// [`writable_segments`](Self::writable_segments).
+    /// [`writable_segments`](Self::writable_segments). An offer may be
+    /// committed in several parts; it is void once the tail moves any other
+    /// way ([`write`](Self::write), [`write_record`](Self::write_record)) or
+    /// the half closes.
     ///
     /// # Errors
-    /// [`RingError::Overcommit`] if `n` exceeds what was offered.
+    /// [`RingError::Overcommit`] if `n` exceeds what is still offered (zero
+    /// for a void offer), [`RingError::Corrupt`] on a poisoned pipe,
+    /// [`RingError::Closed`] after [`close`](Self::close).
     pub fn commit(&mut self, n: usize) -> Result<(), RingError> {
-        if n > self.offered {
+        if self.poison.is_set() {
+            self.offered = 0;
+            return Err(self.corrupt(self.cached_head));
+        }
+        if self.closed {
+            return Err(RingError::Closed);
+        }
+        // `offered <= cached_free()` holds by construction (the offer was the
+        // free space then, and only commits have moved the tail since); check
+        // both anyway, so no caller mistake can publish past the free space.
+        if n > self.offered || n > self.cached_free() {
             return Err(RingError::Overcommit {
                 requested: n,
-                available: self.offered,
+                available: self.offered.min(self.cached_free()),
             });
         }
         self.offered -= n;
@@ -768,6 +792,7 @@ impl Producer {
             return;
         }
         self.closed = true;
+        self.offered = 0;
         // Release pairs with the consumer's Acquire load of `writer_closed`:
         // every tail published before is visible once the flag is.
         self.mem
@@ -982,6 +1007,9 @@ impl Consumer {
         }
         let n = avail.min(buf.len());
         self.mem.copy_out(self.head, &mut buf[..n]);
+        // The head moves: an outstanding zero-copy offer no longer describes
+        // unread bytes.
+        self.offered = 0;
         self.release(n);
         Ok(n)
     }
@@ -1025,6 +1053,7 @@ impl Consumer {
             });
         }
         if n > 0 {
+            self.offered = 0;
             self.release(n);
         }
         Ok(())
@@ -1065,15 +1094,23 @@ impl Consumer {
     }
 
     /// Releases `n` bytes read from the segments of
-    /// [`readable_segments`](Self::readable_segments).
+    /// [`readable_segments`](Self::readable_segments). An offer may be
+    /// consumed in several parts; it is void once the head moves any other
+    /// way ([`read`](Self::read), [`discard`](Self::discard)) or the half
+    /// closes.
     ///
     /// # Errors
-    /// [`RingError::Overcommit`] if `n` exceeds what was offered.
+    /// [`RingError::Overcommit`] if `n` exceeds what is still offered (zero
+    /// for a void offer), [`RingError::Corrupt`] on a poisoned pipe,
+    /// [`RingError::Closed`] after [`close`](Self::close).
     pub fn consume(&mut self, n: usize) -> Result<(), RingError> {
-        if n > self.offered {
+        self.check_usable().inspect_err(|_| self.offered = 0)?;
+        // `offered <= cached_available()` holds by construction; checked
+        // anyway so the head can never pass the validated tail.
+        if n > self.offered || n > self.cached_available() {
             return Err(RingError::Overcommit {
                 requested: n,
-                available: self.offered,
+                available: self.offered.min(self.cached_available()),
             });
         }
         self.offered -= n;
@@ -1121,6 +1158,7 @@ impl Consumer {
             return;
         }
         self.closed = true;
+        self.offered = 0;
         // Release pairs with the producer's Acquire load of `reader_closed`.
         self.mem
             .header()
