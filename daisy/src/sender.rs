@@ -392,7 +392,7 @@ impl Sender {
         if self.phase != Phase::Filling {
             return;
         }
-        let cap = self.round_capacity();
+        let cap = self.round_capacity().min(self.buf.len());
         let n = n.min(cap);
         let ps = self.round_payload;
         let count = n.div_ceil(ps);
