@@ -677,3 +677,30 @@ fn a_guest_attaching_the_moment_the_socket_appears_is_served() {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+#[test]
+fn run_guest_without_a_pidfd_sees_the_guest_exit() {
+    // Where `pidfd_open` is missing (old kernels, valgrind) the monitor polls
+    // for the guest's exit instead; it must still notice it promptly.
+    let _serial = serial();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut spawned, _) = arca_monitor::guest::spawn(
+            &"/bin/sh".into(),
+            &["-c".into(), "sleep 0.2; exit 7".into()],
+            false,
+        )
+        .expect("spawn");
+        let mut m = arca_monitor::Monitor::new(Config::default()).expect("monitor");
+        m.add_guest(spawned.sock).expect("session");
+        let t = Instant::now();
+        let out = m.run_guest(&mut spawned.child, None);
+        let _ = tx.send((out.map_err(|e| e.to_string()), t.elapsed()));
+    });
+    let (out, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("run_guest never returned after the guest exited");
+    let arca_monitor::GuestOutcome::Exited(status) = out.expect("run_guest");
+    assert_eq!(status.code(), Some(7));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
