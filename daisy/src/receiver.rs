@@ -544,6 +544,12 @@ impl Receiver {
     fn deliver(&mut self) -> Result<(), RecvError> {
         let total: u64 = self.lens.iter().map(|&l| u64::from(l)).sum();
         if total != u64::from(self.round.buffer_size) {
+            // A datagram of the wrong length (forged or corrupted) took a slot. An extended
+            // sender can tell us which: ask for the per-packet checks, as for a bad digest.
+            if self.round_digest.is_some() && self.checks.is_empty() {
+                self.need_checks();
+                return Ok(());
+            }
             return Err(RecvError::Protocol(format!(
                 "round carried {total} bytes, its header said {}",
                 self.round.buffer_size
@@ -578,10 +584,7 @@ impl Receiver {
                     });
                 }
                 // Something forged or corrupted got in: ask for per-packet checks.
-                self.actions
-                    .push_back(RecvAction::SendTcp(vec![wire::EXT_NEED_CHECKS]));
-                self.state = State::AwaitChecks;
-                self.patient = false;
+                self.need_checks();
                 return Ok(());
             }
         }
@@ -612,6 +615,17 @@ impl Receiver {
         self.state = State::Delivering;
         self.actions.push_back(RecvAction::Deliver);
         Ok(())
+    }
+
+    /// The round cannot be verified as received: asks the sender for per-packet checks
+    /// (DAISY-EXT.md), which tell the bad slots apart so they can be repaired.
+    fn need_checks(&mut self) {
+        self.out.clear();
+        self.restart_hash();
+        self.actions
+            .push_back(RecvAction::SendTcp(vec![wire::EXT_NEED_CHECKS]));
+        self.state = State::AwaitChecks;
+        self.patient = false;
     }
 
     /// The round's output was written; tells the sender.
@@ -655,6 +669,14 @@ impl Receiver {
         self.last_heard = now;
         if self.marks.get(i) != Some(&EMPTY) {
             self.stats.duplicates += 1;
+            return;
+        }
+        // With the round's per-packet checks in hand (after a bad digest), nothing unchecked
+        // gets a slot again.
+        if !self.checks.is_empty()
+            && self.checks.get(i) != Some(&wire::strong_check(h.seq, payload))
+        {
+            self.stats.rejected += 1;
             return;
         }
         self.store(i, payload);

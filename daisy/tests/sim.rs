@@ -171,13 +171,25 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                                 r.udp.push((step, c));
                             }
                             if rng.gen_bool(net.forge) {
-                                // Same seq, different payload, additive sum made valid.
+                                // Same seq, different payload, additive sum made valid; some
+                                // also of another length, some arriving late (after the
+                                // round's SERVER_SENT, while repairs are under way).
                                 let mut f = d.clone();
                                 let k = rng.gen_range(12..f.len());
                                 f[k] = f[k].wrapping_add(1);
+                                if f.len() > 16 && rng.gen_bool(0.3) {
+                                    f.truncate(f.len() - 4);
+                                    let size = (f.len() - 12) as u32;
+                                    f[8..12].copy_from_slice(&size.to_le_bytes());
+                                }
                                 let sum = wire::additive_sum(&f[12..]);
                                 f[4..8].copy_from_slice(&sum.to_le_bytes());
-                                r.udp.push((step, f));
+                                let due = if rng.gen_bool(0.3) {
+                                    step + rng.gen_range(1..12)
+                                } else {
+                                    step
+                                };
+                                r.udp.push((due, f));
                             }
                             if rng.gen_bool(net.loss) {
                                 continue;
