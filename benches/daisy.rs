@@ -121,6 +121,11 @@ struct Opts {
     workdir: PathBuf,
     keep_logs: bool,
     send_args: Vec<String>,
+    /// Payload bytes per data packet for every tool (daisy `--payload-size`, udpcast
+    /// `--blocksize`, uftp `-b`); each tool's default when unset.
+    payload: Option<u64>,
+    /// MTU of the bridge and every veth (jumbo frames for large payloads).
+    mtu: u32,
     daisy_send: PathBuf,
     daisy_recv: PathBuf,
     monitor: PathBuf,
@@ -132,7 +137,7 @@ struct Opts {
 
 const USAGE: &str = "usage: cargo bench --bench daisy -- [--size-mb N] [--receivers 1,2,4] \
 [--repeat N] [--tools udpcast,uftp,daisy-native,daisy-isolated] [--timeout SECS] \
-[--workdir DIR] [--keep-logs] [--send-arg ARG]... [--daisy-send P] [--daisy-recv P] [--arca-monitor P] [--udp-sender P] \
+[--workdir DIR] [--keep-logs] [--send-arg ARG]... [--payload BYTES (all tools)] [--mtu N] [--daisy-send P] [--daisy-recv P] [--arca-monitor P] [--udp-sender P] \
 [--udp-receiver P] [--uftp P] [--uftpd P]";
 
 fn parse_args() -> Result<Opts, String> {
@@ -150,6 +155,8 @@ fn parse_args() -> Result<Opts, String> {
         },
         keep_logs: false,
         send_args: Vec::new(),
+        payload: None,
+        mtu: 1500,
         daisy_send: bin_dir.join("daisy-send"),
         daisy_recv: bin_dir.join("daisy-recv"),
         monitor: bin_dir.join("arca-monitor"),
@@ -196,6 +203,10 @@ fn parse_args() -> Result<Opts, String> {
             "--workdir" => o.workdir = val()?.into(),
             "--keep-logs" => o.keep_logs = true,
             "--send-arg" => o.send_args.push(val()?),
+            "--payload" => o.payload = Some(num(val()?)?.clamp(256, 8192)),
+            "--mtu" => {
+                o.mtu = u32::try_from(num(val()?)?.clamp(1280, 9000)).unwrap_or(1500);
+            }
             "--daisy-send" => o.daisy_send = val()?.into(),
             "--daisy-recv" => o.daisy_recv = val()?.into(),
             "--arca-monitor" => o.monitor = val()?.into(),
@@ -244,7 +255,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 struct Topology;
 
 impl Topology {
-    fn create(receivers: usize) -> Result<Topology, String> {
+    fn create(receivers: usize, mtu: u32) -> Result<Topology, String> {
+        let mtu = mtu.to_string();
         Topology::teardown();
         let topo = Topology; // from here on, drop tears down whatever was made
         ip(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -262,6 +274,7 @@ impl Topology {
             "0",
         )
         .map_err(|e| format!("turning multicast snooping off on {BRIDGE}: {e}"))?;
+        ip(&["link", "set", BRIDGE, "mtu", &mtu])?;
         ip(&["link", "set", BRIDGE, "up"])?;
         for i in 1..=receivers {
             let (ns, veth, addr) = (ns(i), veth(i), format!("{}/24", rx_ip(i)));
@@ -269,6 +282,8 @@ impl Topology {
             ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;
+            ip(&["link", "set", &veth, "mtu", &mtu])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu])?;
             ip(&["link", "set", &veth, "master", BRIDGE])?;
             ip(&["link", "set", &veth, "up"])?;
             ip(&["-n", &ns, "addr", "add", &addr, "brd", "+", "dev", "eth0"])?;
@@ -546,9 +561,11 @@ impl Bench<'_> {
             .args(["--bind", HOST_IP])
             .args(["--net", if isolated { "arca" } else { "std" }])
             .args(["--deadline", &deadline_arg])
-            .arg("--no-progress")
-            .args(&o.send_args)
-            .arg(&self.input);
+            .arg("--no-progress");
+        if let Some(p) = o.payload {
+            cmd.args(["--payload-size", &p.to_string()]);
+        }
+        cmd.args(&o.send_args).arg(&self.input);
         let mut logs = vec![self.log("daisy-send")];
         let start = Instant::now();
         let deadline = start + o.timeout;
@@ -613,6 +630,9 @@ impl Bench<'_> {
             // The sender checks for enough receivers only when it re-sends its hello (every
             // 2 s by default), which would add up to 2 s to every run.
             .args(["--rexmit-hello-interval", "20"]);
+        if let Some(p) = o.payload {
+            s.args(["--blocksize", &p.to_string()]);
+        }
         let start = Instant::now();
         procs.insert(0, spawn_logged("udp-sender", &mut s, &logs[0])?);
         wait_all(&mut procs, start + o.timeout)?;
@@ -653,8 +673,11 @@ impl Bench<'_> {
         check_stop()?;
         let ids: Vec<String> = (1..=n).map(client_id).collect();
         let mut s = Command::new(&o.uftp);
-        s.args(["-R", "-1", "-Y", "none", "-I", BRIDGE, "-H", &ids.join(",")])
-            .arg(&self.input);
+        s.args(["-R", "-1", "-Y", "none", "-I", BRIDGE, "-H", &ids.join(",")]);
+        if let Some(p) = o.payload {
+            s.args(["-b", &p.to_string()]);
+        }
+        s.arg(&self.input);
         let slog = vec![self.log("uftp")];
         let start = Instant::now();
         let mut sender = vec![spawn_logged("uftp", &mut s, &slog[0])?];
@@ -749,7 +772,7 @@ fn report(o: &Opts, size: u64, cells: &[Cell], header: &str) -> String {
         let mbps = c.mbps(size);
         let lo = mbps.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = mbps.iter().copied().fold(0.0, f64::max);
-        let packets = size.div_ceil(c.tool.packet()).max(1) as f64;
+        let packets = size.div_ceil(o.payload.unwrap_or(c.tool.packet())).max(1) as f64;
         let (rep, pct) = match c.repaired() {
             Some(r) => (format!("{r:.0}"), format!("{:.2} %", 100.0 * r / packets)),
             None => ("n/a".into(), "n/a".into()),
@@ -878,7 +901,7 @@ fn run(o: &Opts) -> Result<(), String> {
         std::fs::write(&input, data).map_err(|e| format!("{}: {e}", input.display()))?;
     }
     let max_n = o.receivers.iter().copied().max().unwrap_or(1);
-    let _topo = Topology::create(max_n)?;
+    let _topo = Topology::create(max_n, o.mtu)?;
     let bench = Bench {
         o,
         dir: dir.clone(),
