@@ -1,6 +1,9 @@
 //! Monitor settings: region and pipe sizes, per-turn work bounds.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::policy::Policy;
 
 /// How the monitor sizes each guest's resources. Defaults suit a guest with
 /// up to a few thousand connections.
@@ -30,6 +33,8 @@ pub struct Config {
     pub busy_poll: Duration,
     /// Listen backlog when the guest asks for 0.
     pub default_backlog: u32,
+    /// What guests may reach and hold (POLICY.md); shared by every session.
+    pub policy: Arc<Policy>,
 }
 
 impl Default for Config {
@@ -45,6 +50,7 @@ impl Default for Config {
             max_outbox_bytes: 256 << 10,
             busy_poll: Duration::from_micros(50),
             default_backlog: 1024,
+            policy: Arc::new(Policy::default()),
         }
     }
 }

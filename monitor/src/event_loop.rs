@@ -27,6 +27,8 @@ const SERVER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CHILD: Token = Token(3);
 const FIRST_DYNAMIC: usize = 16;
+/// How often `run_guest` checks for the guest's exit when it has no pidfd.
+pub const CHILD_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy)]
 enum Src {
@@ -40,6 +42,9 @@ pub struct MonitorStats {
     pub sessions: Vec<(SessionId, SessionStats)>,
     /// Sessions ended so far.
     pub ended: u64,
+    /// Ended sessions whose allocator still held data-pipe blocks after
+    /// teardown (0 unless a connection's resources were not released).
+    pub unreclaimed: u64,
 }
 
 /// Controls a monitor running on another thread.
@@ -78,6 +83,7 @@ pub struct Monitor {
     timer_seq: u64,
     next_session: SessionId,
     ended: u64,
+    unreclaimed: u64,
     server: Option<OwnedFd>,
     signals: Option<nix::sys::signalfd::SignalFd>,
     waker: Arc<Waker>,
@@ -125,6 +131,7 @@ impl Monitor {
             timer_seq: 0,
             next_session: 1,
             ended: 0,
+            unreclaimed: 0,
             server: None,
             signals: None,
             waker,
@@ -170,8 +177,35 @@ impl Monitor {
             None,
         )
         .map_err(ctx)?;
-        s::bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(ctx)?).map_err(ctx)?;
-        s::listen(&fd, s::Backlog::new(128).unwrap_or(s::Backlog::MAXCONN)).map_err(ctx)?;
+        // Bound under a temporary name and renamed once listening, so the
+        // path never names a socket that refuses connections (a guest that
+        // attaches as soon as the file appears would get ECONNREFUSED). The
+        // socket's own address (getsockname, /proc/net/unix) stays the
+        // temporary name.
+        let tmp = path.file_name().map(|name| {
+            let mut t = std::ffi::OsString::from(".");
+            t.push(name);
+            t.push(format!(".{}.tmp", std::process::id()));
+            path.with_file_name(t)
+        });
+        let bind_at = match &tmp {
+            Some(t) if UnixAddr::new(t.as_path()).is_ok() => t.as_path(),
+            _ => path,
+        };
+        s::bind(fd.as_raw_fd(), &UnixAddr::new(bind_at).map_err(ctx)?).map_err(ctx)?;
+        let listening = s::listen(&fd, s::Backlog::new(128).unwrap_or(s::Backlog::MAXCONN))
+            .map_err(ctx)
+            .and_then(|()| {
+                if bind_at == path {
+                    return Ok(());
+                }
+                std::fs::rename(bind_at, path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            });
+        if let Err(e) = listening {
+            let _ = std::fs::remove_file(bind_at);
+            return Err(e);
+        }
         self.poll.registry().register(
             &mut mio::unix::SourceFd(&fd.as_raw_fd()),
             SERVER,
@@ -234,15 +268,23 @@ impl Monitor {
 
     /// Serves `guest` (already added with its socket) until it exits; returns
     /// its status. A SIGINT/SIGTERM is passed on to the guest as SIGTERM.
+    /// Without a `pidfd` (no `pidfd_open` on this kernel, or under valgrind)
+    /// the loop wakes every [`CHILD_POLL`] to check whether the guest exited.
     ///
     /// # Errors
     /// If epoll or waiting for the child fails.
-    pub fn run_guest(&mut self, child: &mut Child, pidfd: &OwnedFd) -> io::Result<GuestOutcome> {
-        self.poll.registry().register(
-            &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
-            CHILD,
-            Interest::READABLE,
-        )?;
+    pub fn run_guest(
+        &mut self,
+        child: &mut Child,
+        pidfd: Option<&OwnedFd>,
+    ) -> io::Result<GuestOutcome> {
+        if let Some(pidfd) = pidfd {
+            self.poll.registry().register(
+                &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
+                CHILD,
+                Interest::READABLE,
+            )?;
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
         let mut exited = false;
         while !exited {
@@ -250,7 +292,12 @@ impl Monitor {
                 tracing::info!("passing the stop signal on to the guest");
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
-            self.turn(None, Some(&mut exited))?;
+            if pidfd.is_some() {
+                self.turn(None, Some(&mut exited))?;
+            } else {
+                self.turn(Some(CHILD_POLL), None)?;
+                exited = child.try_wait()?.is_some();
+            }
         }
         let status = child.wait()?;
         // Let the session notice its socket hang up and release everything.
@@ -414,6 +461,11 @@ impl Monitor {
     fn end_session(&mut self, sid: SessionId) {
         self.with_session(sid, |s, ctx| s.teardown(ctx));
         if let Some(s) = self.sessions.remove(&sid) {
+            let st = s.stats();
+            if st.alloc.allocated != st.fixed_bytes {
+                self.unreclaimed += 1;
+                tracing::warn!(session = sid, alloc = ?st.alloc, fixed = st.fixed_bytes, "teardown left data-pipe blocks allocated");
+            }
             tracing::info!(session = sid, reason = ?s.ended(), "session closed");
             self.ended += 1;
         }
@@ -466,6 +518,7 @@ impl Monitor {
             let _ = reply.send(MonitorStats {
                 sessions,
                 ended: self.ended,
+                unreclaimed: self.unreclaimed,
             });
         }
     }

@@ -48,8 +48,10 @@ pub struct SpawnedGuest {
     pub child: Child,
     /// The monitor's end of the session socket.
     pub sock: OwnedFd,
-    /// A pidfd that becomes readable when the guest exits.
-    pub pidfd: OwnedFd,
+    /// A pidfd that becomes readable when the guest exits; `None` where the
+    /// kernel (or valgrind) has no `pidfd_open`, and the monitor then polls
+    /// for the exit instead.
+    pub pidfd: Option<OwnedFd>,
 }
 
 /// Which isolation `spawn` applied.
@@ -161,7 +163,14 @@ pub fn spawn(
         }
     })?;
     drop(guest);
-    let pidfd = pidfd_open(child.id()).map_err(SpawnError::Pidfd)?;
+    let pidfd = match pidfd_open(child.id()) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            tracing::info!("pidfd_open is not available; polling for the guest's exit");
+            None
+        }
+        Err(e) => return Err(SpawnError::Pidfd(e)),
+    };
     Ok((
         SpawnedGuest {
             child,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod event_loop;
 pub mod guest;
 pub mod handoff;
+pub mod policy;
 pub mod ratelimit;
 pub mod relay;
 pub mod session;
@@ -26,4 +27,5 @@ pub mod udp;
 
 pub use config::Config;
 pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats};
+pub use policy::Policy;
 pub use session::{SessionId, SessionStats};

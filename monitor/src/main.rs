@@ -4,9 +4,10 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use arca_monitor::{guest, Config, GuestOutcome, Monitor};
+use arca_monitor::{guest, Config, GuestOutcome, Monitor, Policy};
 use clap::{Args, Parser, Subcommand};
 
 /// Gives sandboxed guests TCP through shared memory: the guest asks, the
@@ -28,6 +29,8 @@ enum Command {
         isolate: bool,
         #[command(flatten)]
         sizes: Sizes,
+        #[command(flatten)]
+        policy: PolicyFile,
         /// The guest program and its arguments.
         #[arg(required = true, last = true, value_name = "PROGRAM ARGS")]
         program: Vec<OsString>,
@@ -39,8 +42,45 @@ enum Command {
         socket: PathBuf,
         #[command(flatten)]
         sizes: Sizes,
+        #[command(flatten)]
+        policy: PolicyFile,
+    },
+    /// Print the default policy, or check a policy file (POLICY.md).
+    Policy {
+        /// Print the policy used when no `--policy` is given, as TOML.
+        #[arg(long, conflicts_with = "check")]
+        print_default: bool,
+        /// Parse FILE and report the first problem, as `--policy` would.
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
     },
 }
+
+#[derive(Debug, Args)]
+struct PolicyFile {
+    /// What guests may reach and hold (TOML, POLICY.md); the safe default
+    /// (`arca-monitor policy --print-default`) when omitted.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+impl PolicyFile {
+    fn load(&self) -> Result<Arc<Policy>, arca_monitor::policy::PolicyError> {
+        match &self.policy {
+            Some(path) => Policy::load(path).map(Arc::new),
+            None => Ok(Arc::new(Policy::default())),
+        }
+    }
+}
+
+/// Exit status for bad usage, bad configuration included (as clap's).
+const USAGE: u8 = 2;
+
+const DEFAULT_HEADER: &str = "\
+# arca-monitor's default policy (POLICY.md). Rules are tried in order, the
+# first match wins, and an address no rule matches is denied.
+# limits.pipe_memory is absent: the guest's region size is the bound.
+";
 
 #[derive(Debug, Args)]
 struct Sizes {
@@ -53,10 +93,11 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn config(&self) -> anyhow::Result<Config> {
+    fn config(&self, policy: Arc<Policy>) -> anyhow::Result<Config> {
         let config = Config {
             region_size: self.region_size,
             data_ring: self.data_ring,
+            policy,
             ..Config::default()
         };
         config.validate().map_err(anyhow::Error::msg)?;
@@ -89,8 +130,7 @@ fn init_logging() {
         .init();
 }
 
-fn run(isolate: bool, sizes: &Sizes, program: &[OsString]) -> anyhow::Result<ExitCode> {
-    let config = sizes.config()?;
+fn run(isolate: bool, config: Config, program: &[OsString]) -> anyhow::Result<ExitCode> {
     let (prog, args) = program.split_first().context("no guest program given")?;
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
@@ -102,7 +142,7 @@ fn run(isolate: bool, sizes: &Sizes, program: &[OsString]) -> anyhow::Result<Exi
         .add_guest(spawned.sock)
         .context("setting up the guest's session")?;
     let GuestOutcome::Exited(status) = monitor
-        .run_guest(&mut spawned.child, &spawned.pidfd)
+        .run_guest(&mut spawned.child, spawned.pidfd.as_ref())
         .context("serving the guest")?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -114,8 +154,8 @@ fn run(isolate: bool, sizes: &Sizes, program: &[OsString]) -> anyhow::Result<Exi
     })
 }
 
-fn serve(socket: &std::path::Path, sizes: &Sizes) -> anyhow::Result<ExitCode> {
-    let mut monitor = Monitor::new(sizes.config()?).context("starting the monitor")?;
+fn serve(socket: &std::path::Path, config: Config) -> anyhow::Result<ExitCode> {
+    let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
         .context("installing signal handlers")?;
@@ -130,19 +170,57 @@ fn serve(socket: &std::path::Path, sizes: &Sizes) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let result = match &cli.command {
-        Command::Run {
-            isolate,
-            sizes,
-            program,
-        } => run(*isolate, sizes, program),
-        Command::Serve { socket, sizes } => serve(socket, sizes),
+    let (sizes, policy) = match &cli.command {
+        Command::Run { sizes, policy, .. } | Command::Serve { sizes, policy, .. } => {
+            (sizes, policy)
+        }
+        Command::Policy {
+            print_default,
+            check,
+        } => return policy_command(*print_default, check.as_deref()),
     };
+    let config = match policy.load() {
+        Ok(p) => sizes.config(p),
+        Err(e) => {
+            eprintln!("arca-monitor: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let result = config.and_then(|config| match &cli.command {
+        Command::Run {
+            isolate, program, ..
+        } => run(*isolate, config, program),
+        Command::Serve { socket, .. } => serve(socket, config),
+        Command::Policy { .. } => Ok(ExitCode::SUCCESS),
+    });
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("arca-monitor: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn policy_command(print_default: bool, check: Option<&std::path::Path>) -> ExitCode {
+    match (print_default, check) {
+        (_, Some(path)) => match Policy::load(path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("arca-monitor: {e}");
+                ExitCode::from(USAGE)
+            }
+        },
+        (true, None) => {
+            print!("{DEFAULT_HEADER}{}", Policy::default().to_toml());
+            ExitCode::SUCCESS
+        }
+        (false, None) => {
+            eprintln!("arca-monitor: policy needs --print-default or --check FILE");
+            ExitCode::from(USAGE)
         }
     }
 }

@@ -5,6 +5,11 @@
 //! `arca-wire` (which never panics), ids are looked up in this session's own
 //! tables only (a guest can name nothing of another guest's), and every pipe
 //! fault closes that pipe alone.
+//!
+//! Policy (POLICY.md) is enforced here, before any socket call: rules give
+//! `PermissionDenied`, limits `QuotaExceeded`; each refusal is counted in
+//! [`SessionStats::policy`] and logged with the session, the request and the
+//! rule or limit involved.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
@@ -24,6 +29,7 @@ use shm_ring::{
 };
 
 use crate::config::Config;
+use crate::policy::{ConnectRate, Decision, LogLimit, Policy, PolicyCounters, Proto};
 use crate::ratelimit::WarnLimiter;
 use crate::relay::{Progress, Relay, RelayFault};
 use crate::udp::UdpRelay;
@@ -70,6 +76,12 @@ pub struct SessionStats {
     /// Bytes allocated for the session's fixed structures (control pipe and
     /// bitmap): `alloc.allocated` equals this when no data pipe is live.
     pub fixed_bytes: u64,
+    /// UDP sockets held.
+    pub udp_sockets: usize,
+    /// Requests waiting for their answer (pending connects and accepts).
+    pub requests_in_flight: u64,
+    /// What the policy refused.
+    pub policy: PolicyCounters,
 }
 
 enum ConnState {
@@ -157,10 +169,30 @@ pub struct Session {
     next_listener: u32,
     ready: VecDeque<ConnId>,
     ended: Option<EndReason>,
+    policy: Arc<Policy>,
+    usage: Usage,
     /// Bounds the warnings this guest can cause with malformed frames...
     frame_warns: WarnLimiter,
     /// ...and with pipes closed for cause.
     fault_warns: WarnLimiter,
+}
+
+/// What a session holds, against its policy's limits.
+#[derive(Debug)]
+struct Usage {
+    /// TCP connections, connecting or open.
+    tcp: u32,
+    /// Of which connecting (requests in flight).
+    connecting: u32,
+    /// UDP sockets.
+    udp: u32,
+    rate: ConnectRate,
+    counters: PolicyCounters,
+    /// Policy drops of UDP sockets already closed.
+    udp_denied_closed: u64,
+    logged: LogLimit,
+    /// Process-unique owner id for UDP port sharing (`udp::claim_reuse`).
+    owner: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -292,6 +324,20 @@ impl Session {
             next_listener: 1,
             ready: VecDeque::new(),
             ended: None,
+            policy: cfg.policy.clone(),
+            usage: Usage {
+                tcp: 0,
+                connecting: 0,
+                udp: 0,
+                rate: ConnectRate::new(
+                    cfg.policy.limits.connect_rate,
+                    cfg.policy.limits.connect_burst,
+                ),
+                counters: PolicyCounters::default(),
+                udp_denied_closed: 0,
+                logged: LogLimit::default(),
+                owner: crate::udp::next_owner(),
+            },
             frame_warns: WarnLimiter::new(),
             fault_warns: WarnLimiter::new(),
         };
@@ -315,12 +361,143 @@ impl Session {
 
     /// Resource figures.
     pub fn stats(&self) -> SessionStats {
+        let mut policy = self.usage.counters;
+        policy.udp_denied = self.usage.udp_denied_closed
+            + self
+                .conns
+                .values()
+                .filter_map(|c| match &c.state {
+                    ConnState::Udp(r) => Some(r.counters().denied),
+                    _ => None,
+                })
+                .sum::<u64>();
         SessionStats {
             conns: self.conns.len(),
             listeners: self.listeners.len(),
             alloc: self.alloc.stats(),
             fixed_bytes: self.fixed_bytes,
+            udp_sockets: self.usage.udp as usize,
+            requests_in_flight: self.in_flight(),
+            policy,
         }
+    }
+
+    // ---- policy ---------------------------------------------------------
+
+    /// Adds a connection, counting it against the limits.
+    fn insert_conn(&mut self, id: ConnId, conn: Conn) {
+        match conn.state {
+            ConnState::Connecting { .. } => {
+                self.usage.tcp += 1;
+                self.usage.connecting += 1;
+            }
+            ConnState::Open(_) => self.usage.tcp += 1,
+            ConnState::Udp(_) => self.usage.udp += 1,
+        }
+        self.conns.insert(id, conn);
+    }
+
+    /// Removes a connection, releasing what it counted.
+    fn remove_conn(&mut self, id: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&id)?;
+        let u = &mut self.usage;
+        match &c.state {
+            ConnState::Connecting { .. } => {
+                u.tcp = u.tcp.saturating_sub(1);
+                u.connecting = u.connecting.saturating_sub(1);
+            }
+            ConnState::Open(_) => u.tcp = u.tcp.saturating_sub(1),
+            ConnState::Udp(r) => {
+                u.udp = u.udp.saturating_sub(1);
+                u.udp_denied_closed += r.counters().denied;
+            }
+        }
+        Some(c)
+    }
+
+    /// Control requests waiting for their answer: pending connects and
+    /// accepts.
+    fn in_flight(&self) -> u64 {
+        u64::from(self.usage.connecting)
+            + self
+                .listeners
+                .values()
+                .map(|l| l.pending.len() as u64)
+                .sum::<u64>()
+    }
+
+    /// Counts and logs a refusal by rule; the code to reply with.
+    fn deny(
+        &mut self,
+        rid: RequestId,
+        what: &str,
+        addr: &dyn std::fmt::Display,
+        d: Decision,
+    ) -> ErrorCode {
+        self.usage.counters.denied += 1;
+        if let Some(suppressed) = self.usage.logged.allow(Instant::now()) {
+            tracing::warn!(session = self.id, request = rid.0, %addr, rule = %d, suppressed, "{what} denied by policy");
+        }
+        ErrorCode::PermissionDenied
+    }
+
+    /// Counts and logs a refusal by limit; the code to reply with.
+    fn over_quota(
+        &mut self,
+        rid: Option<RequestId>,
+        what: &str,
+        limit: &str,
+        value: u64,
+    ) -> ErrorCode {
+        self.usage.counters.quota_hits += 1;
+        if let Some(suppressed) = self.usage.logged.allow(Instant::now()) {
+            tracing::warn!(
+                session = self.id,
+                request = rid.map(|r| r.0),
+                suppressed,
+                "{what} refused: {limit} quota of {value} reached"
+            );
+        }
+        ErrorCode::QuotaExceeded
+    }
+
+    /// Rule, then limits, then rate: may this connect go ahead?
+    fn admit_connect(&mut self, rid: RequestId, addr: SocketAddr) -> Result<(), ErrorCode> {
+        let d = self.policy.outbound(addr, Proto::Tcp);
+        if !d.allowed {
+            return Err(self.deny(rid, "connect", &addr, d));
+        }
+        let limits = &self.policy.limits;
+        let (in_flight, conns) = (u64::from(limits.requests_in_flight), limits.connections);
+        if self.in_flight() >= in_flight {
+            return Err(self.over_quota(Some(rid), "connect", "requests in flight", in_flight));
+        }
+        if self.usage.tcp >= conns {
+            return Err(self.over_quota(Some(rid), "connect", "connections", u64::from(conns)));
+        }
+        if !self.usage.rate.try_take(Instant::now()) {
+            let rate = u64::from(self.policy.limits.connect_rate);
+            return Err(self.over_quota(Some(rid), "connect", "new connections per second", rate));
+        }
+        Ok(())
+    }
+
+    /// True when a pipe of `block` bytes fits the pipe memory limit.
+    fn pipe_fits(&self, block: u64) -> bool {
+        let Some(limit) = self.policy.limits.pipe_memory else {
+            return true;
+        };
+        // The buddy allocator hands out power-of-two blocks of 4 KiB or more.
+        let block = block
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .max(4096);
+        let used = self
+            .alloc
+            .stats()
+            .allocated
+            .saturating_sub(self.fixed_bytes);
+        used.saturating_add(block) <= limit
     }
 
     /// True when some connection still has budgeted work queued.
@@ -473,7 +650,7 @@ impl Session {
             Err(fault) => self.log_fault(id, &fault),
         }
         if done {
-            self.conns.remove(&id);
+            self.remove_conn(id);
             (ctx.release)(token);
             self.ids.put(id);
             tracing::debug!(
@@ -642,28 +819,40 @@ impl Session {
             Message::ConnectRequest { addr, timeout_ms } => {
                 self.connect(rid, addr, timeout_ms, ctx)
             }
-            Message::AcceptRequest { listener } => match self.listeners.get_mut(&listener) {
-                Some(l) if l.pending.len() >= l.backlog => self.reply(
-                    rid,
-                    Message::AcceptErr {
-                        code: ErrorCode::QuotaExceeded,
-                    },
-                ),
-                Some(l) => {
-                    l.pending.push_back(rid);
-                    self.accept_pending(listener, ctx);
+            Message::AcceptRequest { listener } if self.listeners.contains_key(&listener) => {
+                let limit = u64::from(self.policy.limits.requests_in_flight);
+                if self.in_flight() >= limit {
+                    let code = self.over_quota(Some(rid), "accept", "requests in flight", limit);
+                    return self.reply(rid, Message::AcceptErr { code });
                 }
-                None => self.reply(
-                    rid,
-                    Message::AcceptErr {
-                        code: ErrorCode::NotFound,
-                    },
-                ),
-            },
+                let Some(l) = self.listeners.get_mut(&listener) else {
+                    return;
+                };
+                if l.pending.len() >= l.backlog {
+                    return self.reply(
+                        rid,
+                        Message::AcceptErr {
+                            code: ErrorCode::QuotaExceeded,
+                        },
+                    );
+                }
+                l.pending.push_back(rid);
+                self.accept_pending(listener, ctx);
+            }
+            Message::AcceptRequest { .. } => self.reply(
+                rid,
+                Message::AcceptErr {
+                    code: ErrorCode::NotFound,
+                },
+            ),
             Message::Close { handle } => self.close(rid, handle, ctx),
             Message::UdpBind { addr, flags } => self.udp_bind(rid, addr, flags, ctx),
             Message::UdpConnect { socket, addr } => {
+                let d = self.policy.outbound(addr, Proto::Udp);
                 let reply = match self.udp(socket) {
+                    Some(_) if !d.allowed => Message::UdpConnectErr {
+                        code: self.deny(rid, "udp connect", &addr, d),
+                    },
                     Some(relay) => match relay.connect(addr) {
                         Ok(local) => Message::UdpConnectOk { local },
                         Err(e) => Message::UdpConnectErr {
@@ -682,7 +871,12 @@ impl Session {
                 group,
                 interface,
             } => {
+                let d = self.policy.multicast(group.ip());
+                let join = op == arca_wire::MembershipOp::Join && group.ip().is_multicast();
                 let reply = match self.udp(socket) {
+                    Some(_) if join && !d.allowed => Message::MembershipErr {
+                        code: self.deny(rid, "multicast join", &group.ip(), d),
+                    },
                     Some(relay) => match relay.membership(op, group, interface) {
                         Ok(()) => Message::MembershipOk,
                         Err(e) => Message::MembershipErr {
@@ -764,6 +958,16 @@ impl Session {
     }
 
     fn listen(&mut self, rid: RequestId, addr: SocketAddr, backlog: u32, ctx: &mut Ctx<'_>) {
+        let d = self.policy.listen(addr, Proto::Tcp);
+        if !d.allowed {
+            let code = self.deny(rid, "listen", &addr, d);
+            return self.reply(rid, Message::ListenErr { code });
+        }
+        let limit = self.policy.limits.listeners;
+        if self.listeners.len() >= limit as usize {
+            let code = self.over_quota(Some(rid), "listen", "listeners", u64::from(limit));
+            return self.reply(rid, Message::ListenErr { code });
+        }
         let backlog = if backlog == 0 {
             ctx.config.default_backlog
         } else {
@@ -835,6 +1039,22 @@ impl Session {
             match l.sock.accept() {
                 Ok((sock, peer)) => {
                     l.pending.pop_front();
+                    let limit = self.policy.limits.connections;
+                    if self.usage.tcp >= limit {
+                        // Accepted only to be closed: the peer sees the
+                        // connection end, the guest's listener carries on.
+                        drop(sock);
+                        self.usage.counters.accepts_refused += 1;
+                        let code = self.over_quota(
+                            Some(rid),
+                            "incoming connection",
+                            "connections",
+                            u64::from(limit),
+                        );
+                        tracing::debug!(session = self.id, %peer, "incoming connection closed (over quota)");
+                        self.reply(rid, Message::AcceptErr { code });
+                        continue;
+                    }
                     match self.open_conn(sock, ctx) {
                         Ok((conn, pipe, local)) => self.reply(
                             rid,
@@ -873,8 +1093,12 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
         let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
-        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
         let cap = ctx.config.data_ring;
+        if !self.pipe_fits(BidirectionalPipe::block_size(cap, cap)) {
+            let limit = self.policy.limits.pipe_memory.unwrap_or(u64::MAX);
+            return Err(self.over_quota(None, "data pipe", "pipe memory", limit));
+        }
+        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
         let pipe = self
             .alloc
             .alloc(BidirectionalPipe::block_size(cap, cap))
@@ -906,7 +1130,7 @@ impl Session {
             cap_to_monitor: cap as u32,
             cap_to_guest: cap as u32,
         };
-        self.conns.insert(
+        self.insert_conn(
             id,
             Conn {
                 token,
@@ -921,6 +1145,9 @@ impl Session {
     }
 
     fn connect(&mut self, rid: RequestId, addr: SocketAddr, timeout_ms: u32, ctx: &mut Ctx<'_>) {
+        if let Err(code) = self.admit_connect(rid, addr) {
+            return self.reply(rid, Message::ConnectErr { code });
+        }
         let mut sock = match mio::net::TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -960,7 +1187,7 @@ impl Session {
                 id,
             );
         }
-        self.conns.insert(
+        self.insert_conn(
             id,
             Conn {
                 token,
@@ -988,7 +1215,7 @@ impl Session {
             },
         };
         let token = c.token;
-        let mut sock = match self.conns.remove(&id).and_then(|c| c.sock) {
+        let mut sock = match self.remove_conn(id).and_then(|c| c.sock) {
             Some(s) => s,
             None => return,
         };
@@ -1028,7 +1255,7 @@ impl Session {
             return;
         };
         let token = c.token;
-        if let Some(mut s) = self.conns.remove(&id).and_then(|c| c.sock) {
+        if let Some(mut s) = self.remove_conn(id).and_then(|c| c.sock) {
             let _ = ctx.registry.deregister(&mut s);
         }
         (ctx.release)(token);
@@ -1121,7 +1348,7 @@ impl Session {
         };
         let is_udp = matches!(self.conns.get(&id)?.state, ConnState::Udp(_));
         if is_udp == udp {
-            self.conns.remove(&id)
+            self.remove_conn(id)
         } else {
             None
         }
@@ -1136,6 +1363,16 @@ impl Session {
     }
 
     fn udp_bind(&mut self, rid: RequestId, addr: SocketAddr, flags: u32, ctx: &mut Ctx<'_>) {
+        let d = self.policy.listen(addr, Proto::Udp);
+        if !d.allowed {
+            let code = self.deny(rid, "udp bind", &addr, d);
+            return self.reply(rid, Message::UdpBindErr { code });
+        }
+        let limit = self.policy.limits.udp_sockets;
+        if self.usage.udp >= limit {
+            let code = self.over_quota(Some(rid), "udp bind", "udp sockets", u64::from(limit));
+            return self.reply(rid, Message::UdpBindErr { code });
+        }
         let reply = match self.open_udp(addr, flags, ctx) {
             Ok((socket, pipe, local)) => Message::UdpBindOk {
                 socket,
@@ -1161,10 +1398,23 @@ impl Session {
             return Err(ErrorCode::InvalidInput);
         }
         let reuse = flags & arca_wire::UDP_REUSE_ADDR != 0;
+        let owner = self.usage.owner;
+        if reuse && crate::udp::reuse_held_by_other(owner, addr) {
+            return Err(ErrorCode::AddrInUse);
+        }
+        let cap = ctx.config.udp_ring;
+        if !self.pipe_fits(BidirectionalPipe::block_size(cap, cap)) {
+            let limit = self.policy.limits.pipe_memory.unwrap_or(u64::MAX);
+            return Err(self.over_quota(None, "udp pipe", "pipe memory", limit));
+        }
         let mut sock = crate::udp::bind(addr, reuse).map_err(|e| ErrorCode::from_io(&e))?;
         let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
+        let claim = match reuse.then(|| crate::udp::claim_reuse(owner, local)) {
+            Some(Err(e)) => return Err(ErrorCode::from_io(&e)),
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
         let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
-        let cap = ctx.config.udp_ring;
         let pipe = self
             .alloc
             .alloc(BidirectionalPipe::block_size(cap, cap))
@@ -1197,11 +1447,14 @@ impl Session {
             cap_to_guest: cap as u32,
         };
         tracing::debug!(session = self.id, socket = id.0, %local, "udp socket open");
-        self.conns.insert(
+        let relay = UdpRelay::new(sock, pipe)
+            .with_policy(self.policy.clone(), self.id)
+            .with_claim(claim);
+        self.insert_conn(
             id,
             Conn {
                 token,
-                state: ConnState::Udp(Box::new(UdpRelay::new(sock, pipe))),
+                state: ConnState::Udp(Box::new(relay)),
                 sock: None,
                 queued: false,
             },

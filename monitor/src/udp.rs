@@ -14,13 +14,21 @@
 //!   receive buffer would drop it. Receives cannot be batched without a copy
 //!   (a datagram's size is unknown until it has arrived), and a copy costs more
 //!   than the system call it would save.
+//! - Policy (POLICY.md): each record's destination is checked against the
+//!   outbound rules, the last answer cached per socket so a stream to one
+//!   peer costs a compare. A denied datagram is dropped, counted, reported
+//!   through the status word as `PermissionDenied` and logged (rate-limited).
 //! - The guest closing its writing half (or `Close`) ends the socket once the
 //!   published records are sent.
 
+use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arca_wire::{
     DatagramHeader, ErrorCode, MembershipOp, SocketOption, DATAGRAM_HEADER_LEN, MAX_DATAGRAM,
@@ -28,7 +36,70 @@ use arca_wire::{
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use shm_ring::{BidirectionalPipe, RingError, Segments};
 
+use crate::policy::{DestCache, LogLimit, Policy};
 use crate::relay::{Progress, RelayFault};
+
+/// Which owner (a session, by [`next_owner`]) holds `SO_REUSEADDR` UDP
+/// bindings on each `(is IPv4, port)`. Process-wide because the kernel's
+/// port space is: two guests of one monitor (or of two monitors in one
+/// process) must not share a port, or one would receive — steal — the
+/// other's unicast datagrams. Within one guest, sharing is allowed (several
+/// sockets of one multicast receiver).
+static REUSE_OWNERS: Mutex<BTreeMap<(bool, u16), (u64, usize)>> = Mutex::new(BTreeMap::new());
+
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique owner id for [`claim_reuse`].
+pub fn next_owner() -> u64 {
+    NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
+fn reuse_owners() -> std::sync::MutexGuard<'static, BTreeMap<(bool, u16), (u64, usize)>> {
+    REUSE_OWNERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when an owner other than `owner` holds a reuse binding on `addr`'s
+/// family and port.
+pub fn reuse_held_by_other(owner: u64, addr: SocketAddr) -> bool {
+    let key = (addr.is_ipv4(), addr.port());
+    addr.port() != 0 && reuse_owners().get(&key).is_some_and(|(o, _)| *o != owner)
+}
+
+/// `owner`'s share of a reuse-bound UDP port; released on drop.
+#[derive(Debug)]
+pub struct ReuseClaim {
+    key: (bool, u16),
+}
+
+/// Records that `owner` holds a reuse binding on `local` (the bound address).
+///
+/// # Errors
+/// `AddrInUse` when another owner holds one on that port.
+pub fn claim_reuse(owner: u64, local: SocketAddr) -> io::Result<ReuseClaim> {
+    let key = (local.is_ipv4(), local.port());
+    let mut map = reuse_owners();
+    let entry = map.entry(key).or_insert((owner, 0));
+    if entry.0 != owner {
+        return Err(io::Error::new(
+            ErrorKind::AddrInUse,
+            "port held by another guest",
+        ));
+    }
+    entry.1 += 1;
+    Ok(ReuseClaim { key })
+}
+
+impl Drop for ReuseClaim {
+    fn drop(&mut self) {
+        let mut map = reuse_owners();
+        if let Some(entry) = map.get_mut(&self.key) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// Records sent per `sendmmsg`.
 const SEND_BATCH: usize = 32;
@@ -44,6 +115,8 @@ pub struct UdpCounters {
     pub received: u64,
     /// Datagrams dropped because the guest's ring was full.
     pub dropped: u64,
+    /// Datagrams dropped because the policy denies their destination.
+    pub denied: u64,
 }
 
 /// One UDP socket's relay state.
@@ -58,6 +131,14 @@ pub struct UdpRelay {
     counters: UdpCounters,
     /// `counters.dropped` as last published to the guest.
     published_drops: u64,
+    /// The outbound policy for `send_to`, if any.
+    policy: Option<Arc<Policy>>,
+    dests: DestCache,
+    denials_logged: LogLimit,
+    /// The owning session, for logs.
+    session: u64,
+    /// Held while the socket is bound with `SO_REUSEADDR`.
+    _claim: Option<ReuseClaim>,
 }
 
 /// Opens a non-blocking UDP socket bound to `addr`; `reuse` sets
@@ -97,7 +178,26 @@ impl UdpRelay {
             writable: true,
             counters: UdpCounters::default(),
             published_drops: 0,
+            policy: None,
+            dests: DestCache::default(),
+            denials_logged: LogLimit::default(),
+            session: 0,
+            _claim: None,
         }
+    }
+
+    /// Keeps `claim` for as long as the relay lives.
+    pub fn with_claim(mut self, claim: Option<ReuseClaim>) -> Self {
+        self._claim = claim;
+        self
+    }
+
+    /// Checks every datagram's destination against `policy` (for session
+    /// `session`, named in logs).
+    pub fn with_policy(mut self, policy: Arc<Policy>, session: u64) -> Self {
+        self.policy = Some(policy);
+        self.session = session;
+        self
     }
 
     /// The socket, while it is open.
@@ -185,7 +285,30 @@ impl UdpRelay {
                 .readable_segments()
                 .map_err(RelayFault::Corrupt)?;
             let closed = self.pipe.is_peer_write_closed();
-            let batch = parse_records(&mut self.pipe, &segs, closed)?;
+            let (policy, dests) = (&self.policy, &mut self.dests);
+            let mut allowed = |addr: SocketAddr| match policy {
+                Some(p) => dests.check(p, addr),
+                None => crate::policy::Decision::ALLOW,
+            };
+            let (batch, denied) = parse_records(&mut self.pipe, &segs, closed, &mut allowed)?;
+            if let Some((len, to, decision)) = denied {
+                // The first record's destination is denied: drop it.
+                self.pipe.rx().consume(len).map_err(RelayFault::Corrupt)?;
+                self.counters.denied += 1;
+                let code = ErrorCode::PermissionDenied;
+                self.pipe.status().set(u32::from(code.to_u16()));
+                if let Some(suppressed) = self.denials_logged.allow(Instant::now()) {
+                    tracing::warn!(
+                        session = self.session,
+                        %to,
+                        rule = %decision,
+                        suppressed,
+                        "datagram denied by policy, dropped"
+                    );
+                }
+                p.up += len;
+                continue;
+            }
             if batch.is_empty() {
                 self.pipe.rx().consume(0).map_err(RelayFault::Corrupt)?;
                 if self.pipe.is_peer_write_closed() {
@@ -421,11 +544,22 @@ struct Outgoing {
 /// Reads the headers of up to [`SEND_BATCH`] whole records from the front of
 /// the guest's ring. Each header is copied once into private memory and
 /// checked before anything else is derived from it.
+/// A record whose destination `allowed` refuses ends the batch; when it is
+/// the first, it comes back alone (its length, destination and the decision)
+/// for the caller to drop.
+#[allow(clippy::type_complexity)]
 fn parse_records(
     pipe: &mut BidirectionalPipe,
     segs: &Segments,
     writer_closed: bool,
-) -> Result<Vec<Outgoing>, RelayFault> {
+    allowed: &mut dyn FnMut(SocketAddr) -> crate::policy::Decision,
+) -> Result<
+    (
+        Vec<Outgoing>,
+        Option<(usize, SocketAddr, crate::policy::Decision)>,
+    ),
+    RelayFault,
+> {
     let avail = segs.total();
     let mut out = Vec::with_capacity(SEND_BATCH.min(avail / DATAGRAM_HEADER_LEN + 1));
     let mut off = 0usize;
@@ -453,6 +587,13 @@ fn parse_records(
             }
             break;
         }
+        let decision = allowed(header.addr);
+        if !decision.allowed {
+            if out.is_empty() {
+                return Ok((out, Some((header.record_len(), header.addr, decision))));
+            }
+            break;
+        }
         out.push(Outgoing {
             addr: SockaddrStorage::from(header.addr),
             payload: segs.range(off + DATAGRAM_HEADER_LEN, usize::from(header.payload_len)),
@@ -460,7 +601,7 @@ fn parse_records(
         });
         off = end;
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// `sendmmsg` of a batch; returns how many were sent (at least one), or the

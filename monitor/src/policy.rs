@@ -1,0 +1,935 @@
+//! The monitor's policy: which addresses a guest may reach, listen on and
+//! join, and how much of the host it may hold (POLICY.md).
+//!
+//! A [`Policy`] is read once from TOML (`arca-monitor run|serve --policy
+//! FILE`) or is [`Policy::default`], the documented safe default. It is
+//! immutable and shared by every session of a monitor. Rules are tried in
+//! order and the first match wins; an address no rule matches is denied.
+//! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are matched as the IPv4
+//! address they carry, in requests and in rules alike, so a guest cannot slip
+//! past an IPv4 rule by writing the mapped form.
+//!
+//! This module does no I/O: [`Policy`] answers questions, [`ConnectRate`]
+//! takes the time as an argument, and [`DestCache`] remembers the last
+//! answer for a UDP socket's hot path. The session enforces.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or names an unknown key, a bad CIDR, a bad port
+    /// range or a bad limit. The message names the line and column.
+    #[error("policy file {path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: String,
+        /// The parser's message, with the line, the column and the excerpt.
+        message: String,
+    },
+}
+
+/// What a rule does with a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the request through.
+    Allow,
+    /// Refuse it with `PermissionDenied`.
+    Deny,
+}
+
+/// The transport a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP only.
+    Tcp,
+    /// UDP only.
+    Udp,
+    /// Both.
+    #[default]
+    Any,
+}
+
+impl Proto {
+    fn covers(self, asked: Proto) -> bool {
+        self == Proto::Any || self == asked
+    }
+}
+
+/// An address block: `10.0.0.0/8`, `::1/128`, or a bare address (a host
+/// block). Host bits must be zero. An IPv4-mapped IPv6 block of prefix 96 or
+/// more is stored as the IPv4 block it maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The block `addr/prefix`.
+    ///
+    /// # Errors
+    /// A message when the prefix is longer than the address or host bits are
+    /// set.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, String> {
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!(
+                "prefix length {prefix} is longer than the address ({max} bits)"
+            ));
+        }
+        let c = Self { addr, prefix };
+        if c.network() != addr {
+            return Err(format!(
+                "{addr}/{prefix} has host bits set (the block is {}/{prefix})",
+                c.network()
+            ));
+        }
+        Ok(c)
+    }
+
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.prefix))),
+        }
+    }
+
+    /// True when `ip` (already canonical: see [`canonical`]) lies in the
+    /// block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                u32::from(a) & mask32(self.prefix) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                u128::from(a) & mask128(self.prefix) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+
+    fn is_multicast_block(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => self.prefix >= 4 && a.is_multicast(),
+            IpAddr::V6(a) => self.prefix >= 8 && a.is_multicast(),
+        }
+    }
+}
+
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// `ip`, with an IPv4-mapped IPv6 address turned into its IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| {
+            format!("`{s}` is not an address block (examples: 10.0.0.0/8, ::1/128)")
+        })?;
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| format!("`{s}`: `{p}` is not a prefix length"))?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        Cidr::new(addr, prefix).map_err(|e| format!("`{s}`: {e}"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A block of multicast groups: a [`Cidr`] that lies inside 224.0.0.0/4 or
+/// ff00::/8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupBlock(pub Cidr);
+
+impl Serialize for GroupBlock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupBlock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let c = Cidr::deserialize(d)?;
+        if c.is_multicast_block() {
+            Ok(GroupBlock(c))
+        } else {
+            Err(de::Error::custom(format!(
+                "{c} is not a block of multicast groups (inside 224.0.0.0/4 or ff00::/8)"
+            )))
+        }
+    }
+}
+
+/// An inclusive port range; written `443` or `"1024-65535"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port (`lo <= hi`).
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// Every port, 0 included.
+    pub const ANY: PortRange = PortRange { lo: 0, hi: 65535 };
+
+    fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port (0 to 65535)"))
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(s)?;
+                (p, p)
+            }
+        };
+        if lo > hi {
+            return Err(format!("port range `{s}` is empty ({lo} > {hi})"));
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.lo == self.hi {
+            s.serialize_u16(self.lo)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.lo, self.hi))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port (443) or a port range (\"1024-65535\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
+                let p = u16::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not a port (0 to 65535)")))?;
+                Ok(PortRange { lo: p, hi: p })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRange, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn any_ports() -> Vec<PortRange> {
+    vec![PortRange::ANY]
+}
+
+fn is_any_ports(p: &[PortRange]) -> bool {
+    p == [PortRange::ANY]
+}
+
+fn is_any_proto(p: &Proto) -> bool {
+    *p == Proto::Any
+}
+
+/// An outbound or listen rule: the addresses, ports and transport it covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddrRule {
+    /// What a match does.
+    pub action: Action,
+    /// Address blocks (any of them).
+    pub nets: Vec<Cidr>,
+    /// Port ranges (any of them); every port when omitted.
+    #[serde(default = "any_ports", skip_serializing_if = "is_any_ports")]
+    pub ports: Vec<PortRange>,
+    /// Transport; both when omitted.
+    #[serde(default, skip_serializing_if = "is_any_proto")]
+    pub proto: Proto,
+}
+
+impl AddrRule {
+    fn matches(&self, ip: IpAddr, port: u16, proto: Proto) -> bool {
+        self.proto.covers(proto)
+            && self.ports.iter().any(|r| r.contains(port))
+            && self.nets.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// A multicast rule: which groups a guest may join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRule {
+    /// What a match does.
+    pub action: Action,
+    /// Group blocks (any of them).
+    pub groups: Vec<GroupBlock>,
+}
+
+/// Per-guest limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// TCP connections held at once, connecting, open or accepted.
+    pub connections: u32,
+    /// TCP listeners held at once.
+    pub listeners: u32,
+    /// UDP sockets held at once.
+    pub udp_sockets: u32,
+    /// Bytes of data and datagram pipes held at once (allocator block sizes);
+    /// when omitted, the guest's region is the only bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipe_memory: Option<u64>,
+    /// Control requests waiting for their answer (pending connects and
+    /// accepts).
+    pub requests_in_flight: u32,
+    /// New outbound connections per second, sustained.
+    pub connect_rate: u32,
+    /// New outbound connections allowed in a burst above the rate.
+    pub connect_burst: NonZeroU32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 4096,
+            listeners: 256,
+            udp_sockets: 256,
+            pipe_memory: None,
+            requests_in_flight: 1024,
+            connect_rate: 10_000,
+            connect_burst: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+/// The whole policy. A section left out of a file takes the safe default's
+/// rules; a section written as an empty list (`outbound = []`) denies
+/// everything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Per-guest limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where a guest may connect and send datagrams.
+    #[serde(default = "default_outbound")]
+    pub outbound: Vec<AddrRule>,
+    /// Where a guest may listen (TCP) or bind (UDP).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<AddrRule>,
+    /// Which multicast groups a guest may join.
+    #[serde(default = "default_multicast")]
+    pub multicast: Vec<GroupRule>,
+}
+
+fn cidrs(list: &[&str]) -> Vec<Cidr> {
+    list.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+fn default_outbound() -> Vec<AddrRule> {
+    vec![
+        AddrRule {
+            action: Action::Deny,
+            nets: cidrs(&["169.254.0.0/16", "fe80::/10", "255.255.255.255/32"]),
+            ports: any_ports(),
+            proto: Proto::Any,
+        },
+        AddrRule {
+            action: Action::Allow,
+            nets: cidrs(&["0.0.0.0/0", "::/0"]),
+            ports: any_ports(),
+            proto: Proto::Any,
+        },
+    ]
+}
+
+fn unprivileged() -> Vec<PortRange> {
+    vec![
+        PortRange { lo: 0, hi: 0 },
+        PortRange {
+            lo: 1024,
+            hi: 65535,
+        },
+    ]
+}
+
+fn default_listen() -> Vec<AddrRule> {
+    vec![
+        AddrRule {
+            action: Action::Allow,
+            nets: cidrs(&["127.0.0.0/8", "::1/128"]),
+            ports: unprivileged(),
+            proto: Proto::Any,
+        },
+        AddrRule {
+            action: Action::Allow,
+            nets: cidrs(&["0.0.0.0/32", "::/128", "224.0.0.0/4", "ff00::/8"]),
+            ports: unprivileged(),
+            proto: Proto::Udp,
+        },
+    ]
+}
+
+fn default_multicast() -> Vec<GroupRule> {
+    let groups = |list: &[&str]| cidrs(list).into_iter().map(GroupBlock).collect();
+    vec![
+        GroupRule {
+            action: Action::Deny,
+            groups: groups(&["224.0.0.0/24"]),
+        },
+        GroupRule {
+            action: Action::Allow,
+            groups: groups(&[
+                "224.0.0.0/4",
+                "ff05::/16",
+                "ff08::/16",
+                "ff0e::/16",
+                "ff15::/16",
+                "ff18::/16",
+                "ff1e::/16",
+                "ff35::/16",
+                "ff38::/16",
+                "ff3e::/16",
+            ]),
+        },
+    ]
+}
+
+impl Default for Policy {
+    /// The safe default (POLICY.md, "The default").
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            outbound: default_outbound(),
+            listen: default_listen(),
+            multicast: default_multicast(),
+        }
+    }
+}
+
+/// Which rule list a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// `[[outbound]]`.
+    Outbound,
+    /// `[[listen]]`.
+    Listen,
+    /// `[[multicast]]`.
+    Multicast,
+}
+
+/// The answer to one question, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// The rule list consulted.
+    pub section: Section,
+    /// The index of the rule that matched, `None` when none did (denied).
+    pub rule: Option<usize>,
+}
+
+impl Decision {
+    /// An answer given without a policy (the relay's unit tests).
+    pub const ALLOW: Decision = Decision {
+        allowed: true,
+        section: Section::Outbound,
+        rule: None,
+    };
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let section = match self.section {
+            Section::Outbound => "outbound",
+            Section::Listen => "listen",
+            Section::Multicast => "multicast",
+        };
+        let verdict = if self.allowed { "allow" } else { "deny" };
+        match self.rule {
+            Some(i) => write!(f, "{section}[{i}] ({verdict})"),
+            None if self.allowed => f.write_str("no policy"),
+            None => write!(f, "no {section} rule matched (deny)"),
+        }
+    }
+}
+
+impl Policy {
+    /// Parses a policy from TOML text; `path` names the source in errors.
+    ///
+    /// # Errors
+    /// [`PolicyError::Parse`] naming the line of the first problem.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, PolicyError> {
+        toml::from_str(text).map_err(|e| PolicyError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Reads and parses a policy file.
+    ///
+    /// # Errors
+    /// [`PolicyError`] when the file cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The policy as TOML (parses back to an equal policy).
+    pub fn to_toml(&self) -> String {
+        // Serialising these plain types cannot fail; an empty string would
+        // still parse back as the default.
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// May a guest connect (TCP) or send (UDP) to `addr`?
+    pub fn outbound(&self, addr: SocketAddr, proto: Proto) -> Decision {
+        first_match(&self.outbound, Section::Outbound, addr, proto)
+    }
+
+    /// May a guest listen (TCP) or bind (UDP) on `addr`?
+    pub fn listen(&self, addr: SocketAddr, proto: Proto) -> Decision {
+        first_match(&self.listen, Section::Listen, addr, proto)
+    }
+
+    /// May a guest join `group`?
+    pub fn multicast(&self, group: IpAddr) -> Decision {
+        let ip = canonical(group);
+        let rule = self
+            .multicast
+            .iter()
+            .position(|r| r.groups.iter().any(|g| g.0.contains(ip)));
+        Decision {
+            allowed: rule
+                .and_then(|i| self.multicast.get(i))
+                .is_some_and(|r| r.action == Action::Allow),
+            section: Section::Multicast,
+            rule,
+        }
+    }
+}
+
+fn first_match(rules: &[AddrRule], section: Section, addr: SocketAddr, proto: Proto) -> Decision {
+    let ip = canonical(addr.ip());
+    let rule = rules.iter().position(|r| r.matches(ip, addr.port(), proto));
+    Decision {
+        allowed: rule
+            .and_then(|i| rules.get(i))
+            .is_some_and(|r| r.action == Action::Allow),
+        section,
+        rule,
+    }
+}
+
+/// The last destination a UDP socket sent to and the policy's answer for it,
+/// so that a stream of datagrams to one peer costs one compare each.
+#[derive(Debug, Default)]
+pub struct DestCache {
+    last: Option<(SocketAddr, Decision)>,
+}
+
+impl DestCache {
+    /// The policy's answer for a datagram to `addr`.
+    pub fn check(&mut self, policy: &Policy, addr: SocketAddr) -> Decision {
+        match self.last {
+            Some((a, d)) if a == addr => d,
+            _ => {
+                let d = policy.outbound(addr, Proto::Udp);
+                self.last = Some((addr, d));
+                d
+            }
+        }
+    }
+}
+
+/// New-connection rate limiting by GCRA (the generic cell rate algorithm, a
+/// token bucket kept as one timestamp): `rate` per second sustained, up to
+/// `burst` at once. The time comes in as an argument.
+#[derive(Debug, Clone)]
+pub struct ConnectRate {
+    /// Time between connections at the sustained rate; `None` for rate 0
+    /// (no new connections at all).
+    interval: Option<Duration>,
+    /// How far ahead of `now` the theoretical arrival time may run.
+    tolerance: Duration,
+    /// Theoretical arrival time of the next connection.
+    tat: Option<Instant>,
+}
+
+impl ConnectRate {
+    /// A limiter for `rate` per second with bursts of `burst`.
+    pub fn new(rate: u32, burst: NonZeroU32) -> Self {
+        let interval = (rate > 0).then(|| Duration::from_secs(1) / rate);
+        let tolerance = interval.unwrap_or_default() * (burst.get() - 1);
+        Self {
+            interval,
+            tolerance,
+            tat: None,
+        }
+    }
+
+    /// Takes one connection's worth at `now`; false when over the rate.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let Some(interval) = self.interval else {
+            return false;
+        };
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        if tat > now + self.tolerance {
+            return false;
+        }
+        self.tat = Some(tat + interval);
+        true
+    }
+}
+
+/// What a session's policy refused, for [`SessionStats`](crate::SessionStats)
+/// and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyCounters {
+    /// Requests refused by a rule (`PermissionDenied`).
+    pub denied: u64,
+    /// Requests refused by a limit (`QuotaExceeded`), accepts included.
+    pub quota_hits: u64,
+    /// Incoming connections accepted and closed at once because the guest
+    /// held its connection quota.
+    pub accepts_refused: u64,
+    /// Datagrams dropped because the policy denies their destination.
+    pub udp_denied: u64,
+}
+
+/// Bounds log lines for events a guest can cause at will: at most
+/// [`LogLimit::PER_SECOND`] a second, the rest counted and reported with the
+/// next line let through.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Lines let through per second.
+    pub const PER_SECOND: u32 = 20;
+
+    /// `Some(lines suppressed since the last one)` when a line may be
+    /// written at `now`.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.window {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.lines = 0;
+            }
+        }
+        if self.lines >= Self::PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.255.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let host: Cidr = "::1".parse().unwrap();
+        assert_eq!(host.to_string(), "::1/128");
+        // A mapped block is stored as IPv4.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        for bad in ["10.0.0.0/33", "10.0.0.1/8", "nope/8", "::/129", "1.2.3.4/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn port_ranges_parse() {
+        assert_eq!("80".parse(), Ok(PortRange { lo: 80, hi: 80 }));
+        assert_eq!(
+            "1024-65535".parse(),
+            Ok(PortRange {
+                lo: 1024,
+                hi: 65535
+            })
+        );
+        assert!("2-1".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+        assert!("1-".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let p = Policy::from_toml(
+            r#"
+            [[outbound]]
+            action = "deny"
+            nets = ["10.0.0.0/8"]
+            ports = [22, "6000-6010"]
+            proto = "tcp"
+            [[outbound]]
+            action = "allow"
+            nets = ["10.0.0.0/8"]
+            [[outbound]]
+            action = "deny"
+            nets = ["0.0.0.0/0"]
+            "#,
+            "t",
+        )
+        .unwrap();
+        let out = |a: &str, proto| p.outbound(sa(a), proto);
+        assert_eq!(out("10.0.0.1:22", Proto::Tcp).rule, Some(0));
+        assert!(!out("10.0.0.1:22", Proto::Tcp).allowed);
+        assert!(!out("10.0.0.1:6005", Proto::Tcp).allowed);
+        assert!(out("10.0.0.1:6011", Proto::Tcp).allowed);
+        assert!(out("10.0.0.1:22", Proto::Udp).allowed, "rule 0 is tcp only");
+        assert_eq!(out("10.0.0.1:22", Proto::Udp).rule, Some(1));
+        assert_eq!(out("8.8.8.8:53", Proto::Udp).rule, Some(2));
+        let none = out("[2001:db8::1]:80", Proto::Tcp);
+        assert_eq!((none.allowed, none.rule), (false, None), "no match denies");
+        assert_eq!(none.to_string(), "no outbound rule matched (deny)");
+    }
+
+    #[test]
+    fn v4_mapped_addresses_match_as_ipv4() {
+        let p = Policy::default();
+        let d = p.outbound(sa("[::ffff:169.254.169.254]:80"), Proto::Tcp);
+        assert!(!d.allowed);
+        assert_eq!(d.rule, Some(0));
+        let l = p.listen(sa("[::ffff:127.0.0.1]:8080"), Proto::Tcp);
+        assert!(l.allowed);
+        assert!(!p.multicast("::ffff:224.0.0.1".parse().unwrap()).allowed);
+    }
+
+    #[test]
+    fn the_default_is_what_policy_md_says() {
+        let p = Policy::default();
+        assert!(p.outbound(sa("93.184.216.34:443"), Proto::Tcp).allowed);
+        assert!(p.outbound(sa("[2001:db8::1]:443"), Proto::Tcp).allowed);
+        assert!(!p.outbound(sa("169.254.169.254:80"), Proto::Tcp).allowed);
+        assert!(!p.outbound(sa("[fe80::1]:80"), Proto::Udp).allowed);
+        assert!(!p.outbound(sa("255.255.255.255:67"), Proto::Udp).allowed);
+        assert!(p.listen(sa("127.0.0.1:0"), Proto::Tcp).allowed);
+        assert!(p.listen(sa("127.0.0.2:8080"), Proto::Tcp).allowed);
+        assert!(p.listen(sa("[::1]:1024"), Proto::Tcp).allowed);
+        assert!(!p.listen(sa("127.0.0.1:80"), Proto::Tcp).allowed);
+        assert!(!p.listen(sa("0.0.0.0:8080"), Proto::Tcp).allowed);
+        assert!(!p.listen(sa("10.0.0.1:8080"), Proto::Tcp).allowed);
+        assert!(p.listen(sa("0.0.0.0:0"), Proto::Udp).allowed);
+        assert!(p.listen(sa("[::]:0"), Proto::Udp).allowed);
+        assert!(p.listen(sa("0.0.0.0:5000"), Proto::Udp).allowed);
+        assert!(!p.listen(sa("0.0.0.0:53"), Proto::Udp).allowed);
+        assert!(!p.listen(sa("10.0.0.1:5000"), Proto::Udp).allowed);
+        for ok in [
+            "224.238.0.31",
+            "239.255.0.1",
+            "224.0.1.1",
+            "ff05::1",
+            "ff3e::8000:1",
+        ] {
+            assert!(p.multicast(ok.parse().unwrap()).allowed, "{ok}");
+        }
+        for no in [
+            "224.0.0.1",
+            "224.0.0.251",
+            "ff02::1",
+            "ff01::1",
+            "ff12::1",
+            "ff04::1",
+        ] {
+            assert!(!p.multicast(no.parse().unwrap()).allowed, "{no}");
+        }
+    }
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let p = Policy::default();
+        let text = p.to_toml();
+        assert_eq!(Policy::from_toml(&text, "default").unwrap(), p, "{text}");
+        // An empty file is the default too.
+        assert_eq!(Policy::from_toml("", "empty").unwrap(), p);
+    }
+
+    #[test]
+    fn sections_left_out_keep_the_default_and_empty_ones_deny() {
+        let p = Policy::from_toml("outbound = []\n[limits]\nconnections = 3\n", "t").unwrap();
+        assert!(!p.outbound(sa("1.2.3.4:80"), Proto::Tcp).allowed);
+        assert_eq!(p.listen, default_listen());
+        assert_eq!(p.limits.connections, 3);
+        assert_eq!(p.limits.listeners, Limits::default().listeners);
+    }
+
+    fn parse_err(text: &str) -> String {
+        match Policy::from_toml(text, "bad.toml") {
+            Ok(p) => panic!("accepted {text:?} as {p:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_line() {
+        let e = parse_err("[limits]\nconnections = 1\nconections = 2\n");
+        assert!(e.contains("line 3") && e.contains("conections"), "{e}");
+        let e = parse_err("[[outbound]]\naction = \"allow\"\nnets = [\"10.0.0.0/33\"]\n");
+        assert!(
+            e.contains("line 3") && e.contains("prefix length 33"),
+            "{e}"
+        );
+        let e = parse_err("[[listen]]\naction = \"allow\"\nnets = [\"::1\"]\nports = [\"9-3\"]\n");
+        assert!(e.contains("line 4") && e.contains("empty"), "{e}");
+        let e = parse_err("[[listen]]\naction = \"allow\"\nnets = [\"::1\"]\nports = [70000]\n");
+        assert!(e.contains("line 4") && e.contains("70000"), "{e}");
+        let e = parse_err("[[multicast]]\naction = \"allow\"\ngroups = [\"10.0.0.0/8\"]\n");
+        assert!(e.contains("line 3") && e.contains("multicast"), "{e}");
+        let e = parse_err("[[outbound]]\naction = \"maybe\"\nnets = []\n");
+        assert!(e.contains("line 2") && e.contains("maybe"), "{e}");
+        let e = parse_err("[limits]\nconnect_burst = 0\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse_err("[[outbound]]\nnets = [\"0.0.0.0/0\"]\n");
+        assert!(e.contains("action"), "{e}");
+        let e =
+            parse_err("[[outbound]]\naction = \"allow\"\nnets = [\"1.2.3.4\"]\nproto = \"sctp\"\n");
+        assert!(e.contains("line 4") && e.contains("sctp"), "{e}");
+    }
+
+    #[test]
+    fn gcra_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut r = ConnectRate::new(10, NonZeroU32::new(3).unwrap());
+        assert!(r.try_take(t0) && r.try_take(t0) && r.try_take(t0));
+        assert!(!r.try_take(t0), "burst of 3 spent");
+        assert!(!r.try_take(t0 + Duration::from_millis(50)));
+        assert!(r.try_take(t0 + Duration::from_millis(100)));
+        assert!(!r.try_take(t0 + Duration::from_millis(100)));
+        // After a long pause the whole burst is back, no more.
+        let later = t0 + Duration::from_secs(10);
+        assert!((0..3).all(|_| r.try_take(later)));
+        assert!(!r.try_take(later));
+        let mut none = ConnectRate::new(0, NonZeroU32::MIN);
+        assert!(!none.try_take(t0));
+    }
+
+    #[test]
+    fn log_lines_are_bounded_per_second() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::default();
+        let let_through = (0..100).filter(|_| l.allow(t0).is_some()).count();
+        assert_eq!(let_through, LogLimit::PER_SECOND as usize);
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(80));
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(0));
+    }
+
+    #[test]
+    fn the_dest_cache_answers_like_the_policy() {
+        let p = Policy::default();
+        let mut c = DestCache::default();
+        for a in [
+            "1.2.3.4:5",
+            "1.2.3.4:5",
+            "169.254.1.1:5",
+            "169.254.1.1:5",
+            "1.2.3.4:5",
+        ] {
+            assert_eq!(c.check(&p, sa(a)), p.outbound(sa(a), Proto::Udp), "{a}");
+        }
+    }
+}

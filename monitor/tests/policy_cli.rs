@@ -1,0 +1,185 @@
+//! `arca-monitor --policy` from the outside: a bad file stops the monitor before it starts
+//! (exit 2, one clear line naming the line of the problem), a good one is applied, and
+//! `policy --print-default` prints TOML that parses back to the default. Every wait is bounded.
+
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use arca::ArcaSession;
+use arca_monitor::Policy;
+
+const MONITOR: &str = env!("CARGO_BIN_EXE_arca-monitor");
+
+/// Kills and reaps a child on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("arca-policy-cli-{}-{name}", std::process::id()))
+}
+
+fn write_policy(name: &str, text: &str) -> PathBuf {
+    let path = temp(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// What a finished monitor process left.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the monitor to completion (it must exit on its own, within the bound; its output is
+/// small enough for the pipes).
+fn run_to_exit(args: &[&str]) -> Output {
+    let child = Command::new(MONITOR)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "monitor did not exit: {args:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = Output {
+        status,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    if let Some(mut o) = child.0.stdout.take() {
+        o.read_to_string(&mut out.stdout).unwrap();
+    }
+    if let Some(mut e) = child.0.stderr.take() {
+        e.read_to_string(&mut out.stderr).unwrap();
+    }
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    o.stderr.clone()
+}
+
+#[test]
+fn a_bad_policy_file_stops_the_monitor_with_exit_2() {
+    let cases = [
+        (
+            "unknown-key",
+            "[limits]\nconnections = 8\nsockets = 3\n",
+            "line 3",
+            "sockets",
+        ),
+        (
+            "bad-cidr",
+            "[[outbound]]\naction = \"allow\"\nnets = [\"10.0.0.0/40\"]\n",
+            "line 3",
+            "10.0.0.0/40",
+        ),
+        (
+            "bad-range",
+            "[[listen]]\naction = \"allow\"\nnets = [\"::1\"]\nports = [\"9000-80\"]\n",
+            "line 4",
+            "9000-80",
+        ),
+    ];
+    for (name, text, line, detail) in cases {
+        let path = write_policy(name, text);
+        let p = path.to_str().unwrap();
+        let sock = temp(&format!("{name}.sock"));
+        for args in [
+            vec!["serve", "--socket", sock.to_str().unwrap(), "--policy", p],
+            vec!["run", "--policy", p, "--", "true"],
+            vec!["policy", "--check", p],
+        ] {
+            let out = run_to_exit(&args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.starts_with("arca-monitor: policy file "), "{err}");
+            assert!(
+                err.contains(p) && err.contains(line) && err.contains(detail),
+                "{err}"
+            );
+            assert!(!sock.exists(), "serve must not start with a bad policy");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let out = run_to_exit(&[
+        "serve",
+        "--socket",
+        "/nonexistent/x",
+        "--policy",
+        "/nonexistent/p",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read policy file /nonexistent/p"));
+}
+
+#[test]
+fn print_default_parses_back_to_the_default() {
+    let out = run_to_exit(&["policy", "--print-default"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = out.stdout;
+    assert_eq!(
+        Policy::from_toml(&text, "stdout").unwrap(),
+        Policy::default()
+    );
+    let path = write_policy("default.toml", &text);
+    let check = run_to_exit(&["policy", "--check", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let _ = std::fs::remove_file(&path);
+}
+
+fn wait_for_socket(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "monitor exited early");
+        assert!(Instant::now() < deadline, "monitor socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_good_policy_file_is_applied() {
+    // Listening anywhere is refused, one connection at a time.
+    let path = write_policy(
+        "good.toml",
+        "listen = []\n[limits]\nconnections = 1\n# outbound and multicast: the default\n",
+    );
+    let sock = temp("good.sock");
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(MONITOR)
+        .args(["serve", "--socket", sock.to_str().unwrap(), "--policy"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    wait_for_socket(&sock, &mut child.0);
+    let s = ArcaSession::attach(&sock).unwrap();
+    let e = s.bind("127.0.0.1:0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let e = s.bind_udp("127.0.0.1:0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    // Outbound keeps the default: a host listener is reachable.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _c = s.connect(host.local_addr().unwrap()).unwrap();
+    let e = s.connect(host.local_addr().unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QuotaExceeded, "{e}");
+    let _ = std::fs::remove_file(&path);
+}

@@ -1,0 +1,523 @@
+//! The monitor's policy end to end (POLICY.md): rules refuse with `PermissionDenied`, limits
+//! with `QuotaExceeded`, and the guest's other connections carry on; two guests of one monitor
+//! cannot name, close or take each other's connections, listeners or ports. An in-process
+//! monitor, guests in this process, real kernel sockets on loopback. Every wait is bounded.
+
+mod util;
+
+use std::io::{ErrorKind, IoSliceMut, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arca::TcpStream;
+use arca_monitor::{Config, Policy};
+use arca_wire::{
+    Bootstrap, ConnId, ErrorCode, FrameDecoder, Handle, ListenerId, Message, RequestId,
+    SocketOption, BOOTSTRAP_LEN,
+};
+use nix::sys::socket::{
+    self as sock, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use shm_ring::{
+    BidirectionalPipe, Doorbell, NotifyBitmap, PeerWakers, PipeLayout, RingError, ShmOffset,
+    ShmRegion,
+};
+use util::{echo_server, pattern, TestMonitor, STEP};
+
+/// A monitor whose guests get `policy_toml`, with small pipes.
+fn monitor(policy_toml: &str) -> TestMonitor {
+    let policy = Policy::from_toml(policy_toml, "test").expect("test policy parses");
+    TestMonitor::with_config(Config {
+        region_size: 64 << 20,
+        data_ring: 64 << 10,
+        policy: Arc::new(policy),
+        ..Config::default()
+    })
+}
+
+/// Sends a fresh pattern through an echo connection and checks every byte comes back.
+fn verify(c: &mut TcpStream, seed: u64) {
+    c.set_read_timeout(Some(STEP)).unwrap();
+    let data = pattern(seed, 100_000);
+    let w = c.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || (&w).write_all(&sent));
+    let mut back = vec![0u8; data.len()];
+    c.read_exact(&mut back).unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(back == data, "echoed bytes differ");
+}
+
+fn kind<T: std::fmt::Debug>(r: std::io::Result<T>) -> ErrorKind {
+    r.expect_err("expected a refusal").kind()
+}
+
+fn only_session(m: &TestMonitor) -> arca_monitor::SessionStats {
+    let s = m.sessions();
+    assert_eq!(s.len(), 1, "one session");
+    s.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_denied_connect_is_permission_denied_and_others_go_through() {
+    let denied = echo_server();
+    let allowed = echo_server();
+    let m = monitor(&format!(
+        "[[outbound]]\naction = \"deny\"\nnets = [\"127.0.0.1/32\"]\nports = [{}]\nproto = \"tcp\"\n\
+         [[outbound]]\naction = \"allow\"\nnets = [\"0.0.0.0/0\", \"::/0\"]\n",
+        denied.port()
+    ));
+    let s = m.session();
+    let mut ok = s.connect(allowed).unwrap();
+    assert_eq!(kind(s.connect(denied)), ErrorKind::PermissionDenied);
+    // The IPv4-mapped spelling of the same address is the same address.
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", denied.port())
+        .parse()
+        .unwrap();
+    assert_eq!(kind(s.connect(mapped)), ErrorKind::PermissionDenied);
+    verify(&mut ok, 1);
+    let st = only_session(&m);
+    assert_eq!(st.policy.denied, 2);
+    assert_eq!(st.conns, 1);
+}
+
+#[test]
+fn listening_is_loopback_and_unprivileged_by_default() {
+    let m = TestMonitor::start();
+    let s = m.session();
+    assert_eq!(kind(s.bind("0.0.0.0:0")), ErrorKind::PermissionDenied);
+    assert_eq!(kind(s.bind("[::]:0")), ErrorKind::PermissionDenied);
+    assert_eq!(kind(s.bind("127.0.0.1:80")), ErrorKind::PermissionDenied);
+    let l4 = s.bind("127.0.0.1:0").unwrap();
+    let l6 = s.bind("[::1]:0").unwrap();
+    // A listener that was allowed works.
+    let addr = l4.local_addr().unwrap();
+    let host = std::thread::spawn(move || std::net::TcpStream::connect(addr).map(|_| ()));
+    let (_c, _) = l4.accept().unwrap();
+    host.join().unwrap().unwrap();
+    drop(l6);
+    // UDP: an ephemeral sender on the wildcard is fine, a privileged port is not.
+    s.bind_udp("0.0.0.0:0").unwrap();
+    assert_eq!(kind(s.bind_udp("0.0.0.0:53")), ErrorKind::PermissionDenied);
+    assert_eq!(only_session(&m).policy.denied, 4);
+}
+
+#[test]
+fn a_listen_rule_can_refuse_a_port_range() {
+    let m = monitor(
+        "[[listen]]\naction = \"deny\"\nnets = [\"127.0.0.0/8\"]\nports = [\"20000-20999\"]\n\
+         [[listen]]\naction = \"allow\"\nnets = [\"127.0.0.0/8\"]\nproto = \"tcp\"\n",
+    );
+    let s = m.session();
+    assert_eq!(kind(s.bind("127.0.0.1:20500")), ErrorKind::PermissionDenied);
+    s.bind("127.0.0.1:0").unwrap();
+    // No rule matches UDP at all: denied.
+    assert_eq!(kind(s.bind_udp("127.0.0.1:0")), ErrorKind::PermissionDenied);
+}
+
+#[test]
+fn the_connection_quota_refuses_and_frees() {
+    let echo = echo_server();
+    let m = monitor("[limits]\nconnections = 2\n");
+    let s = m.session();
+    let mut a = s.connect(echo).unwrap();
+    let b = s.connect(echo).unwrap();
+    assert_eq!(kind(s.connect(echo)), ErrorKind::QuotaExceeded);
+    verify(&mut a, 2);
+    drop(b);
+    let (freed, st) = m.wait_stats(STEP, |s| s.first().is_some_and(|s| s.conns == 1));
+    assert!(freed, "closing a connection frees its slot: {st:?}");
+    let mut c = s.connect(echo).unwrap();
+    verify(&mut c, 3);
+    assert_eq!(only_session(&m).policy.quota_hits, 1);
+}
+
+#[test]
+fn an_incoming_connection_over_quota_is_accepted_and_closed() {
+    let echo = echo_server();
+    let m = monitor("[limits]\nconnections = 1\n");
+    let s = m.session();
+    let mut out = s.connect(echo).unwrap();
+    let l = s.bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let host = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(STEP))?;
+        let mut buf = [0u8; 1];
+        // The monitor closes it at once: EOF or a reset, never data or a timeout.
+        match c.read(&mut buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(0),
+            Err(e) => Err(e),
+        }
+    });
+    assert_eq!(kind(l.accept()), ErrorKind::QuotaExceeded);
+    assert_eq!(host.join().unwrap().unwrap(), 0, "host side closed");
+    verify(&mut out, 4);
+    let st = only_session(&m);
+    assert_eq!((st.policy.accepts_refused, st.policy.quota_hits), (1, 1));
+    assert_eq!(st.conns, 1);
+}
+
+#[test]
+fn the_listener_and_udp_socket_quotas() {
+    let echo = echo_server();
+    let m = monitor("[limits]\nlisteners = 1\nudp_sockets = 1\n");
+    let s = m.session();
+    let mut c = s.connect(echo).unwrap();
+    let _l = s.bind("127.0.0.1:0").unwrap();
+    assert_eq!(kind(s.bind("127.0.0.1:0")), ErrorKind::QuotaExceeded);
+    let u = s.bind_udp("127.0.0.1:0").unwrap();
+    assert_eq!(kind(s.bind_udp("127.0.0.1:0")), ErrorKind::QuotaExceeded);
+    verify(&mut c, 5);
+    drop(u);
+    let (freed, st) = m.wait_stats(STEP, |s| s.first().is_some_and(|s| s.udp_sockets == 0));
+    assert!(freed, "closing a UDP socket frees its slot: {st:?}");
+    s.bind_udp("127.0.0.1:0").unwrap();
+    assert_eq!(only_session(&m).policy.quota_hits, 2);
+}
+
+#[test]
+fn the_pipe_memory_quota() {
+    let echo = echo_server();
+    // Room for exactly one 64 KiB data pipe (the allocator's block for it).
+    let one = BidirectionalPipe::block_size(64 << 10, 64 << 10)
+        .next_power_of_two()
+        .max(4096);
+    let m = monitor(&format!("[limits]\npipe_memory = {one}\n"));
+    let s = m.session();
+    let mut a = s.connect(echo).unwrap();
+    assert_eq!(kind(s.connect(echo)), ErrorKind::QuotaExceeded);
+    // A UDP pipe (256 KiB rings) does not fit either.
+    assert_eq!(kind(s.bind_udp("127.0.0.1:0")), ErrorKind::QuotaExceeded);
+    verify(&mut a, 6);
+    let st = only_session(&m);
+    assert_eq!(st.alloc.allocated - st.fixed_bytes, one);
+    assert_eq!(st.policy.quota_hits, 2);
+}
+
+#[test]
+fn the_requests_in_flight_quota() {
+    let echo = echo_server();
+    let m = monitor("[limits]\nrequests_in_flight = 1\n");
+    let s = m.session();
+    let mut c = s.connect(echo).unwrap();
+    let l = Arc::new(s.bind("127.0.0.1:0").unwrap());
+    let addr = l.local_addr().unwrap();
+    // One accept waits in the monitor: the one request in flight allowed.
+    let waiting = {
+        let l = l.clone();
+        std::thread::spawn(move || l.accept().map(|(c, _)| c.conn_id()))
+    };
+    let (pending, st) = m.wait_stats(STEP, |s| {
+        s.first().is_some_and(|s| s.requests_in_flight == 1)
+    });
+    assert!(pending, "the accept is pending: {st:?}");
+    assert_eq!(kind(s.connect(echo)), ErrorKind::QuotaExceeded);
+    // A second accept is refused too; the first one still completes.
+    assert_eq!(kind(l.accept()), ErrorKind::QuotaExceeded);
+    let _host = std::net::TcpStream::connect(addr).unwrap();
+    assert!(
+        waiting.join().unwrap().is_ok(),
+        "the pending accept completes"
+    );
+    verify(&mut c, 7);
+    s.connect(echo).unwrap();
+}
+
+#[test]
+fn the_connect_rate_allows_the_burst_then_refuses() {
+    let echo = echo_server();
+    let m = monitor("[limits]\nconnect_rate = 1\nconnect_burst = 2\n");
+    let s = m.session();
+    let mut a = s.connect(echo).unwrap();
+    let _b = s.connect(echo).unwrap();
+    // The third within the same second is over the rate. (Only a connect that takes longer
+    // than a second could let it through; five tries make that moot.)
+    let refused =
+        (0..5).any(|_| matches!(s.connect(echo), Err(e) if e.kind() == ErrorKind::QuotaExceeded));
+    assert!(refused, "connects past the burst are refused");
+    verify(&mut a, 8);
+}
+
+#[test]
+fn a_denied_datagram_is_dropped_and_reported() {
+    let denied = HostUdp::bind("127.0.0.1:0").unwrap();
+    let allowed = HostUdp::bind("127.0.0.1:0").unwrap();
+    for h in [&denied, &allowed] {
+        h.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    let d_addr = denied.local_addr().unwrap();
+    let m = monitor(&format!(
+        "[[outbound]]\naction = \"deny\"\nnets = [\"127.0.0.1\"]\nports = [{}]\nproto = \"udp\"\n\
+         [[outbound]]\naction = \"allow\"\nnets = [\"0.0.0.0/0\"]\n",
+        d_addr.port()
+    ));
+    let s = m.session();
+    let u = s.bind_udp("127.0.0.1:0").unwrap();
+    assert_eq!(u.take_error().unwrap().map(|e| e.kind()), None);
+    u.send_to(b"not for you", d_addr).unwrap();
+    u.send_to(b"for you", allowed.local_addr().unwrap())
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = allowed.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"for you"[..], u.local_addr().unwrap())
+    );
+    // The denial is reported once, asynchronously, as a refused send would be.
+    let deadline = Instant::now() + STEP;
+    let err = loop {
+        if let Some(e) = u.take_error().unwrap() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no error reported");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert!(u.take_error().unwrap().is_none(), "taken once");
+    let r = denied.recv_from(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "nothing arrives at the denied destination: {r:?}"
+    );
+    // A connect to the denied destination is refused up front.
+    assert_eq!(kind(u.connect(d_addr)), ErrorKind::PermissionDenied);
+    let st = only_session(&m);
+    assert_eq!((st.policy.udp_denied, st.policy.denied), (1, 1));
+}
+
+#[test]
+fn multicast_joins_follow_the_multicast_rules() {
+    let m = TestMonitor::start();
+    let s = m.session();
+    let u = s.bind_udp("0.0.0.0:0").unwrap();
+    let lo = Ipv4Addr::LOCALHOST;
+    // The local network control block (mDNS, all-hosts) is not the guest's by default.
+    for g in [Ipv4Addr::new(224, 0, 0, 251), Ipv4Addr::new(224, 0, 0, 1)] {
+        assert_eq!(
+            kind(u.join_multicast_v4(&g, &lo)),
+            ErrorKind::PermissionDenied
+        );
+    }
+    u.join_multicast_v4(&Ipv4Addr::new(224, 238, 0, 31), &lo)
+        .unwrap();
+    u.join_multicast_v4(&Ipv4Addr::new(239, 1, 2, 3), &lo)
+        .unwrap();
+    // Leaving is always allowed.
+    u.leave_multicast_v4(&Ipv4Addr::new(239, 1, 2, 3), &lo)
+        .unwrap();
+    drop((u, s, m));
+
+    let m = monitor(
+        "[[multicast]]\naction = \"deny\"\ngroups = [\"239.1.0.0/16\"]\n\
+         [[multicast]]\naction = \"allow\"\ngroups = [\"239.0.0.0/8\"]\n",
+    );
+    let s = m.session();
+    let u = s.bind_udp("0.0.0.0:0").unwrap();
+    assert_eq!(
+        kind(u.join_multicast_v4(&Ipv4Addr::new(239, 1, 9, 9), &lo)),
+        ErrorKind::PermissionDenied
+    );
+    u.join_multicast_v4(&Ipv4Addr::new(239, 2, 9, 9), &lo)
+        .unwrap();
+    assert_eq!(
+        kind(u.join_multicast_v4(&Ipv4Addr::new(224, 238, 0, 31), &lo)),
+        ErrorKind::PermissionDenied,
+        "no rule matches: denied"
+    );
+}
+
+// ---- two guests --------------------------------------------------------------------------
+
+/// A guest that writes control frames by hand, to name ids the `arca` API would never name.
+struct RawGuest {
+    _sock: OwnedFd,
+    _region: Arc<ShmRegion>,
+    control: BidirectionalPipe,
+    guest_bell: Doorbell,
+    decoder: FrameDecoder,
+    next: RequestId,
+}
+
+impl RawGuest {
+    fn attach(path: &Path) -> RawGuest {
+        let fd = sock::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        sock::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+        let mut buf = [0u8; 64];
+        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = sock::recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(r) = c {
+                // SAFETY: descriptors just received are owned by nobody else.
+                fds.extend(r.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        let n = msg.bytes;
+        assert_eq!((n, fds.len()), (BOOTSTRAP_LEN, 3));
+        let boot = Bootstrap::parse(&buf[..n]).unwrap();
+        let mut fds = fds.into_iter();
+        let region = Arc::new(ShmRegion::open(fds.next().unwrap(), boot.region_size).unwrap());
+        let liveness = Arc::new(fd.try_clone().unwrap());
+        let guest_bell = Doorbell::from_fd(fds.next().unwrap())
+            .unwrap()
+            .with_liveness(liveness);
+        let monitor_bell = Arc::new(Doorbell::from_fd(fds.next().unwrap()).unwrap());
+        let bitmap = Arc::new(
+            NotifyBitmap::new(&region, ShmOffset(boot.bitmap_offset), boot.bitmap_slots).unwrap(),
+        );
+        let layout = PipeLayout::new(
+            ShmOffset(boot.control_offset),
+            u64::from(boot.control_cap_to_monitor),
+            u64::from(boot.control_cap_to_guest),
+        )
+        .unwrap();
+        let wake = PeerWakers::single(Arc::new(bitmap.notifier(0, monitor_bell)));
+        let control = BidirectionalPipe::attach(&region, layout, wake).unwrap();
+        let mut g = RawGuest {
+            _sock: fd,
+            _region: region,
+            control,
+            guest_bell,
+            decoder: FrameDecoder::new(),
+            next: RequestId(1),
+        };
+        assert!(matches!(g.call(&Message::hello()), Message::HelloOk { .. }));
+        g
+    }
+
+    /// Sends `msg` and returns the monitor's reply to it (bounded wait).
+    fn call(&mut self, msg: &Message) -> Message {
+        let id = self.next;
+        self.next = id.next();
+        let deadline = Instant::now() + STEP;
+        let frame = msg.to_frame(id);
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            match self.control.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(RingError::WouldBlock) => self
+                    .control
+                    .tx()
+                    .wait_writable(&self.guest_bell, Some(deadline))
+                    .unwrap(),
+                Err(e) => panic!("control write: {e}"),
+            }
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            if let Some(f) = self.decoder.next_frame().unwrap() {
+                assert_eq!(f.request_id, id, "reply matches request");
+                return f.message;
+            }
+            match self.control.read(&mut buf) {
+                Ok(0) => panic!("session ended"),
+                Ok(n) => assert_eq!(self.decoder.feed(&buf[..n]), n),
+                Err(RingError::WouldBlock) => self
+                    .control
+                    .rx()
+                    .wait_readable(&self.guest_bell, Some(deadline))
+                    .unwrap(),
+                Err(e) => panic!("control read: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_guest_cannot_name_close_or_take_another_guests_resources() {
+    let echo = echo_server();
+    let m = TestMonitor::start();
+    let a = m.session();
+    let mut conn = a.connect(echo).unwrap();
+    let listener = a.bind("127.0.0.1:0").unwrap();
+    let udp = a.bind_udp_reuse("127.0.0.1:0").unwrap();
+    let (cid, lid, uid) = (
+        ConnId(conn.conn_id()),
+        ListenerId(listener.listener_id()),
+        ConnId(udp.socket_id()),
+    );
+
+    // Guest B holds nothing, so every id of A's is unknown to it: a clean NotFound each.
+    let mut b = RawGuest::attach(&m.path);
+    let not_found = |r: Message| match r {
+        Message::CloseErr { code }
+        | Message::AcceptErr { code }
+        | Message::SetOptionErr { code }
+        | Message::UdpConnectErr { code } => code == ErrorCode::NotFound,
+        _ => false,
+    };
+    for msg in [
+        Message::Close {
+            handle: Handle::Connection(cid),
+        },
+        Message::Close {
+            handle: Handle::Listener(lid),
+        },
+        Message::Close {
+            handle: Handle::Udp(uid),
+        },
+        Message::AcceptRequest { listener: lid },
+        Message::SetOption {
+            handle: Handle::Connection(cid),
+            option: SocketOption::NoDelay,
+            value: 1,
+        },
+        Message::UdpConnect {
+            socket: uid,
+            addr: echo,
+        },
+    ] {
+        let reply = b.call(&msg);
+        assert!(not_found(reply.clone()), "{msg:?} from B got {reply:?}");
+    }
+
+    // Nor can B take A's ports: the TCP listener's, or the UDP one A shares with reuse.
+    let port = listener.local_addr().unwrap();
+    let bs = m.session();
+    assert_eq!(kind(bs.bind(port)), ErrorKind::AddrInUse);
+    let uport = udp.local_addr().unwrap();
+    assert_eq!(kind(bs.bind_udp_reuse(uport)), ErrorKind::AddrInUse);
+    assert_eq!(kind(bs.bind_udp(uport)), ErrorKind::AddrInUse);
+    // A itself may share its own port (several receivers of one guest).
+    let again = a.bind_udp_reuse(uport).unwrap();
+    drop(again);
+
+    // A's connection, listener and socket carry on.
+    verify(&mut conn, 9);
+    let host = std::thread::spawn(move || std::net::TcpStream::connect(port).map(|_| ()));
+    listener.accept().unwrap();
+    host.join().unwrap().unwrap();
+    let peer = HostUdp::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(STEP)).unwrap();
+    udp.send_to(b"still mine", peer.local_addr().unwrap())
+        .unwrap();
+    let mut buf = [0u8; 32];
+    let (n, _) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still mine");
+    // Once A lets the port go, B may have it.
+    drop(udp);
+    let deadline = Instant::now() + STEP;
+    while bs.bind_udp_reuse(uport).is_err() {
+        assert!(Instant::now() < deadline, "port never released");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
