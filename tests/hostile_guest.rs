@@ -332,7 +332,7 @@ impl GoodReport {
 impl Tally {
     fn summary(&self) -> String {
         format!(
-            "{} hostile sessions ({} ended for cause, {} pipes closed for cause, all logged); cases: malformed frames {}, \
+            "{} hostile sessions ({} ended for cause; {} pipe closures for cause logged); cases: malformed frames {}, \
              foreign ids {}, flood requests {}, bad datagram records {}, never-read pipes {}, \
              scribble rounds {}, exits mid-request {}; frames sent {}, words scribbled {}",
             self.sessions,
@@ -643,7 +643,14 @@ fn udp_bind(g: &mut RawGuest) -> (ConnId, BidirectionalPipe) {
 
 /// Bad datagram records: the monitor closes that socket alone (and logs why);
 /// an honest socket of the same session keeps echoing.
-fn bad_records(g: &mut RawGuest, logs: &Logs, echo: SocketAddr, rng: &mut StdRng, t: &mut Tally) {
+fn bad_records(
+    g: &mut RawGuest,
+    served: &Served,
+    echo: SocketAddr,
+    rng: &mut StdRng,
+    t: &mut Tally,
+) {
+    let logs = &served.logs;
     let (good_id, mut good) = udp_bind(g);
     let before = logs.count("bad datagram record");
     let kinds = 3;
@@ -708,6 +715,14 @@ fn bad_records(g: &mut RawGuest, logs: &Logs, echo: SocketAddr, rng: &mut StdRng
         handle: Handle::Udp(good_id),
     });
     assert_eq!(close, Message::CloseOk);
+    drop(good);
+    // Every socket of this session is gone: its allocator is back to the
+    // control pipe and bitmap alone. (This session is the newest one.)
+    served.wait_for("the bad sockets' blocks freed", |st| {
+        st.sessions
+            .last()
+            .is_some_and(|(_, s)| s.conns == 0 && s.alloc.allocated == s.fixed_bytes)
+    });
 }
 
 /// A connection whose guest never reads: the host writes until its socket
@@ -792,7 +807,7 @@ fn hostile_session(s: &Served, echo: SocketAddr, rng: &mut StdRng, t: &mut Tally
     malformed_frames(&mut g, rng, t);
     foreign_ids(&mut g, rng, t);
     flood(&mut g, rng, t);
-    bad_records(&mut g, &s.logs, echo, rng, t);
+    bad_records(&mut g, s, echo, rng, t);
     let _stuck = never_reads(&mut g, t);
     if exit_mid {
         // Requests in flight: an accept that nothing will satisfy, a burst
@@ -816,18 +831,23 @@ fn hostile_session(s: &Served, echo: SocketAddr, rng: &mut StdRng, t: &mut Tally
         g.kick(0);
         t.exits_mid_request += 1;
     } else {
-        let killed_before = s.logs.count("closing session");
+        let ended_before = s.assert_alive().ended;
+        let logged_before = s.logs.count("closing session") + s.logs.count("session ending");
         scribble(&mut g, rng, t);
+        // The session ends: for cause (the corrupt control pipe), or as a
+        // departure when the scribbles closed its control rings' flags.
+        // Either way the reason is logged.
         let deadline = Instant::now() + WAIT;
-        while s.logs.count("closing session") == killed_before {
+        while s.assert_alive().ended == ended_before {
             assert!(
                 Instant::now() < deadline,
-                "a corrupt control pipe ends the session, logged:\n{}",
+                "a corrupt control pipe ends the session:\n{}",
                 s.logs.text()
             );
             g.kick(0);
             std::thread::sleep(Duration::from_millis(2));
         }
+        assert!(s.logs.count("closing session") + s.logs.count("session ending") > logged_before);
     }
     drop(g);
 }
@@ -870,6 +890,7 @@ fn hostile_guests_do_not_hurt_a_well_behaved_one() {
             st.sessions.len() == 1 && st.ended > ended_before
         });
         assert_eq!(st.ended, ended_before + 1);
+        assert_eq!(st.unreclaimed, 0, "teardown freed every data-pipe block");
         round += 1;
         if round >= 2 && started.elapsed() >= budget {
             break;
