@@ -6,19 +6,24 @@
 #![no_main]
 
 use daisy::wire::{
-    parse_datagram, BufferHeader, Greeting, PacketHeader, ReceiverMsg, SenderMsg,
-    PACKET_HEADER_LEN,
+    parse_datagram, BufferHeader, Greeting, PacketHeader, ReceiverMsg, SenderMsg, PACKET_HEADER_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((g, n))) = Greeting::parse(data) {
         assert!(n <= data.len());
-        assert_eq!(Greeting::parse(&g.encode()).ok().flatten().map(|x| x.0), Some(g));
+        assert_eq!(
+            Greeting::parse(&g.encode()).ok().flatten().map(|x| x.0),
+            Some(g)
+        );
     }
     if let Ok(Some((h, n))) = BufferHeader::parse(data) {
         assert!(n <= data.len());
-        assert_eq!(BufferHeader::parse(&h.encode()).ok().flatten().map(|x| x.0), Some(h));
+        assert_eq!(
+            BufferHeader::parse(&h.encode()).ok().flatten().map(|x| x.0),
+            Some(h)
+        );
     }
     if let Some(h) = PacketHeader::parse(data) {
         assert_eq!(PacketHeader::parse(&h.encode()), Some(h));
