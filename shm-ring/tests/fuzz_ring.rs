@@ -5,6 +5,8 @@
 //! Scale the randomized runs with `ARCA_FUZZ_CASES` (default: a few seconds'
 //! worth), e.g. `ARCA_FUZZ_CASES=200000 cargo test --release -p shm-ring --test fuzz_ring`.
 
+mod ring_ops;
+
 use std::sync::Arc;
 
 use shm_ring::{
@@ -183,4 +185,59 @@ fn commit_after_close_is_refused() {
     peer.tx().writable_segments().unwrap();
     peer.close_write();
     assert!(matches!(peer.tx().commit(1), Err(RingError::Closed)));
+}
+
+// ---- randomized: a peer writing arbitrary header words between operations --
+
+/// splitmix64, seeded: programs are reproducible from `ARCA_FUZZ_SEED`.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn random_programs_against_a_hostile_peer() {
+    let cases = env_u64("ARCA_FUZZ_CASES", 100_000);
+    let mut state = env_u64("ARCA_FUZZ_SEED", 0x5EED_A2CA);
+    let f = ring_ops::Fixture::new();
+    let (mut steps, mut pokes, mut poisoned, mut checked) = (0u64, 0u64, 0u64, 0u64);
+    for case in 0..cases {
+        let len = 1 + (splitmix(&mut state) % 600) as usize;
+        // Half the programs stay honest longer: pokes only in their second half.
+        let calm = case % 2 == 0;
+        let program: Vec<u8> = (0..len)
+            .map(|i| {
+                let b = splitmix(&mut state) as u8;
+                if calm && i < len / 2 && (8..=10).contains(&(b % 14)) {
+                    b.wrapping_add(3)
+                } else {
+                    b
+                }
+            })
+            .collect();
+        let o = ring_ops::run(&f, &program);
+        steps += o.steps;
+        pokes += o.pokes;
+        poisoned += u64::from(o.poisoned);
+        checked += o.bytes_checked;
+    }
+    println!(
+        "ring programs: {cases} cases, {steps} steps, {pokes} header pokes, {poisoned} poisoned, {checked} bytes checked"
+    );
+    assert!(
+        checked > 0 && poisoned > 0,
+        "the generator reaches both regimes"
+    );
+    // Every block went back to the allocator.
+    assert_eq!(f.alloc.stats().allocated, 0);
 }
