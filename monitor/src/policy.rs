@@ -374,7 +374,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            connections: 4096,
+            // The monitor's default slot count (`Config::max_conns`): one
+            // guest may hold 10,000 connections (monitor/tests/load.rs).
+            connections: 16384,
             listeners: 256,
             udp_sockets: 256,
             pipe_memory: None,
