@@ -8,8 +8,12 @@
 //!   through [`twoproc`].
 //! - [`pattern`]: deterministic byte streams with a checksum that can be
 //!   computed without generating the stream, and a reader-side tally.
+//! - [`daisy_run`]: the Daisy binaries as child processes for the Daisy end-to-end tests
+//!   and benchmark: locating or building them, process-group guards, summary lines,
+//!   `/proc` socket look-ups.
 //! - [`servers`]: host-side echo and byte-counting servers on 127.0.0.1.
 
+pub mod daisy_run;
 pub mod pattern;
 pub mod servers;
 pub mod shm_link;

@@ -177,8 +177,35 @@ impl Monitor {
             None,
         )
         .map_err(ctx)?;
-        s::bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(ctx)?).map_err(ctx)?;
-        s::listen(&fd, s::Backlog::new(128).unwrap_or(s::Backlog::MAXCONN)).map_err(ctx)?;
+        // Bound under a temporary name and renamed once listening, so the
+        // path never names a socket that refuses connections (a guest that
+        // attaches as soon as the file appears would get ECONNREFUSED). The
+        // socket's own address (getsockname, /proc/net/unix) stays the
+        // temporary name.
+        let tmp = path.file_name().map(|name| {
+            let mut t = std::ffi::OsString::from(".");
+            t.push(name);
+            t.push(format!(".{}.tmp", std::process::id()));
+            path.with_file_name(t)
+        });
+        let bind_at = match &tmp {
+            Some(t) if UnixAddr::new(t.as_path()).is_ok() => t.as_path(),
+            _ => path,
+        };
+        s::bind(fd.as_raw_fd(), &UnixAddr::new(bind_at).map_err(ctx)?).map_err(ctx)?;
+        let listening = s::listen(&fd, s::Backlog::new(128).unwrap_or(s::Backlog::MAXCONN))
+            .map_err(ctx)
+            .and_then(|()| {
+                if bind_at == path {
+                    return Ok(());
+                }
+                std::fs::rename(bind_at, path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            });
+        if let Err(e) = listening {
+            let _ = std::fs::remove_file(bind_at);
+            return Err(e);
+        }
         self.poll.registry().register(
             &mut mio::unix::SourceFd(&fd.as_raw_fd()),
             SERVER,

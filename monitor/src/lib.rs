@@ -20,6 +20,7 @@ pub mod event_loop;
 pub mod guest;
 pub mod handoff;
 pub mod policy;
+pub mod ratelimit;
 pub mod relay;
 pub mod session;
 pub mod udp;

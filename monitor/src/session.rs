@@ -30,6 +30,7 @@ use shm_ring::{
 
 use crate::config::Config;
 use crate::policy::{ConnectRate, Decision, LogLimit, Policy, PolicyCounters, Proto};
+use crate::ratelimit::WarnLimiter;
 use crate::relay::{Progress, Relay, RelayFault};
 use crate::udp::UdpRelay;
 
@@ -104,7 +105,11 @@ struct Conn {
 struct Listener {
     token: Token,
     sock: mio::net::TcpListener,
+    /// Accepts waiting for a connection, at most `backlog` of them.
     pending: VecDeque<RequestId>,
+    /// The listen backlog: also the bound on pending accepts, so a guest
+    /// cannot grow the queue without limit.
+    backlog: usize,
 }
 
 /// Connection ids in use, below the bitmap's size; 0 is the control pipe's.
@@ -166,6 +171,10 @@ pub struct Session {
     ended: Option<EndReason>,
     policy: Arc<Policy>,
     usage: Usage,
+    /// Bounds the warnings this guest can cause with malformed frames...
+    frame_warns: WarnLimiter,
+    /// ...and with pipes closed for cause.
+    fault_warns: WarnLimiter,
 }
 
 /// What a session holds, against its policy's limits.
@@ -329,6 +338,8 @@ impl Session {
                 logged: LogLimit::default(),
                 owner: crate::udp::next_owner(),
             },
+            frame_warns: WarnLimiter::new(),
+            fault_warns: WarnLimiter::new(),
         };
         tracing::info!(
             session = id,
@@ -650,12 +661,14 @@ impl Session {
         }
     }
 
-    fn log_fault(&self, id: ConnId, fault: &RelayFault) {
-        tracing::warn!(
-            session = self.id,
-            conn = id.0,
-            "closing connection: {fault}"
-        );
+    fn log_fault(&mut self, id: ConnId, fault: &RelayFault) {
+        if allow_warning(&mut self.fault_warns, self.id, "pipe-fault") {
+            tracing::warn!(
+                session = self.id,
+                conn = id.0,
+                "closing connection: {fault}"
+            );
+        }
     }
 
     // ---- control pipe -------------------------------------------------
@@ -733,11 +746,13 @@ impl Session {
                 Ok(None) => return true,
                 Err(FrameError::Malformed { header, error }) => {
                     *handled += 1;
-                    tracing::warn!(
-                        session = self.id,
-                        request = header.request_id.0,
-                        "malformed frame: {error}"
-                    );
+                    if allow_warning(&mut self.frame_warns, self.id, "malformed-frame") {
+                        tracing::warn!(
+                            session = self.id,
+                            request = header.request_id.0,
+                            "malformed frame: {error}"
+                        );
+                    }
                     self.reply(
                         header.request_id,
                         Message::Error {
@@ -768,6 +783,18 @@ impl Session {
                 self.outbox.drain(..n);
             }
             Err(RingError::WouldBlock) => {}
+            Err(RingError::BrokenPipe) => {
+                // The guest closed its reading half (it exited with replies
+                // unread): it is gone, not misbehaving.
+                tracing::debug!(
+                    session = self.id,
+                    unread = self.outbox.len(),
+                    "guest stopped reading replies"
+                );
+                self.outbox.clear();
+                self.end(EndReason::GuestGone);
+                return;
+            }
             Err(e) => {
                 self.end(EndReason::Violation(format!("control pipe: {e}")));
                 return;
@@ -798,9 +825,18 @@ impl Session {
                     let code = self.over_quota(Some(rid), "accept", "requests in flight", limit);
                     return self.reply(rid, Message::AcceptErr { code });
                 }
-                if let Some(l) = self.listeners.get_mut(&listener) {
-                    l.pending.push_back(rid);
+                let Some(l) = self.listeners.get_mut(&listener) else {
+                    return;
+                };
+                if l.pending.len() >= l.backlog {
+                    return self.reply(
+                        rid,
+                        Message::AcceptErr {
+                            code: ErrorCode::QuotaExceeded,
+                        },
+                    );
                 }
+                l.pending.push_back(rid);
                 self.accept_pending(listener, ctx);
             }
             Message::AcceptRequest { .. } => self.reply(
@@ -980,6 +1016,7 @@ impl Session {
                 token,
                 sock,
                 pending: VecDeque::new(),
+                backlog: usize::try_from(backlog).unwrap_or(usize::MAX).max(1),
             },
         );
         self.reply(
@@ -1492,8 +1529,34 @@ impl Session {
         self.control.close_write();
         self.control.close_read();
         self.guest_bell.ring();
+        for (limiter, what) in [
+            (&mut self.frame_warns, "malformed-frame"),
+            (&mut self.fault_warns, "pipe-fault"),
+        ] {
+            let suppressed = limiter.poll_suppressed();
+            if suppressed > 0 {
+                tracing::warn!(
+                    session = self.id,
+                    "{suppressed} more {what} warnings suppressed"
+                );
+            }
+        }
         tracing::info!(session = self.id, alloc = ?self.alloc.stats(), "session torn down");
     }
+}
+
+/// Counts one guest-caused warning of kind `what`; true if it may be logged.
+/// Reports the warnings suppressed in the window before, if any.
+fn allow_warning(limiter: &mut WarnLimiter, session: SessionId, what: &str) -> bool {
+    let v = limiter.handle_warning(Instant::now());
+    if v.suppressed_before > 0 {
+        tracing::warn!(
+            session,
+            "{} more {what} warnings suppressed",
+            v.suppressed_before
+        );
+    }
+    v.log
 }
 
 /// `socket` + `SO_REUSEADDR` + `bind` + `listen(backlog)`, non-blocking.

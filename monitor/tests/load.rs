@@ -5,7 +5,9 @@
 //! bytes per pipe are reported.
 //!
 //! `ARCA_LOAD_CONNS` sets the count (default 10,000; at most 16,383, the
-//! monitor's default connection slots); `scripts/load N` runs it alone.
+//! monitor's default connection slots); `scripts/load N` runs it alone. The
+//! monitor runs with a policy file raising the per-guest connection limit
+//! and connect burst above the defaults (4,096 and 10,000).
 
 mod common;
 
@@ -43,10 +45,19 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
     // monitor (which inherits the limit) the other.
     let want = (n as u64) + 1024;
     let limit = raise_nofile(want);
-    assert!(
-        limit >= want,
-        "cannot raise RLIMIT_NOFILE to {want} (got {limit}); lower ARCA_LOAD_CONNS"
-    );
+    if limit < want {
+        // Root can always raise it (CI runs as root): there it is a failure.
+        assert!(
+            !nix::unistd::geteuid().is_root(),
+            "cannot raise RLIMIT_NOFILE to {want} as root (got {limit})"
+        );
+        eprintln!(
+            "SKIPPED: RLIMIT_NOFILE cannot be raised to {want} for this user (hard limit {limit}); \
+             run as root or set ARCA_LOAD_CONNS below {}",
+            limit.saturating_sub(1024)
+        );
+        return;
+    }
 
     // Size the region: every pipe block (rounded up by the buddy allocator)
     // plus the control pipe and bitmap, with room to spare.
@@ -54,11 +65,28 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
     let region = ((n as u64) * block + (8 << 20)).next_power_of_two();
     let region_arg = region.to_string();
     let ring_arg = DATA_RING.to_string();
+    // The default policy holds a guest to 4,096 connections and 10,000
+    // connects in a burst: this guest is allowed the whole slot table.
+    let policy = std::env::temp_dir().join(format!("arca-load-{}.toml", std::process::id()));
+    std::fs::write(
+        &policy,
+        "[limits]\nconnections = 16384\nconnect_rate = 100000\nconnect_burst = 20000\n",
+    )
+    .expect("write the policy file");
+    let policy_arg = policy.to_str().expect("utf-8 temp path").to_owned();
     let echo = EchoServer::start();
     let mon = MonitorProc::serve(
         "load",
-        &["--region-size", &region_arg, "--data-ring", &ring_arg],
+        &[
+            "--region-size",
+            &region_arg,
+            "--data-ring",
+            &ring_arg,
+            "--policy",
+            &policy_arg,
+        ],
     );
+    let _ = std::fs::remove_file(&policy);
     let session = ArcaSession::attach(&mon.path).expect("attach");
     std::thread::sleep(Duration::from_millis(200));
     let before = mon.rss();

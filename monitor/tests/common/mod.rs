@@ -179,6 +179,7 @@ impl MonitorProc {
             child: Reaped(child),
             path,
         };
+        // The monitor renames the socket into place once it listens.
         let ok = wait_until(Duration::from_secs(20), || m.path.exists());
         if !ok {
             let st = m.child.0.try_wait();

@@ -1,0 +1,171 @@
+//! `daisy-send`: multicast a file (or stdin) to N Daisy receivers.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use daisy::net::{ArcaNet, McastOptions, StdNet};
+use daisy::send_shell::{run_sender, summary_line, SendOptions, SendReport};
+use daisy::sender::SenderConfig;
+use daisy::wire::{DEFAULT_GROUP, DEFAULT_PORT, MAX_PACKETS_PER_BUFFER};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetKind {
+    /// arca when ARCA_FD is set, else std.
+    Auto,
+    /// Host sockets.
+    Std,
+    /// Through the arca monitor (inside `arca-monitor run`).
+    Arca,
+}
+
+/// Multicast a file (or stdin) reliably to N Daisy receivers.
+#[derive(Debug, Parser)]
+#[command(name = "daisy-send", version)]
+struct Args {
+    /// Receivers to wait for before sending.
+    #[arg(long)]
+    clients: usize,
+    /// TCP control port; the UDP data port is the same number.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Multicast group.
+    #[arg(long, default_value_t = DEFAULT_GROUP)]
+    group: Ipv4Addr,
+    /// Multicast TTL.
+    #[arg(long, default_value_t = 8)]
+    ttl: u32,
+    /// Interface address to multicast from.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    interface: Ipv4Addr,
+    /// TCP listen address.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// Payload bytes per packet (above 1460 only used when every receiver is extended).
+    #[arg(long, default_value_t = 1460)]
+    payload_size: usize,
+    /// Packets per round (at most 65536).
+    #[arg(long, default_value_t = 1024)]
+    packets_per_buffer: u32,
+    /// Rate in MB/s (10^6 bytes per second); 0 adapts to repair requests.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds to wait for receivers to connect, and for any one receiver's answer.
+    #[arg(long, default_value_t = 10.0)]
+    deadline: f64,
+    /// Receivers that must complete for success.
+    #[arg(long, default_value_t = 1)]
+    min_complete: usize,
+    /// Network: arca (the monitor's relay), std (host sockets), auto.
+    #[arg(long, value_enum, default_value_t = NetKind::Auto)]
+    net: NetKind,
+    /// No progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
+    /// Input file; stdin when omitted or `-`.
+    file: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(r) => {
+            for d in &r.stats.dropped {
+                eprintln!(
+                    "daisy-send: dropped receiver {} ({}): {}",
+                    d.id.0, d.addr, d.reason
+                );
+            }
+            if r.stats.missing > 0 {
+                eprintln!(
+                    "daisy-send: {} of {} receivers never connected",
+                    r.stats.missing, args.clients
+                );
+            }
+            eprintln!("{}", summary_line(&r));
+            if r.success {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "daisy-send: error: {} receivers completed, {} required",
+                    r.stats.completed, args.min_complete
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("daisy-send: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: &Args) -> io::Result<SendReport> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    if a.packets_per_buffer == 0 || a.packets_per_buffer > MAX_PACKETS_PER_BUFFER {
+        return Err(bad(format!(
+            "--packets-per-buffer {} outside 1..={MAX_PACKETS_PER_BUFFER}",
+            a.packets_per_buffer
+        )));
+    }
+    if !(a.deadline > 0.0 && a.deadline < 1e6) {
+        return Err(bad(format!("--deadline {} must be positive", a.deadline)));
+    }
+    if !(a.rate >= 0.0 && a.rate.is_finite()) {
+        return Err(bad(format!("--rate {} must be 0 or positive", a.rate)));
+    }
+    if a.min_complete > a.clients {
+        return Err(bad(format!(
+            "--min-complete {} exceeds --clients {}",
+            a.min_complete, a.clients
+        )));
+    }
+    let group = SocketAddrV4::new(a.group, a.port);
+    let opts = SendOptions {
+        core: SenderConfig {
+            clients: a.clients,
+            group,
+            payload_size: a.payload_size,
+            packets_per_buffer: a.packets_per_buffer,
+            rate: (a.rate > 0.0).then_some(a.rate * 1e6),
+            deadline: Duration::from_secs_f64(a.deadline),
+            min_complete: a.min_complete,
+            extensions: true,
+        },
+        bind: SocketAddr::new(a.bind, a.port),
+        mcast: McastOptions {
+            group,
+            ttl: a.ttl,
+            looped: true,
+            interface: a.interface,
+        },
+        progress: !a.no_progress,
+        input_len: None,
+    };
+    let (input, len): (Box<dyn Read>, Option<u64>) = match a.file.as_deref() {
+        None | Some("-") => (Box::new(io::stdin().lock()), None),
+        Some(p) => {
+            let f = File::open(p).map_err(|e| io::Error::new(e.kind(), format!("{p}: {e}")))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        }
+    };
+    let opts = SendOptions {
+        input_len: len,
+        ..opts
+    };
+    let use_arca = match a.net {
+        NetKind::Arca => true,
+        NetKind::Std => false,
+        NetKind::Auto => std::env::var_os(arca::ENV_FD).is_some(),
+    };
+    if use_arca {
+        run_sender(&ArcaNet::from_env()?, opts, input)
+    } else {
+        run_sender(&StdNet, opts, input)
+    }
+}

@@ -1,0 +1,311 @@
+//! The sender's I/O shell, written once against [`SenderNet`]: an accept thread, one reader
+//! and one writer thread per receiver (so a stalled receiver never blocks the others), and
+//! the main thread driving the [`Sender`] core, reading input and multicasting.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::net::{McastOptions, McastSender, NetListener, NetStream, SenderNet};
+use crate::sender::{Action, ReceiverId, Sender, SenderConfig, SenderStats};
+
+/// Shell settings beyond the core's.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Core settings.
+    pub core: SenderConfig,
+    /// TCP listen address.
+    pub bind: SocketAddr,
+    /// Multicast options (group must equal `core.group`).
+    pub mcast: McastOptions,
+    /// Progress bar on stderr.
+    pub progress: bool,
+    /// Input length, when known (for the progress bar).
+    pub input_len: Option<u64>,
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// Core counters.
+    pub stats: SenderStats,
+    /// Whether enough receivers completed.
+    pub success: bool,
+    /// Wall time from the first round to the end.
+    pub seconds: f64,
+}
+
+enum Event<S> {
+    Accepted(S, SocketAddr),
+    Tcp(ReceiverId, Vec<u8>),
+    Closed(ReceiverId, String),
+    AcceptFailed(String),
+}
+
+struct Conn<S> {
+    ctl: S,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// Runs one transfer from `input` over `net`.
+///
+/// # Errors
+/// Setup errors (listen, multicast socket, bad configuration), input read errors and
+/// multicast send errors. Receivers failing are not errors: see [`SendReport`].
+pub fn run_sender<N: SenderNet>(
+    net: &N,
+    opts: SendOptions,
+    mut input: impl Read,
+) -> io::Result<SendReport> {
+    let listener = net.listen(opts.bind)?;
+    let mut mcast = net.multicast_sender(opts.mcast)?;
+    let start = Instant::now();
+    let mut core = Sender::new(opts.core.clone(), start)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let (ev_tx, ev_rx) = mpsc::channel::<Event<<N::Listener as NetListener>::Stream>>();
+    {
+        let ev_tx = ev_tx.clone();
+        thread::Builder::new()
+            .name("daisy-accept".into())
+            .spawn(move || loop {
+                match listener.accept_stream() {
+                    Ok((s, a)) => {
+                        if ev_tx.send(Event::Accepted(s, a)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ev_tx.send(Event::AcceptFailed(e.to_string()));
+                        return;
+                    }
+                }
+            })?;
+    }
+    let bar = progress_bar(opts.progress, opts.input_len);
+    let mut conns: HashMap<ReceiverId, Conn<<N::Listener as NetListener>::Stream>> = HashMap::new();
+    let mut first_round: Option<Instant> = None;
+    'run: loop {
+        core.handle_timeout(Instant::now());
+        while let Some(a) = core.poll_action() {
+            match a {
+                Action::SendTcp { to, bytes } => {
+                    if let Some(tx) = conns.get(&to).and_then(|c| c.tx.as_ref()) {
+                        let _ = tx.send(bytes);
+                    }
+                }
+                Action::Multicast { first, count } => {
+                    let list: Vec<(&[u8], &[u8])> = (first..first + count)
+                        .filter_map(|i| core.datagram(i).map(|(h, p)| (&h[..], p)))
+                        .collect();
+                    mcast.send_packets(&list)?;
+                }
+                Action::Fill => {
+                    first_round.get_or_insert_with(Instant::now);
+                    let buf = core.buffer_mut();
+                    let n = fill(&mut input, buf)?;
+                    if let Some(b) = &bar {
+                        b.inc(n as u64);
+                    }
+                    core.handle_filled(n, Instant::now());
+                }
+                Action::Close { who, reason } => {
+                    if let Some(c) = conns.get_mut(&who) {
+                        c.tx = None;
+                        if reason.is_some() {
+                            let _ = c.ctl.shutdown_stream(Shutdown::Both);
+                        }
+                    }
+                }
+                Action::Finished => break 'run,
+            }
+        }
+        let now = Instant::now();
+        let wait = core
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
+            .min(Duration::from_secs(1));
+        let mut ev = match ev_rx.recv_timeout(wait) {
+            Ok(e) => Some(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other("event channel closed"))
+            }
+        };
+        let mut budget = 256;
+        while let Some(e) = ev.take() {
+            let now = Instant::now();
+            match e {
+                Event::Accepted(s, addr) => match core.handle_connect(addr, now) {
+                    Ok(id) => {
+                        conns.insert(id, spawn_conn(id, s, ev_tx.clone())?);
+                    }
+                    Err(_) => refuse(s, core.full_greeting()),
+                },
+                Event::Tcp(id, bytes) => core.handle_tcp(id, &bytes, now),
+                Event::Closed(id, why) => core.handle_closed(id, &why, now),
+                Event::AcceptFailed(why) => {
+                    if !core.is_finished() && conns.len() < opts.core.clients {
+                        return Err(io::Error::other(format!("accept failed: {why}")));
+                    }
+                }
+            }
+            budget -= 1;
+            if budget > 0 {
+                ev = ev_rx.try_recv().ok();
+            }
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    // Let the writers flush the last bytes (bounded by the deadline).
+    let until = Instant::now() + opts.core.deadline;
+    for c in conns.values_mut() {
+        c.tx = None;
+    }
+    for c in conns.values_mut() {
+        if let Some(w) = c.writer.take() {
+            while !w.is_finished() && Instant::now() < until {
+                thread::sleep(Duration::from_millis(2));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            } else {
+                let _ = c.ctl.shutdown_stream(Shutdown::Both);
+            }
+        }
+    }
+    let seconds = first_round.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(SendReport {
+        success: core.succeeded(),
+        stats: core.stats().clone(),
+        seconds,
+    })
+}
+
+/// Reads until `buf` is full or end of input.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn spawn_conn<S: NetStream>(
+    id: ReceiverId,
+    s: S,
+    ev: mpsc::Sender<Event<S>>,
+) -> io::Result<Conn<S>> {
+    let mut rd = s.clone_stream()?;
+    let mut wr = s.clone_stream()?;
+    let ev2 = ev.clone();
+    thread::Builder::new()
+        .name(format!("daisy-rd{}", id.0))
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match rd.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = ev.send(Event::Closed(id, "end of stream".into()));
+                        return;
+                    }
+                    Ok(n) => {
+                        if ev.send(Event::Tcp(id, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = ev.send(Event::Closed(id, e.to_string()));
+                        return;
+                    }
+                }
+            }
+        })?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let writer = thread::Builder::new()
+        .name(format!("daisy-wr{}", id.0))
+        .spawn(move || {
+            while let Ok(b) = rx.recv() {
+                if let Err(e) = wr.write_all(&b).and_then(|()| wr.flush()) {
+                    let _ = ev2.send(Event::Closed(id, e.to_string()));
+                    return;
+                }
+            }
+            let _ = wr.shutdown_stream(Shutdown::Write);
+        })?;
+    Ok(Conn {
+        ctl: s,
+        tx: Some(tx),
+        writer: Some(writer),
+    })
+}
+
+/// Tells a late connection the transfer is full, then closes it (in the background).
+fn refuse<S: NetStream>(mut s: S, greeting: [u8; 16]) {
+    let _ = thread::Builder::new()
+        .name("daisy-refuse".into())
+        .spawn(move || {
+            let _ = s.write_all(&greeting);
+            let _ = s.shutdown_stream(Shutdown::Write);
+            let mut sink = [0u8; 256];
+            // Drain briefly so the close is graceful; bounded.
+            for _ in 0..8 {
+                match s.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        });
+}
+
+fn progress_bar(on: bool, len: Option<u64>) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !on || !io::stderr().is_terminal() {
+        return None;
+    }
+    let b = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        b.set_style(style);
+    }
+    Some(b)
+}
+
+/// Formats the sender's summary line.
+pub fn summary_line(r: &SendReport) -> String {
+    let s = &r.stats;
+    let mbps = if r.seconds > 0.0 {
+        s.bytes as f64 / r.seconds / 1e6
+    } else {
+        0.0
+    };
+    format!(
+        "daisy-send: summary bytes={} packets={} repaired={} duplicates={} dropped_receivers={} \
+         completed_receivers={} seconds={:.3} mbps={:.1} sha256={}",
+        s.bytes,
+        s.packets,
+        s.repaired,
+        s.duplicates,
+        s.dropped.len(),
+        s.completed,
+        r.seconds,
+        mbps,
+        crate::wire::hex(&s.sha256)
+    )
+}

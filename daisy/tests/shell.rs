@@ -1,0 +1,288 @@
+//! The shells over real sockets on loopback: a native transfer, the sender isolated under
+//! `arca-monitor run --isolate`, and compatibility both ways with an independent plain
+//! implementation (`plain_daisy.py`). Each test uses its own port; every wait is bounded.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const SEND: &str = env!("CARGO_BIN_EXE_daisy-send");
+const RECV: &str = env!("CARGO_BIN_EXE_daisy-recv");
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daisy-shell-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d.join(name)
+}
+
+fn input(name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let p = tmp(name);
+    std::fs::write(&p, &data).expect("write input");
+    (p, data)
+}
+
+/// Waits for `c` (killing it past `LIMIT`); returns (success, stderr).
+fn finish(mut c: Child, what: &str) -> (bool, String) {
+    let end = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = c.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.success(), err)
+}
+
+fn sender(port: u16, clients: usize, file: &Path, extra: &[&str]) -> Child {
+    Command::new(SEND)
+        .args([
+            "--clients",
+            &clients.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--no-progress", "--deadline", "20"])
+        .args(extra)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-send")
+}
+
+fn receiver(port: u16, out: &Path, extra: &[&str]) -> Child {
+    Command::new(RECV)
+        .args(["--no-progress", "--deadline", "20", "-o"])
+        .arg(out)
+        .args(extra)
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-recv")
+}
+
+fn field<'a>(stderr: &'a str, prog: &str, key: &str) -> &'a str {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("{prog}: summary ")))
+        .unwrap_or_else(|| panic!("no summary line from {prog} in:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn python() -> Option<&'static str> {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some("python3")
+}
+
+fn plain_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plain_daisy.py")
+}
+
+#[test]
+fn native_transfer_to_two_receivers() {
+    let port = 18_601;
+    let (file, data) = input("native.in", 3 << 20, 7);
+    let s = sender(port, 2, &file, &[]);
+    let outs = [tmp("native.o1"), tmp("native.o2")];
+    // One receiver drops 3 % of datagrams: repairs must make it whole.
+    let r1 = receiver(port, &outs[0], &[]);
+    let r2 = receiver(
+        port,
+        &outs[1],
+        &["--test-drop-percent", "3", "--test-seed", "5"],
+    );
+    let (ok1, e1) = finish(r1, "receiver 1");
+    let (ok2, e2) = finish(r2, "receiver 2");
+    let (oks, es) = finish(s, "sender");
+    assert!(ok1 && ok2 && oks, "failed:\n{e1}\n{e2}\n{es}");
+    let want = sha_hex(&data);
+    for o in &outs {
+        assert!(std::fs::read(o).expect("output") == data, "{o:?} differs");
+    }
+    assert_eq!(field(&es, "daisy-send", "sha256"), want);
+    assert_eq!(field(&e1, "daisy-recv", "sha256"), want);
+    assert_eq!(field(&es, "daisy-send", "completed_receivers"), "2");
+    assert_eq!(field(&es, "daisy-send", "bytes"), data.len().to_string());
+    assert!(field(&e2, "daisy-recv", "repaired").parse::<u64>().unwrap() > 0);
+}
+
+#[test]
+fn extra_receiver_is_told_transfer_is_full() {
+    let port = 18_602;
+    let (file, data) = input("full.in", 4 << 20, 9);
+    // Paced at 4 MB/s, the transfer lasts about a second: the late receiver arrives during it.
+    let s = sender(port, 1, &file, &["--rate", "4"]);
+    let a = receiver(port, &tmp("full.a"), &[]);
+    std::thread::sleep(Duration::from_millis(400));
+    let b = receiver(port, &tmp("full.b"), &[]);
+    let (okb, eb) = finish(b, "late receiver");
+    let (oka, ea) = finish(a, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(oka && oks, "{ea}\n{es}");
+    assert!(std::fs::read(tmp("full.a")).unwrap() == data);
+    assert!(!okb, "the late receiver must fail:\n{eb}");
+    assert!(eb.contains("transfer is full"), "late receiver said:\n{eb}");
+}
+
+#[test]
+fn our_receiver_with_plain_python_sender() {
+    let Some(py) = python() else {
+        eprintln!("SKIP: python3 not found; compatibility with a plain sender not checked");
+        return;
+    };
+    let port = 18_603;
+    let (file, data) = input("pysend.in", 1 << 20, 11);
+    let s = Command::new(py)
+        .arg(plain_script())
+        .args(["send", "--clients", "1", "--port", &port.to_string()])
+        .args(["--ppb", "256"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python sender");
+    let o = tmp("pysend.out");
+    let r = receiver(port, &o, &["--test-drop-percent", "2"]);
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "python sender");
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(std::fs::read(&o).unwrap() == data);
+    assert_eq!(field(&er, "daisy-recv", "sha256"), sha_hex(&data));
+}
+
+#[test]
+fn our_sender_with_plain_python_and_extended_receivers() {
+    let Some(py) = python() else {
+        eprintln!("SKIP: python3 not found; compatibility with a plain receiver not checked");
+        return;
+    };
+    let port = 18_604;
+    let (file, data) = input("pyrecv.in", 1 << 20, 13);
+    // --payload-size above 1460 must not be used with a plain receiver present.
+    let s = sender(port, 2, &file, &["--payload-size", "8000"]);
+    let po = tmp("pyrecv.plain");
+    let p = Command::new(py)
+        .arg(plain_script())
+        .args(["recv", "--port", &port.to_string(), "--out"])
+        .arg(&po)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python receiver");
+    let o = tmp("pyrecv.ours");
+    let r = receiver(port, &o, &[]);
+    let (okp, ep) = finish(p, "python receiver");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(okp && okr && oks, "{ep}\n{er}\n{es}");
+    assert!(
+        std::fs::read(&po).unwrap() == data,
+        "plain receiver output differs"
+    );
+    assert!(std::fs::read(&o).unwrap() == data);
+    let packets: u64 = field(&es, "daisy-send", "packets").parse().unwrap();
+    assert_eq!(packets, (data.len() as u64).div_ceil(1460));
+}
+
+fn monitor_bin() -> Option<PathBuf> {
+    let dir = Path::new(SEND).parent()?;
+    let m = dir.join("arca-monitor");
+    if m.exists() {
+        return Some(m);
+    }
+    let profile = if dir.ends_with("release") {
+        vec!["--release"]
+    } else {
+        vec![]
+    };
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "arca-monitor", "--bin", "arca-monitor"])
+        .args(profile)
+        .status()
+        .is_ok_and(|s| s.success());
+    (ok && m.exists()).then_some(m)
+}
+
+#[test]
+fn isolated_sender_through_the_monitor() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        eprintln!("SKIP: not root; the isolated sender (arca-monitor run --isolate) is not tested");
+        return;
+    }
+    let Some(mon) = monitor_bin() else {
+        panic!("arca-monitor could not be built");
+    };
+    let port = 18_605;
+    let (file, data) = input("iso.in", 2 << 20, 17);
+    let s = Command::new(&mon)
+        .args(["run", "--isolate", "--"])
+        .arg(SEND)
+        .args([
+            "--clients",
+            "2",
+            "--port",
+            &port.to_string(),
+            "--no-progress",
+        ])
+        .args(["--deadline", "20", "--net", "arca"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn monitor");
+    let outs = [tmp("iso.o1"), tmp("iso.o2")];
+    let r1 = receiver(port, &outs[0], &[]);
+    let r2 = receiver(port, &outs[1], &[]);
+    let (ok1, e1) = finish(r1, "receiver 1");
+    let (ok2, e2) = finish(r2, "receiver 2");
+    let (oks, es) = finish(s, "isolated sender");
+    if !oks && es.contains("cannot isolate") {
+        eprintln!("SKIP: this system forbids network namespaces:\n{es}");
+        return;
+    }
+    assert!(ok1 && ok2 && oks, "{e1}\n{e2}\n{es}");
+    for o in &outs {
+        assert!(std::fs::read(o).unwrap() == data);
+    }
+    assert_eq!(field(&es, "daisy-send", "sha256"), sha_hex(&data));
+    assert_eq!(field(&es, "daisy-send", "completed_receivers"), "2");
+}

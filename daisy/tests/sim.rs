@@ -1,0 +1,467 @@
+//! Deterministic simulation of the sans-IO cores: one sender, N receivers, a simulated clock,
+//! in-memory TCP (delivered in order, in random-sized pieces) and a multicast "network" with
+//! seeded loss, duplication, reordering, corruption and forgery. Every drive is bounded in
+//! steps and simulated time, and fails instead of hanging.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use daisy::receiver::{Receiver, ReceiverConfig, RecvAction, RecvError};
+use daisy::sender::{Action, DropReason, ReceiverId, Sender, SenderConfig};
+use daisy::wire;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+const STEP: Duration = Duration::from_micros(200);
+const MAX_STEPS: u32 = 400_000;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// Speaks the extensions.
+    Ext,
+    /// Plain (never sends EXT_HELLO).
+    Plain,
+    /// Stops answering (but keeps its connection) after delivering this many rounds.
+    StallAfter(u32),
+    /// Closes its connection after delivering this many rounds.
+    DieAfter(u32),
+}
+
+#[derive(Clone, Debug)]
+struct Net {
+    loss: f64,
+    dup: f64,
+    /// Probability a datagram is held back up to 5 steps (reordering).
+    delay: f64,
+    /// Probability per datagram of an additional corrupted copy (bad additive sum).
+    corrupt: f64,
+    /// Probability per datagram of an additional forged copy (valid additive sum, wrong data).
+    forge: f64,
+}
+
+const CLEAN: Net = Net {
+    loss: 0.0,
+    dup: 0.0,
+    delay: 0.0,
+    corrupt: 0.0,
+    forge: 0.0,
+};
+
+struct SimRx {
+    kind: Kind,
+    core: Receiver,
+    /// Bytes in flight sender → receiver.
+    down: VecDeque<u8>,
+    /// Bytes in flight receiver → sender.
+    up: VecDeque<u8>,
+    /// Datagrams in flight: (due step, bytes).
+    udp: Vec<(u32, Vec<u8>)>,
+    out: Vec<u8>,
+    rounds: u32,
+    error: Option<RecvError>,
+    finished: bool,
+    gone: bool,
+    stalled: bool,
+}
+
+struct Outcome {
+    stats: daisy::sender::SenderStats,
+    success: bool,
+    rxs: Vec<SimRx>,
+    input: Vec<u8>,
+}
+
+fn sender_cfg(clients: usize) -> SenderConfig {
+    SenderConfig {
+        clients,
+        group: SocketAddrV4::new(Ipv4Addr::new(224, 238, 0, 31), 18383),
+        payload_size: 1000,
+        packets_per_buffer: 32,
+        rate: None,
+        deadline: Duration::from_millis(300),
+        min_complete: 1,
+        extensions: true,
+    }
+}
+
+fn take_chunk(q: &mut VecDeque<u8>, rng: &mut StdRng) -> Vec<u8> {
+    let n = rng.gen_range(1..=q.len().clamp(1, 4000)).min(q.len());
+    q.drain(..n).collect()
+}
+
+fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let input: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+    let t0 = Instant::now();
+    let mut now = t0;
+    let ext_sender = scfg.extensions;
+    let mut s = Sender::new(scfg, now).expect("config");
+    let rcfg = |ext| ReceiverConfig {
+        deadline: Duration::from_millis(300),
+        extensions: ext,
+        max_round_bytes: 1 << 24,
+        settle: Duration::ZERO,
+    };
+    let mut rxs: Vec<SimRx> = kinds
+        .iter()
+        .map(|&k| SimRx {
+            kind: k,
+            core: Receiver::new(rcfg(k != Kind::Plain), now),
+            down: VecDeque::new(),
+            up: VecDeque::new(),
+            udp: Vec::new(),
+            out: Vec::new(),
+            rounds: 0,
+            error: None,
+            finished: false,
+            gone: false,
+            stalled: false,
+        })
+        .collect();
+    for (i, _) in kinds.iter().enumerate() {
+        let id = s
+            .handle_connect(SocketAddr::from(([127, 0, 0, 1], 40000 + i as u16)), now)
+            .expect("room");
+        assert_eq!(id, ReceiverId(i as u32));
+    }
+    // One more: refused, and an extended receiver reads "transfer is full" from it.
+    assert!(s
+        .handle_connect(SocketAddr::from(([127, 0, 0, 1], 1)), now)
+        .is_err());
+    // A plain sender cannot say why; it just closes after the greeting.
+    let mut late = Receiver::new(rcfg(true), now);
+    let want = if ext_sender {
+        Err(RecvError::Full)
+    } else {
+        Ok(())
+    };
+    assert_eq!(late.handle_tcp(&s.full_greeting(), now), want);
+
+    let mut cursor = 0usize;
+    let mut step = 0u32;
+    loop {
+        step += 1;
+        assert!(
+            step < MAX_STEPS,
+            "simulation did not finish within {MAX_STEPS} steps"
+        );
+        now += STEP;
+        s.handle_timeout(now);
+        let mut finished = false;
+        while let Some(a) = s.poll_action() {
+            match a {
+                Action::SendTcp { to, bytes } => {
+                    let r = &mut rxs[to.0 as usize];
+                    if !r.gone {
+                        r.down.extend(bytes);
+                    }
+                }
+                Action::Multicast { first, count } => {
+                    for i in first..first + count {
+                        let (h, p) = s.datagram(i).expect("packet in round");
+                        let mut d = h.to_vec();
+                        d.extend_from_slice(p);
+                        for r in rxs.iter_mut() {
+                            if rng.gen_bool(net.corrupt) {
+                                let mut c = d.clone();
+                                let k = rng.gen_range(12..c.len());
+                                c[k] ^= 0x40;
+                                r.udp.push((step, c));
+                            }
+                            if rng.gen_bool(net.forge) {
+                                // Same seq, different payload, additive sum made valid.
+                                let mut f = d.clone();
+                                let k = rng.gen_range(12..f.len());
+                                f[k] = f[k].wrapping_add(1);
+                                let sum = wire::additive_sum(&f[12..]);
+                                f[4..8].copy_from_slice(&sum.to_le_bytes());
+                                r.udp.push((step, f));
+                            }
+                            if rng.gen_bool(net.loss) {
+                                continue;
+                            }
+                            let due = if rng.gen_bool(net.delay) {
+                                step + rng.gen_range(1..5)
+                            } else {
+                                step
+                            };
+                            r.udp.push((due, d.clone()));
+                            if rng.gen_bool(net.dup) {
+                                r.udp.push((step + 1, d.clone()));
+                            }
+                        }
+                    }
+                }
+                Action::Fill => {
+                    let buf = s.buffer_mut();
+                    let n = buf.len().min(input.len() - cursor);
+                    buf[..n].copy_from_slice(&input[cursor..cursor + n]);
+                    cursor += n;
+                    s.handle_filled(n, now);
+                }
+                Action::Close { who, .. } => {
+                    rxs[who.0 as usize].gone = true;
+                }
+                Action::Finished => finished = true,
+            }
+        }
+        if finished {
+            break;
+        }
+        for (i, r) in rxs.iter_mut().enumerate() {
+            if r.gone || r.error.is_some() || r.stalled {
+                continue;
+            }
+            // Datagrams due now, in random order (reordering within a step too).
+            let mut due: Vec<Vec<u8>> = Vec::new();
+            r.udp.retain(|(t, d)| {
+                if *t <= step {
+                    due.push(d.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            for k in (1..due.len()).rev() {
+                let j = rng.gen_range(0..=k);
+                due.swap(k, j);
+            }
+            for d in &due {
+                r.core.handle_datagram(d, now);
+            }
+            if !r.down.is_empty() {
+                let c = take_chunk(&mut r.down, &mut rng);
+                if let Err(e) = r.core.handle_tcp(&c, now) {
+                    r.error = Some(e);
+                    continue;
+                }
+            }
+            if let Err(e) = r.core.handle_timeout(now) {
+                r.error = Some(e);
+                continue;
+            }
+            while let Some(a) = r.core.poll_action() {
+                match a {
+                    RecvAction::Join(g) => assert_eq!(g.port(), 18383),
+                    RecvAction::SendTcp(b) => r.up.extend(b),
+                    RecvAction::Deliver => {
+                        for c in r.core.output() {
+                            r.out.extend_from_slice(c);
+                        }
+                        r.core.handle_delivered(now);
+                        r.rounds += 1;
+                        match r.kind {
+                            Kind::StallAfter(n) if r.rounds >= n => r.stalled = true,
+                            Kind::DieAfter(n) if r.rounds >= n => {
+                                r.gone = true;
+                                s.handle_closed(ReceiverId(i as u32), "simulated death", now);
+                            }
+                            _ => {}
+                        }
+                    }
+                    RecvAction::Finished => r.finished = true,
+                }
+            }
+            if !r.up.is_empty() && !r.gone {
+                let c = take_chunk(&mut r.up, &mut rng);
+                s.handle_tcp(ReceiverId(i as u32), &c, now);
+            }
+        }
+    }
+    // Deliver the receivers' last bytes (CLIENT_DONE of the end round was already counted).
+    Outcome {
+        success: s.succeeded(),
+        stats: s.stats().clone(),
+        rxs,
+        input,
+    }
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn assert_complete(o: &Outcome, who: &[usize]) {
+    for &i in who {
+        let r = &o.rxs[i];
+        assert!(r.error.is_none(), "receiver {i} failed: {:?}", r.error);
+        assert!(r.finished, "receiver {i} did not finish");
+        assert_eq!(r.out.len(), o.input.len(), "receiver {i} length");
+        assert!(
+            r.out == o.input,
+            "receiver {i} output differs from the input"
+        );
+        assert_eq!(r.core.stats().sha256, sha(&o.input));
+    }
+    assert_eq!(o.stats.sha256, sha(&o.input));
+}
+
+#[test]
+fn clean_transfer_two_extended() {
+    let o = run(1, &[Kind::Ext, Kind::Ext], CLEAN, sender_cfg(2), 100_000);
+    assert!(o.success);
+    assert_complete(&o, &[0, 1]);
+    assert_eq!(o.stats.completed, 2);
+    assert_eq!(o.stats.extended, 2);
+    assert_eq!(o.stats.repaired, 0);
+    assert_eq!(o.stats.bytes, 100_000);
+}
+
+#[test]
+fn lossy_network_is_repaired() {
+    for seed in 0..4 {
+        let net = Net {
+            loss: 0.1,
+            dup: 0.05,
+            delay: 0.1,
+            corrupt: 0.1,
+            forge: 0.0,
+        };
+        let o = run(
+            seed,
+            &[Kind::Ext, Kind::Plain, Kind::Ext],
+            net,
+            sender_cfg(3),
+            150_000,
+        );
+        assert!(o.success, "seed {seed}");
+        assert_complete(&o, &[0, 1, 2]);
+        assert!(o.stats.repaired > 0, "seed {seed}: loss must cause repairs");
+        assert!(o.rxs.iter().any(|r| r.core.stats().duplicates > 0));
+        assert!(o.rxs.iter().all(|r| r.core.stats().rejected > 0));
+    }
+}
+
+#[test]
+fn forged_datagrams_never_reach_extended_output() {
+    for seed in 10..14 {
+        let net = Net {
+            loss: 0.02,
+            dup: 0.0,
+            delay: 0.2,
+            corrupt: 0.0,
+            forge: 0.1,
+        };
+        let o = run(seed, &[Kind::Ext, Kind::Ext], net, sender_cfg(2), 120_000);
+        assert!(o.success);
+        assert_complete(&o, &[0, 1]);
+        for r in &o.rxs {
+            assert!(r.core.stats().rejected > 0, "forgeries must be counted");
+        }
+    }
+}
+
+#[test]
+fn forged_datagrams_fool_a_plain_receiver_but_not_extended_ones() {
+    // Why the extension exists: with forgeries, the plain receiver (additive sum only) may
+    // write wrong bytes; the extended one never does.
+    let net = Net {
+        forge: 0.3,
+        ..CLEAN
+    };
+    let o = run(21, &[Kind::Ext, Kind::Plain], net, sender_cfg(2), 60_000);
+    assert_complete(&o, &[0]);
+    assert!(
+        o.rxs[1].out != o.input,
+        "the plain receiver was expected to be fooled"
+    );
+}
+
+#[test]
+fn stalled_receiver_is_dropped_and_others_finish() {
+    let o = run(
+        3,
+        &[Kind::Ext, Kind::StallAfter(2), Kind::Plain],
+        Net {
+            loss: 0.05,
+            ..CLEAN
+        },
+        sender_cfg(3),
+        200_000,
+    );
+    assert!(o.success);
+    assert_complete(&o, &[0, 2]);
+    assert_eq!(o.stats.completed, 2);
+    assert_eq!(o.stats.dropped.len(), 1);
+    assert_eq!(o.stats.dropped[0].id, ReceiverId(1));
+    assert!(matches!(
+        o.stats.dropped[0].reason,
+        DropReason::Stalled { .. }
+    ));
+}
+
+#[test]
+fn dying_receiver_is_dropped_and_others_finish() {
+    let o = run(
+        4,
+        &[Kind::DieAfter(1), Kind::Ext],
+        CLEAN,
+        sender_cfg(2),
+        200_000,
+    );
+    assert!(o.success);
+    assert_complete(&o, &[1]);
+    assert_eq!(o.stats.dropped.len(), 1);
+    assert!(matches!(o.stats.dropped[0].reason, DropReason::Lost(_)));
+}
+
+#[test]
+fn all_receivers_dying_fails_without_hanging() {
+    let o = run(
+        5,
+        &[Kind::DieAfter(1), Kind::StallAfter(1)],
+        CLEAN,
+        sender_cfg(2),
+        200_000,
+    );
+    assert!(!o.success);
+    assert_eq!(o.stats.completed, 0);
+    assert_eq!(o.stats.dropped.len(), 2);
+}
+
+#[test]
+fn plain_sender_with_extended_receivers() {
+    let mut cfg = sender_cfg(2);
+    cfg.extensions = false;
+    cfg.payload_size = 4000; // capped to 1460 for plain peers
+    let o = run(
+        6,
+        &[Kind::Ext, Kind::Plain],
+        Net {
+            loss: 0.05,
+            delay: 0.1,
+            ..CLEAN
+        },
+        cfg,
+        100_000,
+    );
+    assert!(o.success);
+    assert_complete(&o, &[0, 1]);
+    assert_eq!(o.stats.extended, 0);
+    assert!(!o.rxs[0].core.stats().extended);
+    assert!(o.stats.packets >= 100_000 / 1460);
+}
+
+#[test]
+fn large_payload_only_when_all_extended() {
+    let mut cfg = sender_cfg(2);
+    cfg.payload_size = 8000;
+    let all_ext = run(7, &[Kind::Ext, Kind::Ext], CLEAN, cfg.clone(), 400_000);
+    assert_complete(&all_ext, &[0, 1]);
+    // Round 1: 32 × 1460; the rest at 8000 bytes.
+    let rest = 400_000 - 32 * 1460;
+    assert_eq!(all_ext.stats.packets, 32 + (rest as u64).div_ceil(8000));
+    let mixed = run(8, &[Kind::Ext, Kind::Plain], CLEAN, cfg, 400_000);
+    assert_complete(&mixed, &[0, 1]);
+    assert_eq!(mixed.stats.packets, 400_000u64.div_ceil(1460));
+}
+
+#[test]
+fn empty_input() {
+    let o = run(9, &[Kind::Ext, Kind::Plain], CLEAN, sender_cfg(2), 0);
+    assert!(o.success);
+    assert_complete(&o, &[0, 1]);
+    assert_eq!(o.stats.packets, 0);
+}
