@@ -36,7 +36,8 @@ use arca_wire::{
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use shm_ring::{BidirectionalPipe, RingError, Segments};
 
-use crate::policy::{Decision, DestCache, LogLimit, Policy};
+use crate::policy::{Decision, DestCache, Policy};
+use crate::ratelimit::WarnLimiter;
 use crate::relay::{Progress, RelayFault};
 
 /// Which owner (a session, by [`next_owner`]) holds `SO_REUSEADDR` UDP
@@ -134,7 +135,7 @@ pub struct UdpRelay {
     /// The outbound policy for `send_to`, if any.
     policy: Option<Arc<Policy>>,
     dests: DestCache,
-    denials_logged: LogLimit,
+    denials_logged: WarnLimiter,
     /// The owning session, for logs.
     session: u64,
     /// Held while the socket is bound with `SO_REUSEADDR`.
@@ -180,7 +181,7 @@ impl UdpRelay {
             published_drops: 0,
             policy: None,
             dests: DestCache::default(),
-            denials_logged: LogLimit::default(),
+            denials_logged: WarnLimiter::new(),
             session: 0,
             _claim: None,
         }
@@ -297,12 +298,19 @@ impl UdpRelay {
                 self.counters.denied += 1;
                 let code = ErrorCode::PermissionDenied;
                 self.pipe.status().set(u32::from(code.to_u16()));
-                if let Some(suppressed) = self.denials_logged.allow(Instant::now()) {
+                let v = self.denials_logged.handle_warning(Instant::now());
+                if v.suppressed_before > 0 {
+                    tracing::warn!(
+                        session = self.session,
+                        "{} more denied-datagram warnings suppressed",
+                        v.suppressed_before
+                    );
+                }
+                if v.log {
                     tracing::warn!(
                         session = self.session,
                         %to,
                         rule = %decision,
-                        suppressed,
                         "datagram denied by policy, dropped"
                     );
                 }
