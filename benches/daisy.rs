@@ -22,7 +22,9 @@
 //! would), and one namespace `arcad-rxI` per receiver with a veth into the bridge at
 //! 10.77.0.1I. Every sender runs on the host side with the bridge address as its multicast
 //! interface; every receiver in its own namespace. `daisy-isolated` runs the sender under
-//! `arca-monitor run --isolate`, so its sockets are the monitor's. Everything is torn down at
+//! `arca-monitor run --isolate`, so its sockets are the monitor's, with the monitor's default
+//! policy plus one rule letting the guest listen on 10.77.0.1:18483 (the default allows
+//! loopback listeners only). Everything is torn down at
 //! the end, on failure and on Ctrl-C, and leftovers of an interrupted run are removed first.
 //!
 //! Per run: wall time from the sender's start until every process of the transfer has
@@ -489,6 +491,32 @@ impl Bench<'_> {
         })
     }
 
+    /// The monitor's default policy plus one rule: the guest may listen on the bridge
+    /// address at Daisy's port (the default allows loopback only).
+    fn policy(&self) -> Result<PathBuf, String> {
+        let path = self.dir.join("policy.toml");
+        if path.exists() {
+            return Ok(path);
+        }
+        let out = Command::new(&self.o.monitor)
+            .args(["policy", "--print-default"])
+            .output()
+            .map_err(|e| format!("arca-monitor policy --print-default: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "arca-monitor policy --print-default: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = write!(
+            text,
+            "\n[[listen]]\naction = \"allow\"\nnets = [\"{HOST_IP}/32\"]\nports = [{DAISY_PORT}]\nproto = \"tcp\"\n"
+        );
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
     fn log(&self, what: &str) -> PathBuf {
         self.dir.join(format!("{what}.log"))
     }
@@ -502,7 +530,10 @@ impl Bench<'_> {
         let o = self.o;
         let mut cmd = if isolated {
             let mut c = Command::new(&o.monitor);
-            c.args(["run", "--isolate", "--"]).arg(&o.daisy_send);
+            c.args(["run", "--isolate", "--policy"])
+                .arg(self.policy()?)
+                .arg("--")
+                .arg(&o.daisy_send);
             c
         } else {
             Command::new(&o.daisy_send)
@@ -512,6 +543,7 @@ impl Bench<'_> {
             .args(["--port", &DAISY_PORT.to_string()])
             .args(["--group", DAISY_GROUP])
             .args(["--interface", HOST_IP])
+            .args(["--bind", HOST_IP])
             .args(["--net", if isolated { "arca" } else { "std" }])
             .args(["--deadline", &deadline_arg])
             .arg("--no-progress")

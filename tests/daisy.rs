@@ -7,13 +7,16 @@
 //! multiple of the payload size; input from a pipe with short reads; one receiver too many.
 //!
 //! Needs root or unprivileged namespaces (prints `SKIPPED: …` otherwise). The binaries come
-//! from the test's own target directory (built with `$CARGO` if missing). Tests run one at a
+//! from the test's own target directory (built with `$CARGO` if missing). `cargo test
+//! --workspace` builds them fresh; `cargo test --test daisy` alone runs whatever is there, so
+//! rebuild first (`cargo build --release -p daisy -p arca-monitor --bins`). Tests run one at a
 //! time (they move hundreds of MiB on two cores) and each has its own port and group anyway.
 //! Every wait is bounded by the test's deadline; every child dies with its guard.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -185,6 +188,8 @@ fn start_sender(
         .args(["--port", &net.port.to_string()])
         .args(["--group", &net.group.to_string()])
         .args(["--interface", "127.0.0.1"])
+        // The monitor's default policy lets a guest listen on loopback only.
+        .args(["--bind", "127.0.0.1"])
         .arg("--no-progress")
         .args(with_deadline(extra));
     let feed = match input {
@@ -555,7 +560,7 @@ fn a_receiver_killed_mid_transfer_is_dropped() {
     drop(release);
     let v = victim.finish(deadline);
     assert_eq!(
-        v.status.signal_number(),
+        v.status.signal(),
         Some(libc::SIGKILL),
         "victim: {}",
         describe(v.status)
@@ -603,7 +608,7 @@ fn datagram(seq: u32, payload: &[u8]) -> Vec<u8> {
 /// Watches the group and answers every genuine data datagram with forgeries for the same
 /// round: a copy of it with two words changed so that the additive sum still matches, and
 /// random payloads (correct sum) for other sequence numbers of that round. Stops when `stop`
-/// is set, after 40 s, or after 400,000 forgeries; returns how many it sent.
+/// is set, after 40 s, or after 400,000 forgeries; counts them in `sent`.
 fn forger(net: Net, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> JoinHandle<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let watch = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
@@ -820,15 +825,4 @@ fn a_receiver_beyond_clients_is_refused_clearly() {
         r.assert_exact(len, &sha);
     }
     assert_sender_ok(status, &err, len, &sha, 2);
-}
-
-/// `ExitStatus::signal` without importing the trait at every use.
-trait SignalNumber {
-    fn signal_number(&self) -> Option<i32>;
-}
-
-impl SignalNumber for ExitStatus {
-    fn signal_number(&self) -> Option<i32> {
-        std::os::unix::process::ExitStatusExt::signal(self)
-    }
 }

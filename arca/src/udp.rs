@@ -157,9 +157,45 @@ impl UdpSocket {
         self.send_impl(buf, peer)
     }
 
-    fn send_impl(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        let i = &self.inner;
-        let header = DatagramHeader::new(buf.len(), addr).map_err(|e| {
+    /// Sends several datagrams to `addr`, each gathered from its parts (as an `iovec` list
+    /// would be), and hands them to the monitor together: one publish and at most one
+    /// doorbell per batch instead of per datagram. This is the call for a sender that
+    /// streams many datagrams (a multicast distributor, say).
+    ///
+    /// Returns how many datagrams were queued, in order. Blocking, that is all of them;
+    /// non-blocking (or once the write timeout passes) it is as many as had room, and
+    /// `WouldBlock` (or `TimedOut`) only if that is none.
+    ///
+    /// # Errors
+    /// As [`send_to`](Self::send_to); a datagram too large for UDP is refused with
+    /// `InvalidInput` before any of the batch is queued.
+    pub fn send_many_to<R: AsRef<[P]>, P: AsRef<[u8]>>(
+        &self,
+        datagrams: &[R],
+        addr: impl ToSocketAddrs,
+    ) -> io::Result<usize> {
+        let addr = first_addr(addr)?;
+        let mut headers = Vec::with_capacity(datagrams.len());
+        for d in datagrams {
+            let len = d.as_ref().iter().map(|p| p.as_ref().len()).sum();
+            headers.push(Self::header(len, addr)?.to_bytes());
+        }
+        // Each record: the datagram header, then the datagram's parts.
+        let records: Vec<Vec<&[u8]>> = datagrams
+            .iter()
+            .zip(&headers)
+            .map(|(d, h)| {
+                let mut parts = Vec::with_capacity(d.as_ref().len() + 1);
+                parts.push(&h[..]);
+                parts.extend(d.as_ref().iter().map(AsRef::as_ref));
+                parts
+            })
+            .collect();
+        self.queue(&records, true)
+    }
+
+    fn header(len: usize, addr: SocketAddr) -> io::Result<DatagramHeader> {
+        DatagramHeader::new(len, addr).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -167,31 +203,64 @@ impl UdpSocket {
                     max_datagram_for(&addr)
                 ),
             )
-        })?;
-        let raw = header.to_bytes();
+        })
+    }
+
+    fn send_impl(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        let raw = Self::header(buf.len(), addr)?.to_bytes();
+        self.queue(&[[&raw[..], buf]], false)?;
+        Ok(buf.len())
+    }
+
+    /// Queues whole records (header and payload parts) into the send ring, waiting for room
+    /// as the socket's mode says. With `partial`, returns once some are queued and the rest
+    /// would have to wait past the mode's limit; otherwise all or an error.
+    fn queue<R: AsRef<[P]>, P: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        partial: bool,
+    ) -> io::Result<usize> {
+        let i = &self.inner;
         let deadline = lock(&i.write_timeout).map(|t| Instant::now() + t);
         let mut tx = lock(&i.tx);
-        loop {
-            match tx.write_record(&[&raw, buf]) {
-                Ok(()) => return Ok(buf.len()),
+        let mut done = 0;
+        while done < records.len() {
+            match tx.write_records(&records[done..]) {
+                Ok(n) => {
+                    done += n;
+                    continue;
+                }
                 Err(RingError::WouldBlock) => {}
                 Err(RingError::BrokenPipe | RingError::Closed) => return Err(self.closed_error()),
                 Err(e) => return Err(e.into()),
             }
+            let stop = |e: io::Error| {
+                if partial && done > 0 {
+                    Ok(done)
+                } else {
+                    Err(e)
+                }
+            };
             if i.nonblocking.load(Ordering::Relaxed) {
-                return Err(io::ErrorKind::WouldBlock.into());
+                return stop(io::ErrorKind::WouldBlock.into());
             }
             let w = SessionWait {
                 shared: &i.owner.shared,
                 cancel: None,
             };
-            match tx.wait_writable_for(&w, deadline, header.record_len()) {
+            let need: usize = records[done]
+                .as_ref()
+                .iter()
+                .map(|p| p.as_ref().len())
+                .sum();
+            match tx.wait_writable_for(&w, deadline, need) {
                 Ok(()) => {}
-                Err(WaitError::TimedOut) => return Err(timed_out()),
+                Err(WaitError::TimedOut) => return stop(timed_out()),
                 Err(WaitError::PeerGone) => return Err(gone()),
                 Err(WaitError::Io(e)) => return Err(e),
             }
         }
+        Ok(done)
     }
 
     /// Receives one datagram; returns its length (truncated to `buf`, the rest discarded, as

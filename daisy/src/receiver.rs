@@ -154,7 +154,12 @@ pub struct Receiver {
     requests: u32,
     end: Option<([u8; 32], u64)>,
     out: Vec<Range<usize>>,
+    /// SHA-256 of everything delivered before this round.
     sha: Sha256,
+    /// `sha` extended over this round's first `hashed` slots (hashed while packets arrive,
+    /// so little is left to hash when the round completes).
+    next_sha: Sha256,
+    hashed: usize,
     last_heard: Instant,
     now: Instant,
     settle_until: Option<Instant>,
@@ -191,6 +196,8 @@ impl Receiver {
             end: None,
             out: Vec::new(),
             sha: Sha256::new(),
+            next_sha: Sha256::new(),
+            hashed: 0,
             last_heard: now,
             now,
             settle_until: None,
@@ -381,6 +388,7 @@ impl Receiver {
         self.checks.clear();
         self.round_digest = None;
         self.end = None;
+        self.restart_hash();
         self.held = 0;
         self.slot = PLAIN_MAX_PAYLOAD;
         let n = h.pkt_count as usize;
@@ -557,16 +565,12 @@ impl Receiver {
             };
         }
         self.out.extend(run);
-        let mut next = self.sha.clone();
-        for r in &self.out {
-            if let Some(d) = self.data.get(r.clone()) {
-                next.update(d);
-            }
-        }
+        self.hash_prefix();
         if let Some(want) = self.round_digest {
-            let got: [u8; 32] = next.clone().finalize().into();
+            let got: [u8; 32] = self.next_sha.clone().finalize().into();
             if got != want {
                 self.out.clear();
+                self.restart_hash();
                 if !self.checks.is_empty() {
                     return Err(RecvError::Digest {
                         sender: wire::hex(&want),
@@ -581,7 +585,7 @@ impl Receiver {
                 return Ok(());
             }
         }
-        self.sha = next;
+        self.sha = self.next_sha.clone();
         self.stats.bytes += u64::from(self.round.buffer_size);
         self.stats.packets += u64::from(self.round.pkt_count);
         if self.round.pkt_count == 0 {
@@ -654,6 +658,9 @@ impl Receiver {
             return;
         }
         self.store(i, payload);
+        if i == self.hashed {
+            self.hash_prefix();
+        }
         if self.settle_until.is_some() && self.held == self.round.pkt_count {
             self.settle_until = None;
             if let Err(e) = self.after_sent() {
@@ -674,8 +681,27 @@ impl Receiver {
         }
     }
 
+    /// Extends `next_sha` over the held slots that follow the hashed prefix.
+    fn hash_prefix(&mut self) {
+        while let Some(&HELD) = self.marks.get(self.hashed) {
+            let start = self.hashed * self.slot;
+            let len = self.lens.get(self.hashed).map_or(0, |&l| l as usize);
+            if let Some(d) = self.data.get(start..start + len) {
+                self.next_sha.update(d);
+            }
+            self.hashed += 1;
+        }
+    }
+
+    /// Forgets this round's hashing (its slots changed or were found bad).
+    fn restart_hash(&mut self) {
+        self.next_sha = self.sha.clone();
+        self.hashed = 0;
+    }
+
     /// With per-packet checks in hand, empties every held slot whose check fails.
     fn discard_failing(&mut self) {
+        self.restart_hash();
         let base = self.round.packet_id_base;
         for i in 0..self.marks.len() {
             if self.marks[i] != HELD {

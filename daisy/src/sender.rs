@@ -74,8 +74,10 @@ const RATE_START: f64 = 600e6;
 /// Adaptive rate bounds (bytes per second).
 const RATE_MIN: f64 = 1e6;
 const RATE_MAX: f64 = 20e9;
-/// Token bucket depth: the most bytes sent in one burst.
-const BURST_BYTES: f64 = 512.0 * 1024.0;
+/// Token bucket depth: 10 ms at the current rate (at least 64 KiB), so an unthrottled round
+/// leaves in one burst (every sleep costs a scheduler wake-up) and a throttled one is spread.
+const BURST_SECS: f64 = 0.010;
+const BURST_MIN: f64 = 64.0 * 1024.0;
 /// Packets per [`Action::Multicast`].
 const BATCH: u32 = 64;
 /// Most packets emitted by one `handle_timeout` call, so the shell keeps serving TCP.
@@ -265,7 +267,7 @@ impl Sender {
             eof: false,
             sha: Sha256::new(),
             next_index: 0,
-            tokens: BURST_BYTES,
+            tokens: BURST_MIN,
             refill_at: now,
             rate,
             stats: SenderStats {
@@ -344,11 +346,13 @@ impl Sender {
                     at += used;
                     if let Err(why) = self.on_msg(id, msg) {
                         self.drop_rx(id, DropReason::Protocol(why));
+                        self.advance();
                         return;
                     }
                 }
                 Err(e) => {
                     self.drop_rx(id, DropReason::Protocol(e.to_string()));
+                    self.advance();
                     return;
                 }
             }
@@ -388,7 +392,7 @@ impl Sender {
         if self.phase != Phase::Filling {
             return;
         }
-        let cap = self.round_capacity();
+        let cap = self.round_capacity().min(self.buf.len());
         let n = n.min(cap);
         let ps = self.round_payload;
         let count = n.div_ceil(ps);
@@ -770,7 +774,8 @@ impl Sender {
             .saturating_duration_since(self.refill_at)
             .as_secs_f64();
         self.refill_at = self.now;
-        self.tokens = (self.tokens + dt * self.rate).min(BURST_BYTES);
+        let burst = (self.rate * BURST_SECS).max(BURST_MIN);
+        self.tokens = (self.tokens + dt * self.rate).min(burst);
         let pkt = (self.round_payload + PACKET_HEADER_LEN + 28) as f64;
         let mut sent = 0u32;
         while self.tokens > 0.0 && self.next_index < self.round.pkt_count && sent < MAX_PER_TURN {
@@ -824,5 +829,121 @@ impl Sender {
         }
         self.phase = Phase::Finished;
         self.actions.push_back(Action::Finished);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn cfg() -> SenderConfig {
+        SenderConfig {
+            clients: 1,
+            group: SocketAddrV4::new(Ipv4Addr::new(224, 238, 0, 31), 18383),
+            payload_size: 4,
+            packets_per_buffer: 2,
+            rate: None,
+            deadline: Duration::from_secs(1),
+            min_complete: 1,
+            extensions: true,
+        }
+    }
+
+    fn drain(s: &mut Sender) -> Vec<Action> {
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    /// One receiver, first round filled with `data`, receiver ready and multicast done.
+    fn in_collect(data: &[u8]) -> (Sender, Instant) {
+        let t = Instant::now();
+        let mut s = Sender::new(cfg(), t).unwrap();
+        let id = s.handle_connect("127.0.0.1:1".parse().unwrap(), t).unwrap();
+        assert!(drain(&mut s).contains(&Action::Fill));
+        s.buffer_mut()[..data.len()].copy_from_slice(data);
+        s.handle_filled(data.len(), t);
+        s.handle_tcp(id, &[CLIENT_READY_BYTE], t);
+        s.handle_timeout(t);
+        let acts = drain(&mut s);
+        assert!(acts.iter().any(|a| matches!(a, Action::Multicast { .. })));
+        assert!(acts.contains(&Action::SendTcp {
+            to: id,
+            bytes: vec![SERVER_SENT]
+        }));
+        (s, t)
+    }
+
+    const CLIENT_READY_BYTE: u8 = wire::CLIENT_READY;
+
+    #[test]
+    fn repair_answers_in_order_and_zero_for_unknown() {
+        let (mut s, t) = in_collect(b"abcdefg");
+        let mut req = Vec::new();
+        wire::encode_req(&[1, 99, 0], &mut req);
+        s.handle_tcp(ReceiverId(0), &req, t);
+        let Some(Action::SendTcp { bytes, .. }) = s.poll_action() else {
+            panic!("expected a repair answer");
+        };
+        let mut want = Vec::new();
+        wire::encode_packet(1, b"efg", &mut want);
+        want.extend_from_slice(
+            &PacketHeader {
+                seq: 99,
+                crc: 0,
+                data_size: 0,
+            }
+            .encode(),
+        );
+        wire::encode_packet(0, b"abcd", &mut want);
+        assert_eq!(bytes, want);
+        assert_eq!(s.stats().repaired, 3);
+    }
+
+    #[test]
+    fn garbage_drops_the_receiver_and_fails() {
+        let (mut s, t) = in_collect(b"abcdefg");
+        s.handle_tcp(ReceiverId(0), &[0x77], t);
+        let acts = drain(&mut s);
+        assert!(matches!(
+            acts.first(),
+            Some(Action::Close {
+                reason: Some(DropReason::Protocol(_)),
+                ..
+            })
+        ));
+        assert!(acts.contains(&Action::Finished));
+        assert!(!s.succeeded());
+    }
+
+    #[test]
+    fn stalled_receiver_is_dropped_at_the_deadline() {
+        let (mut s, t) = in_collect(b"abcdefg");
+        s.handle_timeout(t + Duration::from_millis(999));
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(1)));
+        s.handle_timeout(t + Duration::from_secs(1));
+        let acts = drain(&mut s);
+        assert!(matches!(
+            acts.first(),
+            Some(Action::Close {
+                reason: Some(DropReason::Stalled { .. }),
+                ..
+            })
+        ));
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        let t = Instant::now();
+        let mut c = cfg();
+        c.payload_size = 0;
+        assert_eq!(Sender::new(c, t).err(), Some(ConfigError::PayloadSize(0)));
+        let mut c = cfg();
+        c.packets_per_buffer = 65_537;
+        assert!(Sender::new(c, t).is_err());
+        let mut c = cfg();
+        c.clients = 0;
+        assert_eq!(Sender::new(c, t).err(), Some(ConfigError::NoClients));
     }
 }

@@ -263,7 +263,8 @@ fn isolated_sender_through_the_monitor() {
             &port.to_string(),
             "--no-progress",
         ])
-        .args(["--deadline", "20", "--net", "arca"])
+        // The monitor's default policy lets a guest listen on loopback only.
+        .args(["--deadline", "20", "--net", "arca", "--bind", "127.0.0.1"])
         .arg(&file)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())

@@ -92,14 +92,15 @@ fn guest_entry() {
     }
 }
 
-/// The guest `scripts/valgrind` runs under `arca-monitor run` (itself under
-/// memcheck): TCP echo with a host peer and with its own listener, UDP both
+/// The guest `scripts/valgrind` runs under `arca-monitor run`, or attached
+/// to `arca-monitor serve` at `ARCA_TEST_SOCKET` (the monitor under
+/// memcheck either way): TCP echo with a host peer and with its own listener, UDP both
 /// ways with a host socket, every byte checked; then it exits 0.
 fn valgrind_guest() {
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let host_addr = host.local_addr().unwrap();
     std::thread::spawn(move || {
-        for s in host.incoming().take(4) {
+        for s in host.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16384];
@@ -112,9 +113,18 @@ fn valgrind_guest() {
             });
         }
     });
-    let s = ArcaSession::from_env().expect("session from ARCA_FD");
+    let s = match std::env::var(SOCKET) {
+        Ok(path) => ArcaSession::attach(path).expect("attach"),
+        Err(_) => ArcaSession::from_env().expect("session from ARCA_FD"),
+    };
+    println!("valgrind-guest: attached");
     let mut bytes = 0u64;
-    for i in 0..3 {
+    // `ARCA_TEST_REPEAT` makes a long-running guest, for killing mid-run.
+    let repeat: u64 = std::env::var("ARCA_TEST_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for i in 0..3 * repeat {
         let c = s.connect(host_addr).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         bytes += echo_verified(&c, i, 1 << 20).expect("echo with the host");
@@ -676,4 +686,31 @@ fn a_guest_attaching_the_moment_the_socket_appears_is_served() {
         drop(s);
         let _ = std::fs::remove_file(&path);
     }
+}
+
+#[test]
+fn run_guest_without_a_pidfd_sees_the_guest_exit() {
+    // Where `pidfd_open` is missing (old kernels, valgrind) the monitor polls
+    // for the guest's exit instead; it must still notice it promptly.
+    let _serial = serial();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut spawned, _) = arca_monitor::guest::spawn(
+            &"/bin/sh".into(),
+            &["-c".into(), "sleep 0.2; exit 7".into()],
+            false,
+        )
+        .expect("spawn");
+        let mut m = arca_monitor::Monitor::new(Config::default()).expect("monitor");
+        m.add_guest(spawned.sock).expect("session");
+        let t = Instant::now();
+        let out = m.run_guest(&mut spawned.child, None);
+        let _ = tx.send((out.map_err(|e| e.to_string()), t.elapsed()));
+    });
+    let (out, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("run_guest never returned after the guest exited");
+    let arca_monitor::GuestOutcome::Exited(status) = out.expect("run_guest");
+    assert_eq!(status.code(), Some(7));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }

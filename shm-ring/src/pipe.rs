@@ -538,6 +538,46 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_records_writes_the_whole_ones_that_fit_with_one_publish() {
+        let f = fixture();
+        let (mut owner, mut peer) = pair(&f, 64);
+        let mut got = [0u8; 64];
+        for round in 0u8..40 {
+            // Four 3 + 12-byte records; 60 of 64 bytes: all fit, the fifth does not.
+            let bodies: Vec<[u8; 12]> = (0..5).map(|i| [round ^ i; 12]).collect();
+            let heads: Vec<[u8; 3]> = (0..5).map(|i| [round, i, 0xAA]).collect();
+            let records: Vec<[&[u8]; 2]> =
+                (0..5).map(|i| [&heads[i][..], &bodies[i][..]]).collect();
+            assert_eq!(peer.tx().write_records(&records).unwrap(), 4);
+            assert_eq!(owner.rx().available().unwrap(), 60);
+            assert_eq!(
+                peer.tx().write_records(&records[4..]),
+                Err(RingError::WouldBlock)
+            );
+            assert_eq!(owner.read(&mut got).unwrap(), 60);
+            for i in 0..4 {
+                assert_eq!(&got[i * 15..i * 15 + 3], &heads[i]);
+                assert_eq!(&got[i * 15 + 3..i * 15 + 15], &bodies[i]);
+            }
+        }
+        let empty: [[&[u8]; 1]; 0] = [];
+        assert_eq!(peer.tx().write_records(&empty).unwrap(), 0);
+        assert_eq!(
+            peer.tx().write_records(&[[&[0u8; 65][..]]]),
+            Err(RingError::RecordTooLarge {
+                len: 65,
+                capacity: 64
+            })
+        );
+        // A too-large record after written ones ends the batch; it is not an error yet.
+        let big = [0u8; 65];
+        let batch: [&[u8]; 2] = [&[1u8; 10], &big];
+        let records: Vec<[&[u8]; 1]> = batch.iter().map(|b| [*b]).collect();
+        assert_eq!(peer.tx().write_records(&records).unwrap(), 1);
+        assert_eq!(owner.read(&mut got).unwrap(), 10);
+    }
+
+    #[test]
     fn records_are_whole_or_absent_across_the_wrap() {
         let f = fixture();
         let (mut owner, mut peer) = pair(&f, 64);

@@ -654,27 +654,56 @@ impl Producer {
     /// record, [`RingError::RecordTooLarge`] if it could never fit, and
     /// [`write`](Self::write)'s other errors.
     pub fn write_record(&mut self, parts: &[&[u8]]) -> Result<(), RingError> {
+        self.write_records(&[parts]).map(|_| ())
+    }
+
+    /// Writes as many of `records` as fit, in order, each whole (its parts back
+    /// to back), and makes them visible with **one** publish — one `tail`
+    /// store and at most one doorbell for the batch. Returns how many records
+    /// were written; the rest are untouched, for the caller to offer again.
+    ///
+    /// # Errors
+    /// [`RingError::WouldBlock`] when not even the first record fits now,
+    /// [`RingError::RecordTooLarge`] if the first record could never fit, and
+    /// [`write`](Self::write)'s other errors. Empty `records` write nothing.
+    pub fn write_records<R: AsRef<[P]>, P: AsRef<[u8]>>(
+        &mut self,
+        records: &[R],
+    ) -> Result<usize, RingError> {
         self.check_open()?;
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > self.mem.cap() {
-            return Err(RingError::RecordTooLarge {
-                len,
-                capacity: self.mem.cap(),
-            });
+        let cap = self.mem.cap();
+        let mut pos = self.tail;
+        let mut written = 0;
+        let mut bytes = 0usize;
+        for record in records {
+            let parts = record.as_ref();
+            let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+            if len > cap {
+                if written > 0 {
+                    break;
+                }
+                return Err(RingError::RecordTooLarge { len, capacity: cap });
+            }
+            let need = bytes + len;
+            if self.cached_free() < need && self.refresh()? < need {
+                break;
+            }
+            for part in parts {
+                let part = part.as_ref();
+                self.mem.copy_in(pos, part);
+                pos = pos.wrapping_add(part.len() as u64);
+            }
+            bytes = need;
+            written += 1;
         }
-        if self.cached_free() < len && self.refresh()? < len {
+        if written == 0 && !records.is_empty() {
             return Err(RingError::WouldBlock);
         }
-        let mut pos = self.tail;
-        for part in parts {
-            self.mem.copy_in(pos, part);
-            pos = pos.wrapping_add(part.len() as u64);
-        }
-        if len > 0 {
+        if bytes > 0 {
             self.offered = 0;
-            self.publish(len);
+            self.publish(bytes);
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Makes `n` more bytes visible to the consumer and wakes it if it sleeps.

@@ -164,7 +164,20 @@ fn run(a: &Args) -> io::Result<SendReport> {
         NetKind::Auto => std::env::var_os(arca::ENV_FD).is_some(),
     };
     if use_arca {
-        run_sender(&ArcaNet::from_env()?, opts, input)
+        let bind = opts.bind;
+        run_sender(&ArcaNet::from_env()?, opts, input).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (the arca monitor's policy refused it; its default allows listening \
+                         on loopback only: try --bind 127.0.0.1, bound {bind} now)"
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     } else {
         run_sender(&StdNet, opts, input)
     }
