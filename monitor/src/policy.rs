@@ -442,13 +442,13 @@ fn default_listen() -> Vec<AddrRule> {
     vec![
         AddrRule {
             action: Action::Allow,
-            nets: cidrs(&["127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"]),
+            nets: cidrs(&["127.0.0.0/8", "::1/128"]),
             ports: unprivileged(),
             proto: Proto::Any,
         },
         AddrRule {
             action: Action::Allow,
-            nets: cidrs(&["224.0.0.0/4", "ff00::/8"]),
+            nets: cidrs(&["0.0.0.0/32", "::/128", "224.0.0.0/4", "ff00::/8"]),
             ports: unprivileged(),
             proto: Proto::Udp,
         },
@@ -781,9 +781,8 @@ mod tests {
         assert!(p.listen(sa("127.0.0.2:8080"), Proto::Tcp).allowed);
         assert!(p.listen(sa("[::1]:1024"), Proto::Tcp).allowed);
         assert!(!p.listen(sa("127.0.0.1:80"), Proto::Tcp).allowed);
-        assert!(p.listen(sa("0.0.0.0:8080"), Proto::Tcp).allowed);
-        assert!(p.listen(sa("[::]:8080"), Proto::Tcp).allowed);
-        assert!(!p.listen(sa("0.0.0.0:80"), Proto::Tcp).allowed);
+        assert!(!p.listen(sa("0.0.0.0:8080"), Proto::Tcp).allowed);
+        assert!(!p.listen(sa("[::]:8080"), Proto::Tcp).allowed);
         assert!(!p.listen(sa("10.0.0.1:8080"), Proto::Tcp).allowed);
         assert!(!p.listen(sa("[2001:db8::1]:8080"), Proto::Tcp).allowed);
         assert!(!p.listen(sa("239.1.2.3:8080"), Proto::Tcp).allowed);
