@@ -148,8 +148,18 @@ fn an_incoming_connection_over_quota_is_accepted_and_closed() {
     let m = monitor("[limits]\nconnections = 1\n");
     let s = m.session();
     let mut out = s.connect(echo).unwrap();
-    let l = s.bind("127.0.0.1:0").unwrap();
+    let l = Arc::new(s.bind("127.0.0.1:0").unwrap());
     let addr = l.local_addr().unwrap();
+    // The accept waits in the monitor first, so the refusal is sent from the listener's
+    // readiness event (not from the request's handling).
+    let accepting = {
+        let l = l.clone();
+        std::thread::spawn(move || l.accept().map(|_| ()))
+    };
+    let (pending, st) = m.wait_stats(STEP, |s| {
+        s.first().is_some_and(|s| s.requests_in_flight == 1)
+    });
+    assert!(pending, "the accept is pending: {st:?}");
     let host = std::thread::spawn(move || {
         let mut c = std::net::TcpStream::connect(addr)?;
         c.set_read_timeout(Some(STEP))?;
@@ -161,7 +171,7 @@ fn an_incoming_connection_over_quota_is_accepted_and_closed() {
             Err(e) => Err(e),
         }
     });
-    assert_eq!(kind(l.accept()), ErrorKind::QuotaExceeded);
+    assert_eq!(kind(accepting.join().unwrap()), ErrorKind::QuotaExceeded);
     assert_eq!(host.join().unwrap().unwrap(), 0, "host side closed");
     verify(&mut out, 4);
     let st = only_session(&m);

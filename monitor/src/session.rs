@@ -528,7 +528,12 @@ impl Session {
         match src {
             SessionSource::Bell => self.on_bell(ctx),
             SessionSource::Socket => self.on_socket(),
-            SessionSource::Listener(id) => self.accept_pending(id, ctx),
+            SessionSource::Listener(id) => {
+                self.accept_pending(id, ctx);
+                // A refusal (AcceptErr) enqueues no connection, so no later
+                // `run_ready` would send it: flush now.
+                self.flush_outbox();
+            }
             SessionSource::Conn(id) => self.on_conn_event(id, readable, writable, ctx),
         }
     }
