@@ -29,7 +29,7 @@ use shm_ring::{
 };
 
 use crate::config::Config;
-use crate::policy::{ConnectRate, Decision, LogLimit, Policy, PolicyCounters, Proto};
+use crate::policy::{ConnectRate, Decision, Policy, PolicyCounters, Proto};
 use crate::ratelimit::WarnLimiter;
 use crate::relay::{Progress, Relay, RelayFault};
 use crate::udp::UdpRelay;
@@ -190,7 +190,8 @@ struct Usage {
     counters: PolicyCounters,
     /// Policy drops of UDP sockets already closed.
     udp_denied_closed: u64,
-    logged: LogLimit,
+    /// Bounds the refusals logged (a guest can cause them at will).
+    logged: WarnLimiter,
     /// Process-unique owner id for UDP port sharing (`udp::claim_reuse`).
     owner: u64,
 }
@@ -335,7 +336,7 @@ impl Session {
                 ),
                 counters: PolicyCounters::default(),
                 udp_denied_closed: 0,
-                logged: LogLimit::default(),
+                logged: WarnLimiter::new(),
                 owner: crate::udp::next_owner(),
             },
             frame_warns: WarnLimiter::new(),
@@ -435,8 +436,8 @@ impl Session {
         d: Decision,
     ) -> ErrorCode {
         self.usage.counters.denied += 1;
-        if let Some(suppressed) = self.usage.logged.allow(Instant::now()) {
-            tracing::warn!(session = self.id, request = rid.0, %addr, rule = %d, suppressed, "{what} denied by policy");
+        if allow_warning(&mut self.usage.logged, self.id, "policy") {
+            tracing::warn!(session = self.id, request = rid.0, %addr, rule = %d, "{what} denied by policy");
         }
         ErrorCode::PermissionDenied
     }
@@ -450,11 +451,10 @@ impl Session {
         value: u64,
     ) -> ErrorCode {
         self.usage.counters.quota_hits += 1;
-        if let Some(suppressed) = self.usage.logged.allow(Instant::now()) {
+        if allow_warning(&mut self.usage.logged, self.id, "policy") {
             tracing::warn!(
                 session = self.id,
                 request = rid.map(|r| r.0),
-                suppressed,
                 "{what} refused: {limit} quota of {value} reached"
             );
         }
@@ -528,7 +528,12 @@ impl Session {
         match src {
             SessionSource::Bell => self.on_bell(ctx),
             SessionSource::Socket => self.on_socket(),
-            SessionSource::Listener(id) => self.accept_pending(id, ctx),
+            SessionSource::Listener(id) => {
+                self.accept_pending(id, ctx);
+                // A refusal (AcceptErr) enqueues no connection, so no later
+                // `run_ready` would send it: flush now.
+                self.flush_outbox();
+            }
             SessionSource::Conn(id) => self.on_conn_event(id, readable, writable, ctx),
         }
     }
@@ -1532,6 +1537,7 @@ impl Session {
         for (limiter, what) in [
             (&mut self.frame_warns, "malformed-frame"),
             (&mut self.fault_warns, "pipe-fault"),
+            (&mut self.usage.logged, "policy"),
         ] {
             let suppressed = limiter.poll_suppressed();
             if suppressed > 0 {

@@ -36,7 +36,8 @@ use arca_wire::{
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use shm_ring::{BidirectionalPipe, RingError, Segments};
 
-use crate::policy::{DestCache, LogLimit, Policy};
+use crate::policy::{Decision, DestCache, Policy};
+use crate::ratelimit::WarnLimiter;
 use crate::relay::{Progress, RelayFault};
 
 /// Which owner (a session, by [`next_owner`]) holds `SO_REUSEADDR` UDP
@@ -134,7 +135,7 @@ pub struct UdpRelay {
     /// The outbound policy for `send_to`, if any.
     policy: Option<Arc<Policy>>,
     dests: DestCache,
-    denials_logged: LogLimit,
+    denials_logged: WarnLimiter,
     /// The owning session, for logs.
     session: u64,
     /// Held while the socket is bound with `SO_REUSEADDR`.
@@ -180,7 +181,7 @@ impl UdpRelay {
             published_drops: 0,
             policy: None,
             dests: DestCache::default(),
-            denials_logged: LogLimit::default(),
+            denials_logged: WarnLimiter::new(),
             session: 0,
             _claim: None,
         }
@@ -288,7 +289,7 @@ impl UdpRelay {
             let (policy, dests) = (&self.policy, &mut self.dests);
             let mut allowed = |addr: SocketAddr| match policy {
                 Some(p) => dests.check(p, addr),
-                None => crate::policy::Decision::ALLOW,
+                None => Decision::ALLOW,
             };
             let (batch, denied) = parse_records(&mut self.pipe, &segs, closed, &mut allowed)?;
             if let Some((len, to, decision)) = denied {
@@ -297,12 +298,19 @@ impl UdpRelay {
                 self.counters.denied += 1;
                 let code = ErrorCode::PermissionDenied;
                 self.pipe.status().set(u32::from(code.to_u16()));
-                if let Some(suppressed) = self.denials_logged.allow(Instant::now()) {
+                let v = self.denials_logged.handle_warning(Instant::now());
+                if v.suppressed_before > 0 {
+                    tracing::warn!(
+                        session = self.session,
+                        "{} more denied-datagram warnings suppressed",
+                        v.suppressed_before
+                    );
+                }
+                if v.log {
                     tracing::warn!(
                         session = self.session,
                         %to,
                         rule = %decision,
-                        suppressed,
                         "datagram denied by policy, dropped"
                     );
                 }
@@ -541,25 +549,21 @@ struct Outgoing {
     record_len: usize,
 }
 
+/// A record the policy refuses: its length, destination and the decision.
+type Denied = (usize, SocketAddr, Decision);
+
 /// Reads the headers of up to [`SEND_BATCH`] whole records from the front of
 /// the guest's ring. Each header is copied once into private memory and
 /// checked before anything else is derived from it.
+///
 /// A record whose destination `allowed` refuses ends the batch; when it is
-/// the first, it comes back alone (its length, destination and the decision)
-/// for the caller to drop.
-#[allow(clippy::type_complexity)]
+/// the first, it comes back alone as [`Denied`] for the caller to drop.
 fn parse_records(
     pipe: &mut BidirectionalPipe,
     segs: &Segments,
     writer_closed: bool,
-    allowed: &mut dyn FnMut(SocketAddr) -> crate::policy::Decision,
-) -> Result<
-    (
-        Vec<Outgoing>,
-        Option<(usize, SocketAddr, crate::policy::Decision)>,
-    ),
-    RelayFault,
-> {
+    allowed: &mut dyn FnMut(SocketAddr) -> Decision,
+) -> Result<(Vec<Outgoing>, Option<Denied>), RelayFault> {
     let avail = segs.total();
     let mut out = Vec::with_capacity(SEND_BATCH.min(avail / DATAGRAM_HEADER_LEN + 1));
     let mut off = 0usize;
