@@ -5,26 +5,16 @@
 
 mod util;
 
-use std::io::{ErrorKind, IoSliceMut, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arca::TcpStream;
 use arca_monitor::{Config, Policy};
-use arca_wire::{
-    Bootstrap, ConnId, ErrorCode, FrameDecoder, Handle, ListenerId, Message, RequestId,
-    SocketOption, BOOTSTRAP_LEN,
-};
-use nix::sys::socket::{
-    self as sock, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-};
-use shm_ring::{
-    BidirectionalPipe, Doorbell, NotifyBitmap, PeerWakers, PipeLayout, RingError, ShmOffset,
-    ShmRegion,
-};
+use arca_wire::{ConnId, ErrorCode, Handle, ListenerId, Message, SocketOption};
+use shm_ring::BidirectionalPipe;
+use util::raw_guest::RawGuest;
 use util::{echo_server, pattern, TestMonitor, STEP};
 
 /// A monitor whose guests get `policy_toml`, with small pipes.
@@ -351,114 +341,6 @@ fn multicast_joins_follow_the_multicast_rules() {
 
 // ---- two guests --------------------------------------------------------------------------
 
-/// A guest that writes control frames by hand, to name ids the `arca` API would never name.
-struct RawGuest {
-    _sock: OwnedFd,
-    _region: Arc<ShmRegion>,
-    control: BidirectionalPipe,
-    guest_bell: Doorbell,
-    decoder: FrameDecoder,
-    next: RequestId,
-}
-
-impl RawGuest {
-    fn attach(path: &Path) -> RawGuest {
-        let fd = sock::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        sock::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-        let mut buf = [0u8; 64];
-        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = sock::recvmsg::<()>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .unwrap();
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(r) = c {
-                // SAFETY: descriptors just received are owned by nobody else.
-                fds.extend(r.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
-            }
-        }
-        let n = msg.bytes;
-        assert_eq!((n, fds.len()), (BOOTSTRAP_LEN, 3));
-        let boot = Bootstrap::parse(&buf[..n]).unwrap();
-        let mut fds = fds.into_iter();
-        let region = Arc::new(ShmRegion::open(fds.next().unwrap(), boot.region_size).unwrap());
-        let liveness = Arc::new(fd.try_clone().unwrap());
-        let guest_bell = Doorbell::from_fd(fds.next().unwrap())
-            .unwrap()
-            .with_liveness(liveness);
-        let monitor_bell = Arc::new(Doorbell::from_fd(fds.next().unwrap()).unwrap());
-        let bitmap = Arc::new(
-            NotifyBitmap::new(&region, ShmOffset(boot.bitmap_offset), boot.bitmap_slots).unwrap(),
-        );
-        let layout = PipeLayout::new(
-            ShmOffset(boot.control_offset),
-            u64::from(boot.control_cap_to_monitor),
-            u64::from(boot.control_cap_to_guest),
-        )
-        .unwrap();
-        let wake = PeerWakers::single(Arc::new(bitmap.notifier(0, monitor_bell)));
-        let control = BidirectionalPipe::attach(&region, layout, wake).unwrap();
-        let mut g = RawGuest {
-            _sock: fd,
-            _region: region,
-            control,
-            guest_bell,
-            decoder: FrameDecoder::new(),
-            next: RequestId(1),
-        };
-        assert!(matches!(g.call(&Message::hello()), Message::HelloOk { .. }));
-        g
-    }
-
-    /// Sends `msg` and returns the monitor's reply to it (bounded wait).
-    fn call(&mut self, msg: &Message) -> Message {
-        let id = self.next;
-        self.next = id.next();
-        let deadline = Instant::now() + STEP;
-        let frame = msg.to_frame(id);
-        let mut rest = &frame[..];
-        while !rest.is_empty() {
-            match self.control.write(rest) {
-                Ok(n) => rest = &rest[n..],
-                Err(RingError::WouldBlock) => self
-                    .control
-                    .tx()
-                    .wait_writable(&self.guest_bell, Some(deadline))
-                    .unwrap(),
-                Err(e) => panic!("control write: {e}"),
-            }
-        }
-        let mut buf = [0u8; 2048];
-        loop {
-            if let Some(f) = self.decoder.next_frame().unwrap() {
-                assert_eq!(f.request_id, id, "reply matches request");
-                return f.message;
-            }
-            match self.control.read(&mut buf) {
-                Ok(0) => panic!("session ended"),
-                Ok(n) => assert_eq!(self.decoder.feed(&buf[..n]), n),
-                Err(RingError::WouldBlock) => self
-                    .control
-                    .rx()
-                    .wait_readable(&self.guest_bell, Some(deadline))
-                    .unwrap(),
-                Err(e) => panic!("control read: {e}"),
-            }
-        }
-    }
-}
-
 #[test]
 fn a_guest_cannot_name_close_or_take_another_guests_resources() {
     let echo = echo_server();
@@ -475,6 +357,7 @@ fn a_guest_cannot_name_close_or_take_another_guests_resources() {
 
     // Guest B holds nothing, so every id of A's is unknown to it: a clean NotFound each.
     let mut b = RawGuest::attach(&m.path);
+    b.hello();
     let not_found = |r: Message| match r {
         Message::CloseErr { code }
         | Message::AcceptErr { code }
