@@ -66,8 +66,9 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     control_tx: Mutex<Producer>,
     next_id: AtomicU32,
-    /// Requests in flight; `None` once the session is dead.
-    pending: Mutex<Option<HashMap<u32, mpsc::Sender<Reply>>>>,
+    /// Requests in flight, each with whether its reply is due promptly (see
+    /// [`Pending`]); `None` once the session is dead.
+    pending: Mutex<Option<HashMap<u32, Pending>>>,
     epoch: Mutex<Epoch>,
     cond: Condvar,
     dead: AtomicBool,
@@ -249,10 +250,13 @@ impl Shared {
     pub(crate) fn start_request(&self, msg: &Message) -> io::Result<mpsc::Receiver<Reply>> {
         let id = self.next_request_id();
         let (tx, rx) = mpsc::channel();
+        // An accept is answered when a peer connects, which may be never: the dispatcher
+        // must not spin for it.
+        let prompt = !matches!(msg, Message::AcceptRequest { .. });
         match lock(&self.pending).as_mut() {
             None => return Err(gone()),
             Some(map) => {
-                map.insert(id.0, tx);
+                map.insert(id.0, Pending { tx, prompt });
             }
         }
         if let Err(e) = self.send_frame(id, msg) {
@@ -345,7 +349,8 @@ impl Shared {
     fn complete(&self, frame: Frame) {
         let sender = lock(&self.pending)
             .as_mut()
-            .and_then(|m| m.remove(&frame.request_id.0));
+            .and_then(|m| m.remove(&frame.request_id.0))
+            .map(|p| p.tx);
         let msg = frame.message;
         match sender {
             Some(s) => {
@@ -359,10 +364,19 @@ impl Shared {
 
     fn fail_request(&self, id: RequestId, err: io::Error) {
         let sender = lock(&self.pending).as_mut().and_then(|m| m.remove(&id.0));
-        if let Some(s) = sender {
+        if let Some(Pending { tx: s, .. }) = sender {
             let _ = s.send(Err(err));
         }
     }
+}
+
+/// A request in flight: where its reply goes, and whether that reply is due promptly (every
+/// request but an accept, which waits for a peer) — the dispatcher spins briefly only for
+/// those.
+#[derive(Debug)]
+struct Pending {
+    tx: mpsc::Sender<Reply>,
+    prompt: bool,
 }
 
 /// Owns the dispatcher: dropping the last handle stops it (and so ends the session).
@@ -455,10 +469,10 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
 /// How long the dispatcher polls for a due reply before it sleeps.
 const REPLY_SPIN: Duration = Duration::from_micros(50);
 
-fn requests_in_flight(shared: &Shared) -> bool {
+fn replies_due(shared: &Shared) -> bool {
     lock(&shared.pending)
         .as_ref()
-        .is_some_and(|m| !m.is_empty())
+        .is_some_and(|m| m.values().any(|p| p.prompt))
 }
 
 /// Polls the control ring for up to [`REPLY_SPIN`]; true if it became readable.
@@ -488,10 +502,10 @@ fn dispatch(shared: &Shared, mut rx: Consumer) {
             break;
         }
         shared.bump();
-        // While requests are in flight a reply is due soon: poll for it for a
+        // While a prompt reply is due (any request but an accept), poll for it for a
         // short while instead of paying a sleep and a wake (the monitor does
         // the same after work). Idle sessions never spin.
-        if requests_in_flight(shared) && spin_for_reply(&mut rx) {
+        if replies_due(shared) && spin_for_reply(&mut rx) {
             continue;
         }
         if rx.arm() {
