@@ -35,3 +35,12 @@ pub mod send_shell;
 pub mod sender;
 mod sys;
 pub mod wire;
+
+/// Throughput in MB/s (10^6 bytes per second), as the summary lines print it; 0 for no time.
+pub(crate) fn mbps(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e6
+    } else {
+        0.0
+    }
+}

@@ -261,11 +261,7 @@ fn spinner(on: bool) -> Option<indicatif::ProgressBar> {
 /// Formats the receiver's summary line.
 pub fn summary_line(r: &RecvReport) -> String {
     let s = &r.stats;
-    let mbps = if r.seconds > 0.0 {
-        s.bytes as f64 / r.seconds / 1e6
-    } else {
-        0.0
-    };
+    let mbps = crate::mbps(s.bytes, r.seconds);
     format!(
         "daisy-recv: summary bytes={} packets={} repaired={} duplicates={} rejected={} \
          seconds={:.3} mbps={:.1} sha256={}",

@@ -290,11 +290,7 @@ fn progress_bar(on: bool, len: Option<u64>) -> Option<indicatif::ProgressBar> {
 /// Formats the sender's summary line.
 pub fn summary_line(r: &SendReport) -> String {
     let s = &r.stats;
-    let mbps = if r.seconds > 0.0 {
-        s.bytes as f64 / r.seconds / 1e6
-    } else {
-        0.0
-    };
+    let mbps = crate::mbps(s.bytes, r.seconds);
     format!(
         "daisy-send: summary bytes={} packets={} repaired={} duplicates={} dropped_receivers={} \
          completed_receivers={} seconds={:.3} mbps={:.1} sha256={}",

@@ -168,22 +168,7 @@ pub fn recv_batch(fd: BorrowedFd<'_>, b: &mut RecvBatch) -> io::Result<usize> {
 /// # Errors
 /// The `setsockopt` error (`EPERM` when not privileged).
 pub fn set_rcvbuf_force(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    let v: libc::c_int = bytes.try_into().unwrap_or(libc::c_int::MAX);
-    // SAFETY: passes a pointer to a live c_int and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    set_int_option(fd, libc::SO_RCVBUFFORCE, bytes)
 }
 
 /// Sets `SO_SNDBUFFORCE` (root may exceed `wmem_max`).
@@ -191,13 +176,18 @@ pub fn set_rcvbuf_force(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
 /// # Errors
 /// The `setsockopt` error.
 pub fn set_sndbuf_force(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    set_int_option(fd, libc::SO_SNDBUFFORCE, bytes)
+}
+
+/// A `SOL_SOCKET` option whose value is a C int (`bytes` clamped to its range).
+fn set_int_option(fd: BorrowedFd<'_>, option: libc::c_int, bytes: usize) -> io::Result<()> {
     let v: libc::c_int = bytes.try_into().unwrap_or(libc::c_int::MAX);
     // SAFETY: passes a pointer to a live c_int and its exact size.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
+            option,
             (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
