@@ -74,6 +74,73 @@ mod cmd {
     pub const ECHO_SOCK: u8 = b'e';
     pub const ECHO_PIPE: u8 = b'q';
     pub const ECHO_EVENTFD: u8 = b'v';
+    pub const ECHO_LINE: u8 = b'L';
+}
+
+/// One shared page holding the word of the cache-line ping-pong: the floor
+/// for any polling round trip between these two CPUs, measured in the same
+/// run (on a VM it moves with where the host puts the vCPUs).
+struct Line(memmap2::MmapMut);
+
+impl Line {
+    fn create() -> io::Result<(Self, OwnedFd)> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"ring-bench-line",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )?;
+        let file = File::from(fd);
+        file.set_len(4096)?;
+        let peer = file.as_fd().try_clone_to_owned()?;
+        Ok((Self::map(&file)?, peer))
+    }
+
+    fn map(file: &File) -> io::Result<Self> {
+        // SAFETY: the memfd is ours and the peer's only; both touch the page
+        // solely through the atomic below.
+        Ok(Self(unsafe { memmap2::MmapMut::map_mut(file)? }))
+    }
+
+    fn word(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: the mapping is page-aligned, 4096 bytes long and lives as
+        // long as `self`; every access to it is atomic.
+        unsafe { &*self.0.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
+    }
+}
+
+/// The value that ends the line ping-pong (odd, like every ping).
+const LINE_STOP: u64 = u64::MAX;
+
+/// Spins until `word` holds a value for which `done` holds; gives up after
+/// [`IO_TIMEOUT`].
+fn spin_for(word: &std::sync::atomic::AtomicU64, done: impl Fn(u64) -> bool) -> io::Result<u64> {
+    use std::sync::atomic::Ordering;
+    let mut spins = 0u32;
+    let mut since: Option<Instant> = None;
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if done(v) {
+            return Ok(v);
+        }
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins & 0xffff == 0 && since.get_or_insert_with(Instant::now).elapsed() > IO_TIMEOUT {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+    }
+}
+
+/// The peer's side of the line ping-pong: answers each odd ping `v` with
+/// `v + 1` until [`LINE_STOP`].
+fn echo_line(line: &Line) -> io::Result<()> {
+    let word = line.word();
+    loop {
+        let v = spin_for(word, |v| v % 2 == 1)?;
+        if v == LINE_STOP {
+            word.store(0, std::sync::atomic::Ordering::Release);
+            return Ok(());
+        }
+        word.store(v + 1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 // ------------------------------------------------------------ shared loops
@@ -205,6 +272,7 @@ fn peer(env: &ChildEnv) -> Result<(), Error> {
     let mut pipe_up = File::from(env.take_fd("PIPE_UP")?);
     let mut ping = File::from(env.take_fd("PING")?);
     let mut pong = File::from(env.take_fd("PONG")?);
+    let line = Line::map(&File::from(env.take_fd("LINE")?))?;
     loop {
         let mut c = [0u8; 1];
         if control.read(&mut c)? == 0 {
@@ -234,6 +302,7 @@ fn peer(env: &ChildEnv) -> Result<(), Error> {
             cmd::ECHO_SOCK => echo(&mut &sock, &mut &sock),
             cmd::ECHO_PIPE => echo(&mut pipe_down, &mut pipe_up),
             cmd::ECHO_EVENTFD => echo_eventfd(&mut ping, &mut pong),
+            cmd::ECHO_LINE => echo_line(&line),
             other => Err(io::Error::other(format!("unknown command {other}"))),
         };
         control.write_all(&[u8::from(r.is_err())])?;
@@ -253,6 +322,7 @@ struct Bench {
     pipe_up: File,
     ping: File,
     pong: File,
+    line: Line,
     payload: Vec<u8>,
     /// CPUs available when the bench started (before any pinning).
     cpus: usize,
@@ -296,13 +366,15 @@ impl Bench {
         let (down_r, pipe_down) = pipe()?;
         let (pipe_up, up_w) = pipe()?;
         let (ping, pong) = (eventfd()?, eventfd()?);
+        let (line, line_peer) = Line::create()?;
         let cmd = ChildCommand::new(ROLE)
             .fd("CONTROL", control_peer.into())
             .fd("SOCK", sock_peer.into())
             .fd("PIPE_DOWN", down_r.into())
             .fd("PIPE_UP", up_w.into())
             .fd("PING", ping.as_fd().try_clone_to_owned()?)
-            .fd("PONG", pong.as_fd().try_clone_to_owned()?);
+            .fd("PONG", pong.as_fd().try_clone_to_owned()?)
+            .fd("LINE", line_peer);
         let peer = link.hand_to(cmd)?.spawn()?;
         let (rd, wr) = link.into_end().into_stream(None).split();
         Ok(Self {
@@ -314,6 +386,7 @@ impl Bench {
             pipe_up,
             ping,
             pong,
+            line,
             payload: vec![0xa5; 64 << 10],
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
             peer,
@@ -450,6 +523,26 @@ fn round_trip(c: &mut Criterion, b: &mut Bench) {
     });
     poll_write_all(b.wr.producer(), &stop).unwrap();
     b.end("echo shm poll");
+
+    // The floor under `shm_poll`: one cache line, one atomic each way.
+    b.begin(&[cmd::ECHO_LINE]);
+    g.bench_function("cache_line_floor", |bn| {
+        bn.iter_custom(|iters| {
+            let word = b.line.word();
+            let mut v = word.load(std::sync::atomic::Ordering::Acquire);
+            let start = Instant::now();
+            for _ in 0..iters {
+                let ping = v + 1;
+                word.store(ping, std::sync::atomic::Ordering::Release);
+                v = spin_for(word, |w| w == ping + 1).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    b.line
+        .word()
+        .store(LINE_STOP, std::sync::atomic::Ordering::Release);
+    b.end("echo line");
     blocking_round_trips(&mut g, b, "");
     g.finish();
 }

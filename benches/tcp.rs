@@ -163,8 +163,16 @@ fn row(name: &str, unit: &str, direct: f64, arca: f64, relay: Option<f64>, targe
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported.
-    let quick = std::env::args().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`. `--quick` runs smaller trials;
+    // `--only KEY` runs one row (`64KiB`, `1KiB`, `rtt` or `conn`), for
+    // profiling.
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |key: &str| only.as_deref().is_none_or(|o| o == key);
     let total = if quick { 64 << 20 } else { 512 << 20 };
     let rtts = if quick { 2_000 } else { 20_000 };
     let conns = if quick { 200 } else { 2_000 };
@@ -178,7 +186,10 @@ fn main() {
     println!("TCP through the monitor vs direct loopback ({TRIALS} trials, medians)\n");
     println!("| measure | direct | through monitor | socat relay | monitor ÷ direct | target |");
     println!("|---|---|---|---|---|---|");
-    for (write, target) in [(64 << 10, "≥ 0.9×"), (1 << 10, "≥ 2×")] {
+    for (write, key, target) in [(64 << 10, "64KiB", "≥ 0.9×"), (1 << 10, "1KiB", "≥ 2×")] {
+        if !wanted(key) {
+            continue;
+        }
         let d = median(
             (0..TRIALS)
                 .map(|_| throughput(TcpStream::connect(sink_addr).unwrap(), write, total))
@@ -199,6 +210,15 @@ fn main() {
         let name = format!("throughput, {} B writes", write);
         row(&name, "GB/s", d / 1e9, a / 1e9, r.map(|x| x / 1e9), target);
     }
+    if wanted("rtt") {
+        rtt_row(&session, echo_addr, relay_echo.as_ref(), rtts);
+    }
+    if wanted("conn") {
+        conn_row(&session, echo_addr, relay_echo.as_ref(), conns);
+    }
+}
+
+fn rtt_row(session: &ArcaSession, echo_addr: SocketAddr, relay_echo: Option<&Socat>, rtts: usize) {
     let d = median(
         (0..TRIALS)
             .map(|_| round_trip(TcpStream::connect(echo_addr).unwrap(), rtts))
@@ -209,7 +229,7 @@ fn main() {
             .map(|_| round_trip(session.connect(echo_addr).unwrap(), rtts))
             .collect(),
     );
-    let r = relay_echo.as_ref().map(|s| {
+    let r = relay_echo.map(|s| {
         median(
             (0..TRIALS)
                 .map(|_| round_trip(TcpStream::connect(s.1).unwrap(), rtts))
@@ -224,6 +244,14 @@ fn main() {
         r.map(|x| x * 1e6),
         "≤ 1.5×",
     );
+}
+
+fn conn_row(
+    session: &ArcaSession,
+    echo_addr: SocketAddr,
+    relay_echo: Option<&Socat>,
+    conns: usize,
+) {
     let d = median(
         (0..TRIALS)
             .map(|_| conn_rate(|| Box::new(TcpStream::connect(echo_addr).unwrap()), conns))
@@ -234,7 +262,7 @@ fn main() {
             .map(|_| conn_rate(|| Box::new(session.connect(echo_addr).unwrap()), conns))
             .collect(),
     );
-    let r = relay_echo.as_ref().map(|s| {
+    let r = relay_echo.map(|s| {
         median(
             (0..TRIALS)
                 .map(|_| conn_rate(|| Box::new(TcpStream::connect(s.1).unwrap()), conns))

@@ -9,10 +9,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-use nix::poll::PollFlags;
 
 use crate::wait::{Notify, Wait, WaitError};
 
@@ -26,6 +24,8 @@ use crate::wait::{Notify, Wait, WaitError};
 pub struct Doorbell {
     efd: OwnedFd,
     liveness: Option<Arc<OwnedFd>>,
+    /// The epoll set [`wait_until`](Self::wait_until) sleeps on.
+    wait_set: OnceLock<OwnedFd>,
 }
 
 impl Doorbell {
@@ -45,6 +45,7 @@ impl Doorbell {
         Ok(Self {
             efd,
             liveness: None,
+            wait_set: OnceLock::new(),
         })
     }
 
@@ -66,6 +67,7 @@ impl Doorbell {
         Ok(Self {
             efd: fd,
             liveness: None,
+            wait_set: OnceLock::new(),
         })
     }
 
@@ -74,6 +76,8 @@ impl Doorbell {
     #[must_use]
     pub fn with_liveness(mut self, fd: Arc<OwnedFd>) -> Self {
         self.liveness = Some(fd);
+        // A wait set made before this would not watch it.
+        self.wait_set = OnceLock::new();
         self
     }
 
@@ -93,54 +97,116 @@ impl Doorbell {
     }
 
     /// Sleeps until rung, until `deadline`, or until the liveness fd fires.
-    /// Pending rings are consumed.
+    ///
+    /// The sleep is one `epoll_wait` on a wait set made at the first wait:
+    /// the eventfd edge-triggered, the liveness fd level-triggered. A wait
+    /// returns once for all rings since the previous wait returned; it does
+    /// not read the counter (that would be a second system call per wake), so
+    /// [`drain`](Self::drain) still sees them. (The counter saturates after
+    /// 2⁶⁴ − 2 rings, centuries at any real rate.)
     ///
     /// # Errors
     /// [`WaitError::TimedOut`], [`WaitError::PeerGone`], [`WaitError::Io`].
     pub fn wait_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        let set = self.wait_set().map_err(WaitError::Io)?;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
         loop {
-            let timeout = match deadline {
-                None => None,
+            let timeout_ms = match deadline {
+                None => -1,
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return if self.drain() > 0 {
-                            Ok(())
-                        } else {
-                            Err(WaitError::TimedOut)
-                        };
+                        0 // one last look: a ring that raced the deadline wins
+                    } else {
+                        // Rounded up, so the wait never ends early.
+                        let ns = (d - now).as_nanos();
+                        i32::try_from(ns.div_ceil(1_000_000)).unwrap_or(i32::MAX)
                     }
-                    Some(nix::sys::time::TimeSpec::from_duration(d - now))
                 }
             };
-            let mut fds = [
-                nix::poll::PollFd::new(self.efd.as_fd(), PollFlags::POLLIN),
-                nix::poll::PollFd::new(self.efd.as_fd(), PollFlags::empty()),
-            ];
-            let mut n = 1;
-            if let Some(l) = &self.liveness {
-                fds[1] = nix::poll::PollFd::new(l.as_fd(), PollFlags::POLLIN | PollFlags::POLLHUP);
-                n = 2;
+            // SAFETY: `set` is a live epoll fd and `events` is a writable
+            // array of the length passed.
+            let n = unsafe {
+                libc::epoll_wait(
+                    set.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    timeout_ms,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(WaitError::Io(e));
             }
-            match nix::poll::ppoll(&mut fds[..n], timeout, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(WaitError::Io(e.into())),
-                Ok(0) => continue, // timed out: the deadline check above decides
-                Ok(_) => {}
-            }
-            let fired = |f: &nix::poll::PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            let rung = fired(&fds[0]);
-            let gone = n == 2 && fired(&fds[1]);
-            if rung {
-                self.drain();
+            let fired = &events[..n as usize];
+            if fired.iter().any(|e| e.u64 == TOKEN_BELL) {
                 return Ok(());
             }
-            if gone {
+            if fired.iter().any(|e| e.u64 == TOKEN_LIVENESS) {
                 return Err(WaitError::PeerGone);
+            }
+            if timeout_ms == 0 {
+                return Err(WaitError::TimedOut);
             }
         }
     }
+
+    /// The epoll set this doorbell's waits sleep on, made on first use (a
+    /// doorbell that is only rung never costs one).
+    fn wait_set(&self) -> io::Result<&OwnedFd> {
+        if let Some(set) = self.wait_set.get() {
+            return Ok(set);
+        }
+        // SAFETY: `epoll_create1` has no memory-safety preconditions.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let set = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let add = |fd: BorrowedFd<'_>, events: u32, token: u64| {
+            let mut ev = libc::epoll_event { events, u64: token };
+            // SAFETY: both fds are live and `ev` is a valid event.
+            let r = unsafe {
+                libc::epoll_ctl(
+                    set.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    fd.as_raw_fd(),
+                    &mut ev,
+                )
+            };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // Edge-triggered: every ring after this is an edge, and a counter
+        // already non-zero reports once now.
+        add(
+            self.efd.as_fd(),
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+            TOKEN_BELL,
+        )?;
+        if let Some(l) = &self.liveness {
+            add(
+                l.as_fd(),
+                (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32,
+                TOKEN_LIVENESS,
+            )?;
+        }
+        // A racing first wait in another thread may have set it; either set
+        // works, the loser's is closed.
+        Ok(self.wait_set.get_or_init(|| set))
+    }
 }
+
+/// Wait-set tokens.
+const TOKEN_BELL: u64 = 1;
+const TOKEN_LIVENESS: u64 = 2;
 
 impl AsFd for Doorbell {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -194,7 +260,16 @@ mod tests {
         d.ring();
         d.wait_until(Some(Instant::now() + Duration::from_secs(5)))
             .unwrap();
-        assert_eq!(d.drain(), 0, "wait consumed the rings");
+        // Both rings were one wake: the next wait sleeps until a new ring.
+        let e = d
+            .wait_until(Some(Instant::now() + Duration::from_millis(20)))
+            .unwrap_err();
+        assert!(matches!(e, WaitError::TimedOut));
+        d.ring();
+        d.wait_until(Some(Instant::now() + Duration::from_secs(5)))
+            .unwrap();
+        // The counter was never read by the waits.
+        assert_eq!(d.drain(), 3);
     }
 
     #[test]
