@@ -1,21 +1,26 @@
 //! A guest's session with the monitor: the mapped region, the control pipe, the request table
-//! and the one dispatcher thread that every blocked call sleeps behind.
+//! and the dispatcher thread that answers requests.
 //!
 //! # Waking
-//! The monitor rings one doorbell (the *guest bell*) for every pipe of the session. One
-//! background thread, the dispatcher, sleeps on it together with the session socket (the
-//! liveness fd). Each time it wakes it drains the control pipe, completes the requests whose
-//! replies arrived, then bumps an *epoch* counter and wakes every thread sleeping on the
-//! session's condition variable. A blocked stream call implements [`shm_ring::Wait`] with the
-//! epoch as its token, so the ring's need-wakeup protocol loses no wake-up: a ring by the
-//! monitor after `prepare` always bumps the epoch past the token.
+//! The monitor rings one doorbell (the *guest bell*) for every pipe of the session. Every
+//! sleeper watches it **edge-triggered** in an epoll set of its own ([`shm_ring::WaitSet`]),
+//! so one ring wakes each of them directly and nobody drains the eventfd:
+//! - the dispatcher (with the session socket, the liveness fd, and its stop bell) drains the
+//!   control pipe, completes the requests whose replies arrived, and wakes async tasks;
+//! - a blocked stream or socket call ([`SessionWait`]) takes a set from the session's pool
+//!   in `prepare`, before it arms its ring's need-wakeup flag, and sleeps on it in `wait`; a
+//!   ring after `prepare` stays on that set's ready list, so no wake-up is lost. Its set also
+//!   watches the session socket and a *wake bell* that `shutdown` and the session's end ring.
+//!
+//! A wake is therefore one hop, monitor → the blocked thread, not monitor → dispatcher →
+//! thread.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -23,7 +28,7 @@ use arca_wire::{ConnId, Frame, FrameDecoder, FrameError, Handle, Message, PipeIn
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use shm_ring::{
     BidirectionalPipe, Consumer, Doorbell, Notify, NotifyBitmap, PeerWakers, PipeLayout, Producer,
-    RingError, ShmOffset, ShmRegion, Wait, WaitError,
+    RingError, ShmOffset, ShmRegion, Trigger, Wait, WaitError, WaitSet,
 };
 
 use crate::bootstrap;
@@ -47,12 +52,6 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 
 type Reply = io::Result<Message>;
 
-#[derive(Debug, Default)]
-struct Epoch {
-    value: u64,
-    dead: bool,
-}
-
 /// Everything the dispatcher and the handles share.
 pub(crate) struct Shared {
     /// The session socket: liveness both ways.
@@ -69,8 +68,11 @@ pub(crate) struct Shared {
     /// Requests in flight, each with whether its reply is due promptly (see
     /// [`Pending`]); `None` once the session is dead.
     pending: Mutex<Option<HashMap<u32, Pending>>>,
-    epoch: Mutex<Epoch>,
-    cond: Condvar,
+    /// Rung to wake every blocked call at once (shutdown, the session's end).
+    wake_bell: Doorbell,
+    /// Idle wait sets of blocked calls, each watching the guest bell, the wake bell and the
+    /// session socket; one per thread that has slept at once, reused.
+    sleep_sets: Mutex<Vec<WaitSet>>,
     dead: AtomicBool,
     /// Async tasks to wake on the next epoch bump.
     wakers: Mutex<Vec<Waker>>,
@@ -85,7 +87,8 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// A [`Wait`] on the session's epoch, optionally cancelled by a stream's shutdown flag.
+/// A [`Wait`] for a blocked stream or socket call: sleeps on the session's guest bell
+/// directly (see the module documentation), optionally cancelled by a shutdown flag.
 pub(crate) struct SessionWait<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) cancel: Option<&'a AtomicBool>,
@@ -96,44 +99,67 @@ pub(crate) fn cancelled() -> WaitError {
     WaitError::Io(io::Error::other("arca: half shut down while waiting"))
 }
 
-impl Wait for SessionWait<'_> {
-    type Token = u64;
+/// Tokens of a sleeper's wait set.
+const SLEEP_GUEST_BELL: u32 = 0;
+const SLEEP_WAKE_BELL: u32 = 1;
+const SLEEP_SOCK: u32 = 2;
 
-    fn prepare(&self) -> u64 {
-        lock(&self.shared.epoch).value
+/// A wait set taken from the session's pool for one wait; it goes back on drop. `None` when
+/// no set could be made (out of descriptors): the wait then naps briefly instead.
+pub(crate) struct SleepSet<'a> {
+    set: Option<WaitSet>,
+    pool: &'a Mutex<Vec<WaitSet>>,
+}
+
+impl Drop for SleepSet<'_> {
+    fn drop(&mut self) {
+        if let Some(set) = self.set.take() {
+            lock(self.pool).push(set);
+        }
+    }
+}
+
+impl<'a> Wait for SessionWait<'a> {
+    type Token = SleepSet<'a>;
+
+    /// Takes a wait set before the caller arms its ring's need-wakeup flag: a ring after
+    /// this point stays on the set's ready list until this wait harvests it, and no other
+    /// thread can harvest it meanwhile (the set is ours until the token drops).
+    fn prepare(&self) -> SleepSet<'a> {
+        SleepSet {
+            set: self.shared.take_sleep_set(),
+            pool: &self.shared.sleep_sets,
+        }
     }
 
-    fn wait(&self, token: u64, deadline: Option<Instant>) -> Result<(), WaitError> {
-        let mut g = lock(&self.shared.epoch);
-        loop {
-            if g.dead {
-                return Err(WaitError::PeerGone);
-            }
-            if self.cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
-                return Err(cancelled());
-            }
-            if g.value != token {
-                return Ok(());
-            }
-            g = match deadline {
-                None => self
-                    .shared
-                    .cond
-                    .wait(g)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(WaitError::TimedOut);
-                    }
-                    self.shared
-                        .cond
-                        .wait_timeout(g, d - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
+    fn wait(&self, token: SleepSet<'a>, deadline: Option<Instant>) -> Result<(), WaitError> {
+        let cancelled_now = || self.cancel.is_some_and(|c| c.load(Ordering::Acquire));
+        if self.shared.is_dead() {
+            return Err(WaitError::PeerGone);
         }
+        if cancelled_now() {
+            return Err(cancelled());
+        }
+        let fired = match token.set.as_ref() {
+            Some(set) => set.wait(deadline).map_err(WaitError::Io)?,
+            None => {
+                std::thread::sleep(Duration::from_millis(1));
+                match deadline {
+                    Some(d) if Instant::now() >= d => 0,
+                    _ => 1 << SLEEP_GUEST_BELL,
+                }
+            }
+        };
+        if self.shared.is_dead() || (fired & (1 << SLEEP_SOCK) != 0 && self.shared.probe_dead()) {
+            return Err(WaitError::PeerGone);
+        }
+        if cancelled_now() {
+            return Err(cancelled());
+        }
+        if fired == 0 {
+            return Err(WaitError::TimedOut);
+        }
+        Ok(())
     }
 }
 
@@ -178,20 +204,37 @@ impl Shared {
         }
     }
 
-    /// Wakes every sleeper (threads and tasks) so it re-checks its condition.
+    /// Wakes every async task waiting on this session so it re-checks its condition.
     pub(crate) fn bump(&self) {
-        {
-            let mut g = lock(&self.epoch);
-            g.value = g.value.wrapping_add(1);
-        }
-        self.cond.notify_all();
         let wakers = std::mem::take(&mut *lock(&self.wakers));
         for w in wakers {
             w.wake();
         }
     }
 
-    /// Registers a task to wake on the next epoch bump.
+    /// Wakes every blocked call, threads and tasks, so each re-checks its condition (and
+    /// its shutdown flag).
+    pub(crate) fn wake_all(&self) {
+        self.wake_bell.ring();
+        self.bump();
+    }
+
+    /// A wait set for one blocked call: an idle one from the pool, or a new one.
+    fn take_sleep_set(&self) -> Option<WaitSet> {
+        if let Some(set) = lock(&self.sleep_sets).pop() {
+            return Some(set);
+        }
+        let set = WaitSet::new().ok()?;
+        set.add(self.guest_bell.as_fd(), SLEEP_GUEST_BELL, Trigger::Edge)
+            .ok()?;
+        set.add(self.wake_bell.as_fd(), SLEEP_WAKE_BELL, Trigger::Edge)
+            .ok()?;
+        set.add(self.sock.as_fd(), SLEEP_SOCK, Trigger::Level)
+            .ok()?;
+        Some(set)
+    }
+
+    /// Registers a task to wake on the next bump.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn register_waker(&self, waker: &Waker) {
         let mut ws = lock(&self.wakers);
@@ -203,10 +246,9 @@ impl Shared {
     /// Marks the session dead, fails every pending request and wakes everyone.
     fn kill(&self) {
         self.dead.store(true, Ordering::Release);
-        lock(&self.epoch).dead = true;
         // Dropping the senders fails every waiting request with "monitor gone".
         drop(lock(&self.pending).take());
-        self.bump();
+        self.wake_all();
     }
 
     fn next_request_id(&self) -> RequestId {
@@ -444,15 +486,23 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
         control_tx: Mutex::new(tx),
         next_id: AtomicU32::new(1),
         pending: Mutex::new(Some(HashMap::new())),
-        epoch: Mutex::new(Epoch::default()),
-        cond: Condvar::new(),
+        wake_bell: Doorbell::new()?,
+        sleep_sets: Mutex::new(Vec::new()),
         dead: AtomicBool::new(false),
         wakers: Mutex::new(Vec::new()),
     });
+    let set = WaitSet::new()?;
+    set.add(
+        shared.guest_bell.as_fd(),
+        DISPATCH_GUEST_BELL,
+        Trigger::Edge,
+    )?;
+    set.add(shared.sock.as_fd(), DISPATCH_SOCK, Trigger::Level)?;
+    set.add(shared.stop_bell.as_fd(), DISPATCH_STOP, Trigger::Level)?;
     let d = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("arca-dispatch".into())
-        .spawn(move || dispatch(&d, rx))?;
+        .spawn(move || dispatch(&d, rx, &set))?;
     let owner = Arc::new(Owner { shared });
     match owner.shared.request(&Message::hello())? {
         Message::HelloOk { .. } => Ok(owner),
@@ -489,8 +539,13 @@ fn spin_for_reply(rx: &mut Consumer) -> bool {
     false
 }
 
+/// Tokens of the dispatcher's wait set.
+const DISPATCH_GUEST_BELL: u32 = 0;
+const DISPATCH_SOCK: u32 = 1;
+const DISPATCH_STOP: u32 = 2;
+
 /// The dispatcher thread's body: see the module documentation.
-fn dispatch(shared: &Shared, mut rx: Consumer) {
+fn dispatch(shared: &Shared, mut rx: Consumer, set: &WaitSet) {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -512,24 +567,15 @@ fn dispatch(shared: &Shared, mut rx: Consumer) {
             rx.disarm();
             continue;
         }
-        let mut fds = [
-            PollFd::new(shared.guest_bell.as_fd(), PollFlags::POLLIN),
-            PollFd::new(shared.sock.as_fd(), PollFlags::POLLIN),
-            PollFd::new(shared.stop_bell.as_fd(), PollFlags::POLLIN),
-        ];
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => {
-                // Cannot sleep: avoid a hot loop, keep serving.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let sock_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
-        if sock_ready && shared.socket_eof() {
+        let fired = set.wait(None).unwrap_or_else(|_| {
+            // Cannot sleep: avoid a hot loop, keep serving.
+            std::thread::sleep(Duration::from_millis(10));
+            0
+        });
+        if fired & (1 << DISPATCH_SOCK) != 0 && shared.socket_eof() {
             shared.kill();
             break;
         }
-        shared.guest_bell.drain();
         rx.disarm();
     }
     // Leaving closes the control pipe's reading half (`rx` drops); the session socket

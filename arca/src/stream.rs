@@ -143,12 +143,12 @@ impl TcpStream {
         let i = &self.inner;
         if matches!(how, Shutdown::Read | Shutdown::Both) {
             i.rd_shut.store(true, Ordering::Release);
-            i.owner.shared.bump();
+            i.owner.shared.wake_all();
             lock(&i.rx).close();
         }
         if matches!(how, Shutdown::Write | Shutdown::Both) {
             i.wr_shut.store(true, Ordering::Release);
-            i.owner.shared.bump();
+            i.owner.shared.wake_all();
             lock(&i.tx).close();
         }
         if i.owner.shared.is_dead() {

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::wait::{Notify, Wait, WaitError};
+use crate::waitset::{Trigger, WaitSet};
 
 /// An eventfd doorbell.
 ///
@@ -25,7 +26,7 @@ pub struct Doorbell {
     efd: OwnedFd,
     liveness: Option<Arc<OwnedFd>>,
     /// The epoll set [`wait_until`](Self::wait_until) sleeps on.
-    wait_set: OnceLock<OwnedFd>,
+    wait_set: OnceLock<WaitSet>,
 }
 
 impl Doorbell {
@@ -87,7 +88,9 @@ impl Doorbell {
         let _ = nix::unistd::write(&self.efd, &1u64.to_ne_bytes());
     }
 
-    /// Clears pending rings; returns how many there were.
+    /// Clears pending rings; returns how many there were. Only for a doorbell
+    /// polled level-triggered (as the monitor's event loop does); never for
+    /// one a [`wait_until`](Self::wait_until) may be sleeping on.
     pub fn drain(&self) -> u64 {
         let mut b = [0u8; 8];
         match nix::unistd::read(self.efd.as_raw_fd(), &mut b) {
@@ -98,105 +101,37 @@ impl Doorbell {
 
     /// Sleeps until rung, until `deadline`, or until the liveness fd fires.
     ///
-    /// The sleep is one `epoll_wait` on a wait set made at the first wait:
+    /// The sleep is one `epoll_wait` on a [`WaitSet`] made at the first wait:
     /// the eventfd edge-triggered, the liveness fd level-triggered. A wait
     /// returns once for all rings since the previous wait returned; it does
-    /// not read the counter (that would be a second system call per wake), so
-    /// [`drain`](Self::drain) still sees them. (The counter saturates after
-    /// 2⁶⁴ − 2 rings, centuries at any real rate.)
+    /// not read the counter (that would be a second system call per wake).
+    /// Do not [`drain`](Self::drain) a doorbell that is waited on this way
+    /// (see [`WaitSet`]).
     ///
     /// # Errors
     /// [`WaitError::TimedOut`], [`WaitError::PeerGone`], [`WaitError::Io`].
     pub fn wait_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
         let set = self.wait_set().map_err(WaitError::Io)?;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
-        loop {
-            let timeout_ms = match deadline {
-                None => -1,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        0 // one last look: a ring that raced the deadline wins
-                    } else {
-                        // Rounded up, so the wait never ends early.
-                        let ns = (d - now).as_nanos();
-                        i32::try_from(ns.div_ceil(1_000_000)).unwrap_or(i32::MAX)
-                    }
-                }
-            };
-            // SAFETY: `set` is a live epoll fd and `events` is a writable
-            // array of the length passed.
-            let n = unsafe {
-                libc::epoll_wait(
-                    set.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    timeout_ms,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(WaitError::Io(e));
-            }
-            let fired = &events[..n as usize];
-            if fired.iter().any(|e| e.u64 == TOKEN_BELL) {
-                return Ok(());
-            }
-            if fired.iter().any(|e| e.u64 == TOKEN_LIVENESS) {
-                return Err(WaitError::PeerGone);
-            }
-            if timeout_ms == 0 {
-                return Err(WaitError::TimedOut);
-            }
+        let fired = set.wait(deadline).map_err(WaitError::Io)?;
+        if fired & (1 << TOKEN_BELL) != 0 {
+            Ok(())
+        } else if fired & (1 << TOKEN_LIVENESS) != 0 {
+            Err(WaitError::PeerGone)
+        } else {
+            Err(WaitError::TimedOut)
         }
     }
 
-    /// The epoll set this doorbell's waits sleep on, made on first use (a
-    /// doorbell that is only rung never costs one).
-    fn wait_set(&self) -> io::Result<&OwnedFd> {
+    /// The set this doorbell's waits sleep on, made on first use (a doorbell
+    /// that is only rung never costs one).
+    fn wait_set(&self) -> io::Result<&WaitSet> {
         if let Some(set) = self.wait_set.get() {
             return Ok(set);
         }
-        // SAFETY: `epoll_create1` has no memory-safety preconditions.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let set = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let add = |fd: BorrowedFd<'_>, events: u32, token: u64| {
-            let mut ev = libc::epoll_event { events, u64: token };
-            // SAFETY: both fds are live and `ev` is a valid event.
-            let r = unsafe {
-                libc::epoll_ctl(
-                    set.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    fd.as_raw_fd(),
-                    &mut ev,
-                )
-            };
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
-        // Edge-triggered: every ring after this is an edge, and a counter
-        // already non-zero reports once now.
-        add(
-            self.efd.as_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            TOKEN_BELL,
-        )?;
+        let set = WaitSet::new()?;
+        set.add(self.efd.as_fd(), TOKEN_BELL, Trigger::Edge)?;
         if let Some(l) = &self.liveness {
-            add(
-                l.as_fd(),
-                (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32,
-                TOKEN_LIVENESS,
-            )?;
+            set.add(l.as_fd(), TOKEN_LIVENESS, Trigger::Level)?;
         }
         // A racing first wait in another thread may have set it; either set
         // works, the loser's is closed.
@@ -205,8 +140,8 @@ impl Doorbell {
 }
 
 /// Wait-set tokens.
-const TOKEN_BELL: u64 = 1;
-const TOKEN_LIVENESS: u64 = 2;
+const TOKEN_BELL: u32 = 0;
+const TOKEN_LIVENESS: u32 = 1;
 
 impl AsFd for Doorbell {
     fn as_fd(&self) -> BorrowedFd<'_> {

@@ -64,6 +64,8 @@ mod ring;
 mod stream;
 mod sync;
 mod wait;
+#[cfg(not(loom))]
+mod waitset;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -91,3 +93,5 @@ pub use ring::{BlockingError, Consumer, Producer, RingError, Segments, DEFAULT_S
 #[cfg(not(loom))]
 pub use stream::{SyncReader, SyncStream, SyncWriter};
 pub use wait::{NoNotify, Notify, Wait, WaitError};
+#[cfg(not(loom))]
+pub use waitset::{Trigger, WaitSet};
