@@ -46,9 +46,8 @@ impl WaitSet {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a new descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
     }
 
     /// Watches `fd` for readability, peer hang-up or error, reported as
