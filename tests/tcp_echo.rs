@@ -206,6 +206,51 @@ fn timeouts_and_nonblocking_behave_like_std() {
     assert!(c.nodelay().unwrap());
 }
 
+/// A connect's deadline belongs to that connect: connection ids are reused, and a finished
+/// connect's timer must not time out a later connect that got the same id.
+#[test]
+fn connect_timeout_is_not_inherited_through_a_reused_id() {
+    let m = TestMonitor::start();
+    let s = m.session();
+    // A listener whose accept queue is full: further SYNs are dropped, so a connect to it
+    // stays in progress until its deadline.
+    let stalled = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stalled
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    stalled.listen(0).unwrap();
+    let stalled_addr = stalled.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<_> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&stalled_addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    assert!(!fillers.is_empty(), "the stalled listener's queue filled");
+
+    let (l, fast) = host_listener();
+    let a = s
+        .connect_timeout(&fast, Duration::from_millis(300))
+        .unwrap();
+    let _ = l.accept().unwrap();
+    drop(a); // frees its id for the next connect
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let e = s
+        .connect_timeout(&stalled_addr, Duration::from_millis(1500))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1300),
+        "timed out after {:?}, at the first connect's deadline",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn thousand_concurrent_connections_from_eight_threads() {
     // Small rings so a thousand pipes fit the region comfortably.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use arca_wire::ConnId;
+use arca_wire::{ConnId, RequestId};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
@@ -79,7 +79,7 @@ pub struct Monitor {
     sessions: HashMap<SessionId, Session>,
     tokens: HashMap<Token, Src>,
     next_token: usize,
-    timers: BTreeMap<(Instant, u64), (SessionId, ConnId)>,
+    timers: BTreeMap<(Instant, u64), (SessionId, ConnId, RequestId)>,
     timer_seq: u64,
     next_session: SessionId,
     ended: u64,
@@ -428,9 +428,9 @@ impl Monitor {
                 t
             };
             let mut release = |t: Token| released.push(t);
-            let mut set_timer = |at, id| {
+            let mut set_timer = |at, id, rid| {
                 *timer_seq += 1;
-                timers.insert((at, *timer_seq), (sid, id));
+                timers.insert((at, *timer_seq), (sid, id, rid));
             };
             let mut ctx = Ctx {
                 registry: poll.registry(),
@@ -449,12 +449,12 @@ impl Monitor {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some((&key, &(sid, id))) = self.timers.iter().next() {
+        while let Some((&key, &(sid, id, rid))) = self.timers.iter().next() {
             if key.0 > now {
                 break;
             }
             self.timers.remove(&key);
-            self.with_session(sid, |s, ctx| s.on_timer(id, ctx));
+            self.with_session(sid, |s, ctx| s.on_timer(id, rid, ctx));
         }
     }
 
@@ -469,7 +469,7 @@ impl Monitor {
             tracing::info!(session = sid, reason = ?s.ended(), "session closed");
             self.ended += 1;
         }
-        self.timers.retain(|_, (s, _)| *s != sid);
+        self.timers.retain(|_, (s, _, _)| *s != sid);
         self.tokens.retain(|_, Src::Session(s, _)| *s != sid);
     }
 

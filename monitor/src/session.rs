@@ -59,7 +59,7 @@ pub struct Ctx<'a> {
     /// Forgets a token.
     pub release: &'a mut dyn FnMut(Token),
     /// Arms a connect timeout.
-    pub set_timer: &'a mut dyn FnMut(Instant, ConnId),
+    pub set_timer: &'a mut dyn FnMut(Instant, ConnId, RequestId),
     /// Monitor settings.
     pub config: &'a Config,
 }
@@ -1190,6 +1190,7 @@ impl Session {
             (ctx.set_timer)(
                 Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms)),
                 id,
+                rid,
             );
         }
         self.insert_conn(
@@ -1201,6 +1202,9 @@ impl Session {
                 queued: false,
             },
         );
+        // On loopback the handshake is usually done by the time `connect`
+        // returns: answer in this turn rather than after an epoll round trip.
+        self.finish_connect(id, ctx);
     }
 
     fn finish_connect(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
@@ -1254,11 +1258,16 @@ impl Session {
     }
 
     /// A connect deadline passed.
-    pub fn on_timer(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
+    /// Ids are reused once a connect ends, so a timer that outlived its
+    /// connect (`rid` no longer pending on `id`) is ignored.
+    pub fn on_timer(&mut self, id: ConnId, rid: RequestId, ctx: &mut Ctx<'_>) {
         let Some(c) = self.conns.get(&id) else { return };
         let ConnState::Connecting { request, .. } = c.state else {
             return;
         };
+        if request != rid {
+            return;
+        }
         let token = c.token;
         if let Some(mut s) = self.remove_conn(id).and_then(|c| c.sock) {
             let _ = ctx.registry.deregister(&mut s);
