@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     stop_bell: Doorbell,
     stop: AtomicBool,
     control_tx: Mutex<Producer>,
+    /// The control pipe's reading half: drained by the dispatcher, and by a thread blocked
+    /// in [`request`](Shared::request) while it waits for its reply.
+    control_rx: Mutex<ControlRx>,
     next_id: AtomicU32,
     /// Requests in flight, each with whether its reply is due promptly (see
     /// [`Pending`]); `None` once the session is dead.
@@ -288,13 +291,19 @@ impl Shared {
         Ok(())
     }
 
-    /// Sends a request and returns the receiver its reply will arrive on.
+    /// Sends a request and returns the receiver its reply will arrive on. The dispatcher
+    /// polls for the reply a short while before it sleeps (see [`REPLY_SPIN`]) — for an
+    /// async caller, which cannot poll itself; an accept, answered whenever a peer connects,
+    /// is never polled for.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn start_request(&self, msg: &Message) -> io::Result<mpsc::Receiver<Reply>> {
+        let prompt = !matches!(msg, Message::AcceptRequest { .. });
+        self.send_request(msg, prompt)
+    }
+
+    fn send_request(&self, msg: &Message, prompt: bool) -> io::Result<mpsc::Receiver<Reply>> {
         let id = self.next_request_id();
         let (tx, rx) = mpsc::channel();
-        // An accept is answered when a peer connects, which may be never: the dispatcher
-        // must not spin for it.
-        let prompt = !matches!(msg, Message::AcceptRequest { .. });
         match lock(&self.pending).as_mut() {
             None => return Err(gone()),
             Some(map) => {
@@ -310,9 +319,40 @@ impl Shared {
         Ok(rx)
     }
 
-    /// Sends a request and blocks until its reply.
+    /// Sends a request and blocks until its reply. A prompt reply is met without a wake:
+    /// for up to [`REPLY_SPIN`] the caller drains the control pipe itself (whoever drains
+    /// completes every reply found, its own included), then it sleeps until the dispatcher
+    /// delivers.
     pub(crate) fn request(&self, msg: &Message) -> io::Result<Message> {
-        let rx = self.start_request(msg)?;
+        let accept = matches!(msg, Message::AcceptRequest { .. });
+        let rx = self.send_request(msg, false)?;
+        if !accept {
+            let start = Instant::now();
+            loop {
+                match rx.try_recv() {
+                    Ok(reply) => return reply,
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
+                    Err(mpsc::TryRecvError::Empty) => {}
+                }
+                if start.elapsed() >= REPLY_SPIN {
+                    break;
+                }
+                if let Ok(mut c) = self.control_rx.try_lock() {
+                    if c.rx.poll_readable() {
+                        let live = drain(self, &mut c);
+                        drop(c);
+                        if !live {
+                            self.kill();
+                        }
+                        // Replies to async callers may have been among them.
+                        self.bump();
+                    }
+                }
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
         rx.recv().unwrap_or_else(|_| Err(gone()))
     }
 
@@ -484,6 +524,11 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
         stop_bell: Doorbell::new()?,
         stop: AtomicBool::new(false),
         control_tx: Mutex::new(tx),
+        control_rx: Mutex::new(ControlRx {
+            rx,
+            decoder: FrameDecoder::new(),
+            buf: vec![0u8; 8192],
+        }),
         next_id: AtomicU32::new(1),
         pending: Mutex::new(Some(HashMap::new())),
         wake_bell: Doorbell::new()?,
@@ -502,7 +547,7 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
     let d = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("arca-dispatch".into())
-        .spawn(move || dispatch(&d, rx, &set))?;
+        .spawn(move || dispatch(&d, &set))?;
     let owner = Arc::new(Owner { shared });
     match owner.shared.request(&Message::hello())? {
         Message::HelloOk { .. } => Ok(owner),
@@ -525,6 +570,13 @@ fn replies_due(shared: &Shared) -> bool {
         .is_some_and(|m| m.values().any(|p| p.prompt))
 }
 
+/// The control pipe's reading half and its frame decoder.
+struct ControlRx {
+    rx: Consumer,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+}
+
 /// Polls the control ring for up to [`REPLY_SPIN`]; true if it became readable.
 fn spin_for_reply(rx: &mut Consumer) -> bool {
     let start = std::time::Instant::now();
@@ -545,28 +597,30 @@ const DISPATCH_SOCK: u32 = 1;
 const DISPATCH_STOP: u32 = 2;
 
 /// The dispatcher thread's body: see the module documentation.
-fn dispatch(shared: &Shared, mut rx: Consumer, set: &WaitSet) {
-    let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 8192];
+fn dispatch(shared: &Shared, set: &WaitSet) {
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        if !drain(shared, &mut rx, &mut decoder, &mut buf) {
+        let mut c = lock(&shared.control_rx);
+        if !drain(shared, &mut c) {
+            drop(c);
             shared.kill();
             break;
         }
         shared.bump();
-        // While a prompt reply is due (any request but an accept), poll for it for a
-        // short while instead of paying a sleep and a wake (the monitor does
-        // the same after work). Idle sessions never spin.
-        if replies_due(shared) && spin_for_reply(&mut rx) {
+        // While a prompt reply is due to an async caller (any request but an accept),
+        // poll for it for a short while instead of paying a sleep and a wake (the monitor
+        // does the same after work). Idle sessions never spin.
+        if replies_due(shared) && spin_for_reply(&mut c.rx) {
             continue;
         }
-        if rx.arm() {
-            rx.disarm();
+        if c.rx.arm() {
+            c.rx.disarm();
             continue;
         }
+        // Never sleep holding the control pipe: a blocked `request` may drain it.
+        drop(c);
         let fired = set.wait(None).unwrap_or_else(|_| {
             // Cannot sleep: avoid a hot loop, keep serving.
             std::thread::sleep(Duration::from_millis(10));
@@ -576,15 +630,16 @@ fn dispatch(shared: &Shared, mut rx: Consumer, set: &WaitSet) {
             shared.kill();
             break;
         }
-        rx.disarm();
+        lock(&shared.control_rx).rx.disarm();
     }
-    // Leaving closes the control pipe's reading half (`rx` drops); the session socket
-    // closes when the last reference to `Shared` goes.
+    // Leaving closes the control pipe's reading half.
+    lock(&shared.control_rx).rx.close();
 }
 
 /// Reads every available control byte and completes the requests answered. False when the
 /// session is over (control pipe closed or corrupt, stream out of sync).
-fn drain(shared: &Shared, rx: &mut Consumer, decoder: &mut FrameDecoder, buf: &mut [u8]) -> bool {
+fn drain(shared: &Shared, c: &mut ControlRx) -> bool {
+    let ControlRx { rx, decoder, buf } = c;
     loop {
         let n = match rx.read(buf) {
             Ok(0) => return false,
