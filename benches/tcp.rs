@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use arca::ArcaSession;
 use arca_monitor::{Config, Monitor, MonitorHandle};
 
-const TRIALS: usize = 5;
+const TRIALS: usize = 7;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -156,10 +156,60 @@ fn socat(target: SocketAddr) -> Option<Socat> {
     Some(Socat(child, addr))
 }
 
-fn row(name: &str, unit: &str, direct: f64, arca: f64, relay: Option<f64>, target: &str) {
-    let ratio = arca / direct;
-    let relay = relay.map_or("n/a (no socat)".to_string(), |r| format!("{r:.3}"));
-    println!("| {name} | {direct:.3} {unit} | {arca:.3} {unit} | {relay} {unit} | {ratio:.2}× | {target} |");
+/// One row's trials: every round runs direct, through the monitor and (with
+/// socat) through the relay back to back, so that the machine's drift over the
+/// run hits all three alike. Medians of each column, and the median of the
+/// per-round ratios.
+struct Row {
+    direct: Vec<f64>,
+    arca: Vec<f64>,
+    relay: Vec<f64>,
+}
+
+impl Row {
+    fn run(
+        trials: usize,
+        mut direct: impl FnMut() -> f64,
+        mut arca: impl FnMut() -> f64,
+        mut relay: Option<impl FnMut() -> f64>,
+    ) -> Self {
+        let mut r = Row {
+            direct: Vec::new(),
+            arca: Vec::new(),
+            relay: Vec::new(),
+        };
+        for _ in 0..trials {
+            r.direct.push(direct());
+            r.arca.push(arca());
+            if let Some(f) = relay.as_mut() {
+                r.relay.push(f());
+            }
+        }
+        r
+    }
+
+    fn print(self, name: &str, unit: &str, scale: f64, target: &str) {
+        let ratios = self
+            .direct
+            .iter()
+            .zip(&self.arca)
+            .map(|(d, a)| a / d)
+            .collect::<Vec<_>>();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        let ratio = median(ratios);
+        let direct = median(self.direct) * scale;
+        let arca = median(self.arca) * scale;
+        let relay = if self.relay.is_empty() {
+            "n/a (no socat)".to_string()
+        } else {
+            format!("{:.3} {unit}", median(self.relay) * scale)
+        };
+        println!(
+            "| {name} | {direct:.3} {unit} | {arca:.3} {unit} | {relay} | {ratio:.2}× ({lo:.2}–{hi:.2}) | {target} |"
+        );
+    }
 }
 
 fn main() {
@@ -183,98 +233,56 @@ fn main() {
     let relay_sink = socat(sink_addr);
     let relay_echo = socat(echo_addr);
 
-    println!("TCP through the monitor vs direct loopback ({TRIALS} trials, medians)\n");
+    println!(
+        "TCP through the monitor vs direct loopback ({TRIALS} interleaved rounds, medians; \
+         ratio: median of the per-round ratios, range in brackets)\n"
+    );
     println!("| measure | direct | through monitor | socat relay | monitor ÷ direct | target |");
     println!("|---|---|---|---|---|---|");
     for (write, key, target) in [(64 << 10, "64KiB", "≥ 0.9×"), (1 << 10, "1KiB", "≥ 2×")] {
         if !wanted(key) {
             continue;
         }
-        let d = median(
-            (0..TRIALS)
-                .map(|_| throughput(TcpStream::connect(sink_addr).unwrap(), write, total))
-                .collect(),
+        Row::run(
+            TRIALS,
+            || throughput(TcpStream::connect(sink_addr).unwrap(), write, total),
+            || throughput(session.connect(sink_addr).unwrap(), write, total),
+            relay_sink
+                .as_ref()
+                .map(|s| || throughput(TcpStream::connect(s.1).unwrap(), write, total)),
+        )
+        .print(
+            &format!("throughput, {write} B writes"),
+            "GB/s",
+            1e-9,
+            target,
         );
-        let a = median(
-            (0..TRIALS)
-                .map(|_| throughput(session.connect(sink_addr).unwrap(), write, total))
-                .collect(),
-        );
-        let r = relay_sink.as_ref().map(|s| {
-            median(
-                (0..TRIALS)
-                    .map(|_| throughput(TcpStream::connect(s.1).unwrap(), write, total))
-                    .collect(),
-            )
-        });
-        let name = format!("throughput, {} B writes", write);
-        row(&name, "GB/s", d / 1e9, a / 1e9, r.map(|x| x / 1e9), target);
     }
     if wanted("rtt") {
-        rtt_row(&session, echo_addr, relay_echo.as_ref(), rtts);
+        Row::run(
+            TRIALS,
+            || round_trip(TcpStream::connect(echo_addr).unwrap(), rtts),
+            || round_trip(session.connect(echo_addr).unwrap(), rtts),
+            relay_echo
+                .as_ref()
+                .map(|s| || round_trip(TcpStream::connect(s.1).unwrap(), rtts)),
+        )
+        .print("64 B round trip", "µs", 1e6, "≤ 1.5×");
     }
     if wanted("conn") {
-        conn_row(&session, echo_addr, relay_echo.as_ref(), conns);
+        Row::run(
+            TRIALS,
+            || conn_rate(|| Box::new(TcpStream::connect(echo_addr).unwrap()), conns),
+            || conn_rate(|| Box::new(session.connect(echo_addr).unwrap()), conns),
+            relay_echo
+                .as_ref()
+                .map(|s| || conn_rate(|| Box::new(TcpStream::connect(s.1).unwrap()), conns)),
+        )
+        .print(
+            "connections/s (connect, 64 B exchange, close)",
+            "k/s",
+            1e-3,
+            "≥ 0.7×",
+        );
     }
-}
-
-fn rtt_row(session: &ArcaSession, echo_addr: SocketAddr, relay_echo: Option<&Socat>, rtts: usize) {
-    let d = median(
-        (0..TRIALS)
-            .map(|_| round_trip(TcpStream::connect(echo_addr).unwrap(), rtts))
-            .collect(),
-    );
-    let a = median(
-        (0..TRIALS)
-            .map(|_| round_trip(session.connect(echo_addr).unwrap(), rtts))
-            .collect(),
-    );
-    let r = relay_echo.map(|s| {
-        median(
-            (0..TRIALS)
-                .map(|_| round_trip(TcpStream::connect(s.1).unwrap(), rtts))
-                .collect(),
-        )
-    });
-    row(
-        "64 B round trip",
-        "µs",
-        d * 1e6,
-        a * 1e6,
-        r.map(|x| x * 1e6),
-        "≤ 1.5×",
-    );
-}
-
-fn conn_row(
-    session: &ArcaSession,
-    echo_addr: SocketAddr,
-    relay_echo: Option<&Socat>,
-    conns: usize,
-) {
-    let d = median(
-        (0..TRIALS)
-            .map(|_| conn_rate(|| Box::new(TcpStream::connect(echo_addr).unwrap()), conns))
-            .collect(),
-    );
-    let a = median(
-        (0..TRIALS)
-            .map(|_| conn_rate(|| Box::new(session.connect(echo_addr).unwrap()), conns))
-            .collect(),
-    );
-    let r = relay_echo.map(|s| {
-        median(
-            (0..TRIALS)
-                .map(|_| conn_rate(|| Box::new(TcpStream::connect(s.1).unwrap()), conns))
-                .collect(),
-        )
-    });
-    row(
-        "connections/s (connect, 64 B exchange, close)",
-        "k/s",
-        d / 1e3,
-        a / 1e3,
-        r.map(|x| x / 1e3),
-        "≥ 0.7×",
-    );
 }
