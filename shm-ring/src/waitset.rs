@@ -56,29 +56,48 @@ impl WaitSet {
     /// # Errors
     /// The `epoll_ctl` error; `InvalidInput` for a token of 64 or more.
     pub fn add(&self, fd: BorrowedFd<'_>, token: u32, trigger: Trigger) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, Some(trigger))
+    }
+
+    /// Changes how an added `fd` is watched; `None` stops watching it until
+    /// the next change (it stays in the set). Re-enabling an eventfd whose
+    /// counter is non-zero reports it at once.
+    ///
+    /// # Errors
+    /// As [`add`](Self::add); `ENOENT` if `fd` was never added.
+    pub fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u32,
+        trigger: Option<Trigger>,
+    ) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, trigger)
+    }
+
+    fn ctl(
+        &self,
+        op: i32,
+        fd: BorrowedFd<'_>,
+        token: u32,
+        trigger: Option<Trigger>,
+    ) -> io::Result<()> {
         if token >= 64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "wait-set tokens are below 64",
             ));
         }
-        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        if trigger == Trigger::Edge {
-            events |= libc::EPOLLET as u32;
-        }
+        let events = match trigger {
+            None => 0,
+            Some(Trigger::Level) => (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            Some(Trigger::Edge) => (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        };
         let mut ev = libc::epoll_event {
             events,
             u64: u64::from(token),
         };
         // SAFETY: both descriptors are live and `ev` is a valid event.
-        let r = unsafe {
-            libc::epoll_ctl(
-                self.fd.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                &mut ev,
-            )
-        };
+        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -173,6 +192,23 @@ mod tests {
         drop(y);
         assert_eq!(set.wait(soon()).unwrap(), 1);
         assert_eq!(set.wait(soon()).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_disabled_doorbell_is_reported_when_enabled_again() {
+        let bell = Doorbell::new().unwrap();
+        let set = WaitSet::new().unwrap();
+        set.add(bell.as_fd(), 1, Trigger::Edge).unwrap();
+        set.modify(bell.as_fd(), 1, None).unwrap();
+        bell.ring();
+        assert_eq!(set.wait(soon()).unwrap(), 0, "not watched while disabled");
+        set.modify(bell.as_fd(), 1, Some(Trigger::Edge)).unwrap();
+        assert_eq!(
+            set.wait(soon()).unwrap(),
+            1 << 1,
+            "the pending ring shows on enabling"
+        );
+        assert_eq!(set.wait(soon()).unwrap(), 0);
     }
 
     #[test]
