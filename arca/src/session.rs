@@ -6,7 +6,9 @@
 //! sleeper watches it **edge-triggered** in an epoll set of its own ([`shm_ring::WaitSet`]),
 //! so one ring wakes each of them directly and nobody drains the eventfd:
 //! - the dispatcher (with the session socket, the liveness fd, and its stop bell) drains the
-//!   control pipe, completes the requests whose replies arrived, and wakes async tasks;
+//!   control pipe, completes the requests whose replies arrived, and wakes async tasks. It
+//!   watches the guest bell only while a request is in flight or async tasks use the
+//!   session ([`Shared::update_interest`]), so rings for data pipes do not wake it;
 //! - a blocked stream or socket call ([`SessionWait`]) takes a set from the session's pool
 //!   in `prepare`, before it arms its ring's need-wakeup flag, and sleeps on it in `wait`; a
 //!   ring after `prepare` stays on that set's ready list, so no wake-up is lost. Its set also
@@ -77,8 +79,16 @@ pub(crate) struct Shared {
     /// session socket; one per thread that has slept at once, reused.
     sleep_sets: Mutex<Vec<WaitSet>>,
     dead: AtomicBool,
-    /// Async tasks to wake on the next epoch bump.
+    /// Async tasks to wake on the next bump.
     wakers: Mutex<Vec<Waker>>,
+    /// Set once an async task has waited here: from then on the dispatcher always watches
+    /// the guest bell (re-enabling it per wait would report at once, every time).
+    async_used: AtomicBool,
+    /// The dispatcher's wait set: the guest bell (watched only while needed, see
+    /// [`update_interest`](Shared::update_interest)), the session socket, the stop bell.
+    dispatch_set: WaitSet,
+    /// Whether `dispatch_set` watches the guest bell now.
+    bell_watched: Mutex<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -240,9 +250,37 @@ impl Shared {
     /// Registers a task to wake on the next bump.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn register_waker(&self, waker: &Waker) {
-        let mut ws = lock(&self.wakers);
-        if !ws.iter().any(|w| w.will_wake(waker)) {
-            ws.push(waker.clone());
+        {
+            let mut ws = lock(&self.wakers);
+            if !ws.iter().any(|w| w.will_wake(waker)) {
+                ws.push(waker.clone());
+            }
+        }
+        if !self.async_used.swap(true, Ordering::AcqRel) {
+            self.update_interest();
+        }
+    }
+
+    /// Makes the dispatcher watch the guest bell exactly while it has a reason to: a reply
+    /// is awaited (a request in flight) or async tasks use the session. Otherwise every ring
+    /// for a data pipe would wake it for nothing. Called after every change of either
+    /// reason; it reads both under its own lock, so the last call leaves the right state.
+    /// Enabling happens before the request goes out, so the reply's ring is never missed.
+    fn update_interest(&self) {
+        let mut watched = lock(&self.bell_watched);
+        let want = self.async_used.load(Ordering::Acquire)
+            || lock(&self.pending).as_ref().is_some_and(|m| !m.is_empty());
+        if want != *watched {
+            let how = want.then_some(Trigger::Edge);
+            // MOD fails only without kernel memory; the state then stays as it was, and a
+            // request still waiting is met by its own polling or the next change.
+            if self
+                .dispatch_set
+                .modify(self.guest_bell.as_fd(), DISPATCH_GUEST_BELL, how)
+                .is_ok()
+            {
+                *watched = want;
+            }
         }
     }
 
@@ -251,6 +289,7 @@ impl Shared {
         self.dead.store(true, Ordering::Release);
         // Dropping the senders fails every waiting request with "monitor gone".
         drop(lock(&self.pending).take());
+        self.update_interest();
         self.wake_all();
     }
 
@@ -310,10 +349,12 @@ impl Shared {
                 map.insert(id.0, Pending { tx, prompt });
             }
         }
+        self.update_interest();
         if let Err(e) = self.send_frame(id, msg) {
             if let Some(map) = lock(&self.pending).as_mut() {
                 map.remove(&id.0);
             }
+            self.update_interest();
             return Err(e);
         }
         Ok(rx)
@@ -356,10 +397,12 @@ impl Shared {
         rx.recv().unwrap_or_else(|_| Err(gone()))
     }
 
-    /// Sends a request whose reply nobody waits for (it is discarded on arrival).
+    /// Sends a request whose reply nobody waits for (it is discarded on arrival). It is
+    /// in flight like any other, so the dispatcher watches for its reply, which must not
+    /// pile up unread.
     pub(crate) fn fire(&self, msg: &Message) {
         if !self.is_dead() {
-            let _ = self.send_frame(self.next_request_id(), msg);
+            let _ = self.send_request(msg, false);
         }
     }
 
@@ -421,10 +464,25 @@ impl Shared {
     /// Like [`fire`](Self::fire) but never blocks (the dispatcher must not): the frame is
     /// dropped if the control ring lacks room for all of it.
     fn fire_nonblocking(&self, msg: &Message) {
-        let bytes = msg.to_frame(self.next_request_id());
+        let id = self.next_request_id();
+        let bytes = msg.to_frame(id);
         let mut tx = lock(&self.control_tx);
         if tx.free().is_ok_and(|f| f >= bytes.len()) {
+            // In flight like a `fire` (see there); only the dispatcher calls this, so it
+            // is awake to take the reply.
+            if let Some(map) = lock(&self.pending).as_mut() {
+                let (reply_tx, _) = mpsc::channel();
+                map.insert(
+                    id.0,
+                    Pending {
+                        tx: reply_tx,
+                        prompt: false,
+                    },
+                );
+            }
             let _ = tx.write(&bytes);
+            drop(tx);
+            self.update_interest();
         }
     }
 
@@ -433,6 +491,7 @@ impl Shared {
             .as_mut()
             .and_then(|m| m.remove(&frame.request_id.0))
             .map(|p| p.tx);
+        self.update_interest();
         let msg = frame.message;
         match sender {
             Some(s) => {
@@ -446,6 +505,7 @@ impl Shared {
 
     fn fail_request(&self, id: RequestId, err: io::Error) {
         let sender = lock(&self.pending).as_mut().and_then(|m| m.remove(&id.0));
+        self.update_interest();
         if let Some(Pending { tx: s, .. }) = sender {
             let _ = s.send(Err(err));
         }
@@ -535,19 +595,24 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
         sleep_sets: Mutex::new(Vec::new()),
         dead: AtomicBool::new(false),
         wakers: Mutex::new(Vec::new()),
+        async_used: AtomicBool::new(false),
+        dispatch_set: WaitSet::new()?,
+        bell_watched: Mutex::new(false),
     });
-    let set = WaitSet::new()?;
+    // The guest bell starts unwatched: `update_interest` turns it on with the first request.
+    let set = &shared.dispatch_set;
     set.add(
         shared.guest_bell.as_fd(),
         DISPATCH_GUEST_BELL,
         Trigger::Edge,
     )?;
+    set.modify(shared.guest_bell.as_fd(), DISPATCH_GUEST_BELL, None)?;
     set.add(shared.sock.as_fd(), DISPATCH_SOCK, Trigger::Level)?;
     set.add(shared.stop_bell.as_fd(), DISPATCH_STOP, Trigger::Level)?;
     let d = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("arca-dispatch".into())
-        .spawn(move || dispatch(&d, &set))?;
+        .spawn(move || dispatch(&d))?;
     let owner = Arc::new(Owner { shared });
     match owner.shared.request(&Message::hello())? {
         Message::HelloOk { .. } => Ok(owner),
@@ -597,7 +662,8 @@ const DISPATCH_SOCK: u32 = 1;
 const DISPATCH_STOP: u32 = 2;
 
 /// The dispatcher thread's body: see the module documentation.
-fn dispatch(shared: &Shared, set: &WaitSet) {
+fn dispatch(shared: &Shared) {
+    let set = &shared.dispatch_set;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
