@@ -178,10 +178,14 @@ impl Row {
             arca: Vec::new(),
             relay: Vec::new(),
         };
+        // `ARCA_BENCH_SIDE=direct|monitor|relay` runs one column only (for
+        // profiling one path; the ratio column is then meaningless).
+        let side = std::env::var("ARCA_BENCH_SIDE").unwrap_or_default();
+        let on = |s: &str| side.is_empty() || side == s;
         for _ in 0..trials {
-            r.direct.push(direct());
-            r.arca.push(arca());
-            if let Some(f) = relay.as_mut() {
+            r.direct.push(if on("direct") { direct() } else { 1.0 });
+            r.arca.push(if on("monitor") { arca() } else { 1.0 });
+            if let Some(f) = relay.as_mut().filter(|_| on("relay")) {
                 r.relay.push(f());
             }
         }
