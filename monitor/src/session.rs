@@ -1164,6 +1164,11 @@ impl Session {
                 )
             }
         };
+        // On loopback the handshake is usually over by the time connect(2) returns: answer
+        // now, without registering the socket to learn it from the next turn.
+        if let Some(outcome) = connect_outcome(&sock) {
+            return self.answer_connect(rid, addr, sock, outcome, ctx);
+        }
         let Some(id) = self.ids.take() else {
             return self.reply(
                 rid,
@@ -1202,9 +1207,6 @@ impl Session {
                 queued: false,
             },
         );
-        // On loopback the handshake is usually done by the time `connect`
-        // returns: answer in this turn rather than after an epoll round trip.
-        self.finish_connect(id, ctx);
     }
 
     fn finish_connect(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
@@ -1215,13 +1217,8 @@ impl Session {
             return;
         };
         let Some(sock) = c.sock.as_ref() else { return };
-        let outcome = match sock.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match sock.peer_addr() {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotConnected => return, // still in progress
-                Err(e) => Err(e),
-            },
+        let Some(outcome) = connect_outcome(sock) else {
+            return; // still in progress
         };
         let token = c.token;
         let mut sock = match self.remove_conn(id).and_then(|c| c.sock) {
@@ -1231,6 +1228,18 @@ impl Session {
         let _ = ctx.registry.deregister(&mut sock);
         (ctx.release)(token);
         self.ids.put(id);
+        self.answer_connect(request, addr, sock, outcome, ctx);
+    }
+
+    /// Replies to a connect whose outcome is known: on success the connection opens.
+    fn answer_connect(
+        &mut self,
+        request: RequestId,
+        addr: SocketAddr,
+        sock: mio::net::TcpStream,
+        outcome: io::Result<()>,
+        ctx: &mut Ctx<'_>,
+    ) {
         match outcome {
             Err(e) => {
                 tracing::debug!(session = self.id, request = request.0, %addr, error = %e, "connect failed");
@@ -1601,4 +1610,16 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpList
     Ok(mio::net::TcpListener::from_std(
         std::net::TcpListener::from(fd),
     ))
+}
+
+/// The outcome of a non-blocking connect: `None` while it is still in progress.
+fn connect_outcome(sock: &mio::net::TcpStream) -> Option<io::Result<()>> {
+    match sock.take_error() {
+        Ok(Some(e)) | Err(e) => Some(Err(e)),
+        Ok(None) => match sock.peer_addr() {
+            Ok(_) => Some(Ok(())),
+            Err(e) if e.kind() == ErrorKind::NotConnected => None,
+            Err(e) => Some(Err(e)),
+        },
+    }
 }
