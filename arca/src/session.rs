@@ -337,16 +337,21 @@ impl Shared {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn start_request(&self, msg: &Message) -> io::Result<mpsc::Receiver<Reply>> {
         let prompt = !matches!(msg, Message::AcceptRequest { .. });
-        self.send_request(msg, prompt)
+        self.send_request(msg, prompt, false)
     }
 
-    fn send_request(&self, msg: &Message, prompt: bool) -> io::Result<mpsc::Receiver<Reply>> {
+    fn send_request(
+        &self,
+        msg: &Message,
+        prompt: bool,
+        wake: bool,
+    ) -> io::Result<mpsc::Receiver<Reply>> {
         let id = self.next_request_id();
         let (tx, rx) = mpsc::channel();
         match lock(&self.pending).as_mut() {
             None => return Err(gone()),
             Some(map) => {
-                map.insert(id.0, Pending { tx, prompt });
+                map.insert(id.0, Pending { tx, prompt, wake });
             }
         }
         self.update_interest();
@@ -365,36 +370,63 @@ impl Shared {
     /// completes every reply found, its own included), then it sleeps until the dispatcher
     /// delivers.
     pub(crate) fn request(&self, msg: &Message) -> io::Result<Message> {
-        let accept = matches!(msg, Message::AcceptRequest { .. });
-        let rx = self.send_request(msg, false)?;
-        if !accept {
-            let start = Instant::now();
-            loop {
-                match rx.try_recv() {
-                    Ok(reply) => return reply,
-                    Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
-                    Err(mpsc::TryRecvError::Empty) => {}
-                }
-                if start.elapsed() >= REPLY_SPIN {
-                    break;
-                }
-                if let Ok(mut c) = self.control_rx.try_lock() {
-                    if c.rx.poll_readable() {
-                        let live = drain(self, &mut c);
-                        drop(c);
-                        if !live {
-                            self.kill();
-                        }
-                        // Replies to async callers may have been among them.
-                        self.bump();
+        if matches!(msg, Message::AcceptRequest { .. }) {
+            // Answered whenever a peer connects: sleep until the dispatcher delivers.
+            let rx = self.send_request(msg, false, false)?;
+            return rx.recv().unwrap_or_else(|_| Err(gone()));
+        }
+        let rx = self.send_request(msg, false, true)?;
+        let start = Instant::now();
+        let waiter = SessionWait {
+            shared: self,
+            cancel: None,
+        };
+        loop {
+            // Past the spin, take a wait set *before* the last look: a reply delivered
+            // after it rings the wake bell (see `Pending::wake`) or the guest bell, and
+            // either stays on the set's ready list.
+            let token = (start.elapsed() >= REPLY_SPIN).then(|| waiter.prepare());
+            match rx.try_recv() {
+                Ok(reply) => return reply,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            if self.help_drain() {
+                continue;
+            }
+            match token {
+                None => {
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
                     }
                 }
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
+                Some(t) => match waiter.wait(t, None) {
+                    Ok(()) => {}
+                    Err(WaitError::PeerGone) => return Err(gone()),
+                    Err(WaitError::TimedOut) => {}
+                    Err(WaitError::Io(e)) => return Err(e),
+                },
             }
         }
-        rx.recv().unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Drains the control pipe on the dispatcher's behalf if it is free and holds frames;
+    /// true if it did.
+    fn help_drain(&self) -> bool {
+        let Ok(mut c) = self.control_rx.try_lock() else {
+            return false;
+        };
+        if !c.rx.poll_readable() {
+            return false;
+        }
+        let live = drain(self, &mut c);
+        drop(c);
+        if !live {
+            self.kill();
+        }
+        // Replies to async callers may have been among them.
+        self.bump();
+        true
     }
 
     /// Sends a request whose reply nobody waits for (it is discarded on arrival). It is
@@ -402,7 +434,7 @@ impl Shared {
     /// pile up unread.
     pub(crate) fn fire(&self, msg: &Message) {
         if !self.is_dead() {
-            let _ = self.send_request(msg, false);
+            let _ = self.send_request(msg, false, false);
         }
     }
 
@@ -477,6 +509,7 @@ impl Shared {
                     Pending {
                         tx: reply_tx,
                         prompt: false,
+                        wake: false,
                     },
                 );
             }
@@ -487,16 +520,18 @@ impl Shared {
     }
 
     fn complete(&self, frame: Frame) {
-        let sender = lock(&self.pending)
+        let pending = lock(&self.pending)
             .as_mut()
-            .and_then(|m| m.remove(&frame.request_id.0))
-            .map(|p| p.tx);
+            .and_then(|m| m.remove(&frame.request_id.0));
         self.update_interest();
         let msg = frame.message;
-        match sender {
-            Some(s) => {
-                if let Err(mpsc::SendError(Ok(msg))) = s.send(Ok(msg)) {
+        match pending {
+            Some(p) => {
+                if let Err(mpsc::SendError(Ok(msg))) = p.tx.send(Ok(msg)) {
                     self.discard(msg);
+                }
+                if p.wake {
+                    self.wake_bell.ring();
                 }
             }
             None => self.discard(msg),
@@ -506,8 +541,11 @@ impl Shared {
     fn fail_request(&self, id: RequestId, err: io::Error) {
         let sender = lock(&self.pending).as_mut().and_then(|m| m.remove(&id.0));
         self.update_interest();
-        if let Some(Pending { tx: s, .. }) = sender {
-            let _ = s.send(Err(err));
+        if let Some(p) = sender {
+            let _ = p.tx.send(Err(err));
+            if p.wake {
+                self.wake_bell.ring();
+            }
         }
     }
 }
@@ -519,6 +557,9 @@ impl Shared {
 struct Pending {
     tx: mpsc::Sender<Reply>,
     prompt: bool,
+    /// The requester may be asleep on the guest bell (a blocking [`Shared::request`]):
+    /// whoever completes the request rings the wake bell so that it looks.
+    wake: bool,
 }
 
 /// Owns the dispatcher: dropping the last handle stops it (and so ends the session).
