@@ -558,7 +558,9 @@ impl Session {
     }
 
     fn on_bell(&mut self, ctx: &mut Ctx<'_>) {
-        self.monitor_bell.drain();
+        // The bell is registered edge-triggered (mio): every ring is an event of its
+        // own, so the counter is never read — a read per wake would only cost a system
+        // call. Which pipes want service is in the bitmap.
         let mut slots = Vec::new();
         self.bitmap.take(|slot| slots.push(slot));
         for slot in slots {

@@ -89,8 +89,9 @@ impl Doorbell {
     }
 
     /// Clears pending rings; returns how many there were. Only for a doorbell
-    /// polled level-triggered (as the monitor's event loop does); never for
-    /// one a [`wait_until`](Self::wait_until) may be sleeping on.
+    /// polled level-triggered; never for one watched edge-triggered (a
+    /// [`wait_until`](Self::wait_until), any [`WaitSet`]), where it could
+    /// swallow a wake.
     pub fn drain(&self) -> u64 {
         let mut b = [0u8; 8];
         match nix::unistd::read(self.efd.as_raw_fd(), &mut b) {
