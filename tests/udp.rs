@@ -168,6 +168,60 @@ fn a_batch_send_delivers_every_datagram_whole_and_in_order() {
     assert!((1..=64).contains(&n), "queued {n} of 64");
 }
 
+/// Runs of equal datagrams to one destination go to the kernel as one segmentation-offload
+/// send; every datagram must still arrive whole, alone and in order, whatever the mix of
+/// sizes and destinations in the ring.
+#[test]
+fn runs_of_equal_datagrams_arrive_whole_and_in_order() {
+    let m = TestMonitor::start();
+    let s = m.session();
+    let sinks: Vec<HostUdp> = (0..2)
+        .map(|_| {
+            let h = HostUdp::bind("127.0.0.1:0").unwrap();
+            h.set_read_timeout(Some(STEP)).unwrap();
+            socket2::SockRef::from(&h)
+                .set_recv_buffer_size(8 << 20)
+                .unwrap();
+            h
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = sinks.iter().map(|h| h.local_addr().unwrap()).collect();
+    let sock = s.bind_udp("127.0.0.1:0").unwrap();
+    let mut seq = 0u64;
+    let mut want: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+    let mut buf = vec![0u8; 65536];
+    for round in 0..20 {
+        // (sink, sizes): a long run with a shorter last one, a run elsewhere, a broken run.
+        let plan: [(usize, Vec<usize>); 3] = [
+            (0, [vec![1400; 50], vec![300]].concat()),
+            (1, vec![1400; 20]),
+            (0, vec![1400, 900, 1400, 1400, 1, 1]),
+        ];
+        for (sink, sizes) in &plan {
+            let bodies: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&n| {
+                    seq += 1;
+                    pattern(seq, n)
+                })
+                .collect();
+            let datagrams: Vec<[&[u8]; 1]> = bodies.iter().map(|b| [&b[..]]).collect();
+            assert_eq!(
+                sock.send_many_to(&datagrams, addrs[*sink]).unwrap(),
+                bodies.len()
+            );
+            want[*sink].extend(bodies);
+        }
+        for (k, h) in sinks.iter().enumerate() {
+            for (i, w) in want[k].drain(..).enumerate() {
+                let (n, from) = h.recv_from(&mut buf).unwrap();
+                assert_eq!(from, sock.local_addr().unwrap());
+                assert_eq!(&buf[..n], &w[..], "round {round}, sink {k}, datagram {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn connected_send_and_recv_and_ipv6() {
     let m = TestMonitor::start();

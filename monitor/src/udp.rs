@@ -129,6 +129,9 @@ pub struct UdpRelay {
     readable: bool,
     /// The socket may accept datagrams (cleared only by `WouldBlock`).
     writable: bool,
+    /// Runs of equal datagrams go out as one GSO send (cleared when the host
+    /// refuses one; see [`send_batch`]).
+    gso: bool,
     counters: UdpCounters,
     /// `counters.dropped` as last published to the guest.
     published_drops: u64,
@@ -177,6 +180,7 @@ impl UdpRelay {
             sock: Some(sock),
             readable: true,
             writable: true,
+            gso: true,
             counters: UdpCounters::default(),
             published_drops: 0,
             policy: None,
@@ -328,19 +332,28 @@ impl UdpRelay {
                 }
                 return Ok(()); // armed: the guest's next record rings us
             }
-            match send_batch(fd, &batch) {
+            match send_batch(fd, &batch, self.gso) {
+                Err((e, true))
+                    if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                {
+                    // The host refused a GSO send (a kernel without UDP_SEGMENT, a
+                    // segment above the path MTU): send this socket's datagrams one
+                    // by one from now on; each then gets its own verdict.
+                    tracing::debug!(error = %e, "UDP segmentation offload refused; sending datagrams singly");
+                    self.gso = false;
+                }
                 Ok(sent) => {
                     let bytes: usize = batch.iter().take(sent).map(|r| r.record_len).sum();
                     self.pipe.rx().consume(bytes).map_err(RelayFault::Corrupt)?;
                     self.counters.sent += sent as u64;
                     p.up += bytes;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err((e, _)) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
                     return Ok(());
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
+                Err((e, _)) if e.kind() == ErrorKind::Interrupted => {}
+                Err((e, _)) => {
                     // The first record was refused: drop it, tell the guest.
                     let first = batch.first().map_or(0, |r| r.record_len);
                     self.pipe.rx().consume(first).map_err(RelayFault::Corrupt)?;
@@ -544,6 +557,7 @@ fn buffer_size(value: u64) -> io::Result<usize> {
 
 /// One record ready to send: where its payload lies and where it goes.
 struct Outgoing {
+    to: SocketAddr,
     addr: SockaddrStorage,
     payload: Segments,
     record_len: usize,
@@ -599,6 +613,7 @@ fn parse_records(
             break;
         }
         out.push(Outgoing {
+            to: header.addr,
             addr: SockaddrStorage::from(header.addr),
             payload: segs.range(off + DATAGRAM_HEADER_LEN, usize::from(header.payload_len)),
             record_len: header.record_len(),
@@ -608,33 +623,114 @@ fn parse_records(
     Ok((out, None))
 }
 
-/// `sendmmsg` of a batch; returns how many were sent (at least one), or the
-/// error of the first.
-fn send_batch(fd: BorrowedFd<'_>, batch: &[Outgoing]) -> io::Result<usize> {
-    let mut iovs: Vec<[libc::iovec; 2]> = Vec::with_capacity(batch.len());
-    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(batch.len());
-    for r in batch {
-        iovs.push(r.payload.iovecs().0);
+/// Most payload bytes in one GSO send (a UDP datagram's limit, less headers).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Most datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Splits `batch` into messages: with `gso`, each run of datagrams to one
+/// destination with one payload length (its last may be shorter) is one
+/// message for the kernel to cut (`UDP_SEGMENT`); every other datagram is a
+/// message of its own. Datagrams stay whole and in order either way.
+fn plan_messages(batch: &[Outgoing], gso: bool) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let first = &batch[i];
+        let size = first.payload.total();
+        let mut end = i + 1;
+        let mut bytes = size;
+        if gso && size > 0 {
+            while end < batch.len() && end - i < GSO_MAX_SEGMENTS {
+                let r = &batch[end];
+                let len = r.payload.total();
+                if r.to != first.to || len > size || len == 0 || bytes + len > GSO_MAX_BYTES {
+                    break;
+                }
+                bytes += len;
+                end += 1;
+                if len < size {
+                    break; // only the last may be shorter
+                }
+            }
+        }
+        out.push(i..end);
+        i = end;
     }
-    for (r, iov) in batch.iter().zip(iovs.iter_mut()) {
+    out
+}
+
+/// `sendmmsg` of a batch, runs of equal datagrams as GSO messages when `gso`
+/// (see [`plan_messages`]); returns how many *datagrams* were sent (at least
+/// one). On failure, the error of the first message, and whether that message
+/// was a GSO one (the caller then retries without).
+fn send_batch(
+    fd: BorrowedFd<'_>,
+    batch: &[Outgoing],
+    gso: bool,
+) -> Result<usize, (io::Error, bool)> {
+    let plan = plan_messages(batch, gso);
+    // Every payload is one or two iovecs (it may wrap around the ring's end).
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
+    for r in batch {
+        let (v, n) = r.payload.iovecs();
+        iovs.extend_from_slice(&v[..n]);
+    }
+    // One UDP_SEGMENT control message per GSO message.
+    const CMSG_LEN: usize = 32;
+    let mut cmsgs = vec![[0u64; CMSG_LEN / 8]; plan.len()];
+    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(plan.len());
+    let mut iov_at = 0usize;
+    let mut iov_start = Vec::with_capacity(plan.len());
+    for m in &plan {
+        iov_start.push(iov_at);
+        iov_at += batch[m.clone()]
+            .iter()
+            .map(|r| r.payload.as_slice().len())
+            .sum::<usize>();
+    }
+    for ((m, &start), cbuf) in plan.iter().zip(&iov_start).zip(cmsgs.iter_mut()) {
+        let r = &batch[m.start];
+        let count: usize = batch[m.clone()]
+            .iter()
+            .map(|r| r.payload.as_slice().len())
+            .sum();
         // SAFETY: `msghdr` is a plain C struct for which all-zero is a valid
         // (empty) value; the fields that matter are set below.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = r.addr.as_ptr().cast_mut().cast();
         msg.msg_namelen = r.addr.len();
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = r.payload.as_slice().len();
+        // SAFETY: `start + count <= iovs.len()` by construction of `iov_start`.
+        msg.msg_iov = unsafe { iovs.as_mut_ptr().add(start) };
+        msg.msg_iovlen = count;
+        if m.len() > 1 {
+            let seg = u16::try_from(r.payload.total()).unwrap_or(u16::MAX);
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a size.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+            // SAFETY: the control buffer is 32 bytes, 8-aligned, at least
+            // CMSG_SPACE(2); CMSG_FIRSTHDR returns its start, and the u16 is
+            // written inside it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            }
+        }
         hdrs.push(libc::mmsghdr {
             msg_hdr: msg,
             msg_len: 0,
         });
     }
     let count = libc::c_uint::try_from(hdrs.len()).unwrap_or(libc::c_uint::MAX);
-    // SAFETY: every `mmsghdr` points at a socket address owned by `batch` and
-    // at iovecs in `iovs`, both alive across the call; the iovecs describe
-    // published, unconsumed bytes of the guest's ring inside the live mapping
-    // (from `readable_segments`), which the kernel only reads. A guest that
-    // scribbles on them meanwhile changes only what is sent.
+    // SAFETY: every `mmsghdr` points at a socket address owned by `batch`, at
+    // iovecs in `iovs` and at a control buffer in `cmsgs`, all alive across
+    // the call; the iovecs describe published, unconsumed bytes of the guest's
+    // ring inside the live mapping (from `readable_segments`), which the kernel
+    // only reads. A guest that scribbles on them meanwhile changes only what
+    // is sent.
     let r = unsafe {
         libc::sendmmsg(
             fd.as_raw_fd(),
@@ -644,9 +740,11 @@ fn send_batch(fd: BorrowedFd<'_>, batch: &[Outgoing]) -> io::Result<usize> {
         )
     };
     if r < 0 {
-        return Err(io::Error::last_os_error());
+        let first_gso = plan.first().is_some_and(|m| m.len() > 1);
+        return Err((io::Error::last_os_error(), first_gso));
     }
-    Ok(usize::try_from(r).unwrap_or(0))
+    let messages = usize::try_from(r).unwrap_or(0);
+    Ok(plan.iter().take(messages).map(ExactSizeIterator::len).sum())
 }
 
 struct Received {
