@@ -106,11 +106,14 @@ impl NetListener for std::net::TcpListener {
 pub struct StdMcast {
     sock: std::net::UdpSocket,
     group: SocketAddrV4,
+    /// Runs of equal datagrams go out as one segmentation-offload send (see
+    /// [`sys::send_batch`]).
+    gso: bool,
 }
 
 impl McastSender for StdMcast {
     fn send_packets(&mut self, pkts: &[(&[u8], &[u8])]) -> io::Result<usize> {
-        sys::send_batch(self.sock.as_fd(), self.group, pkts)
+        sys::send_batch(self.sock.as_fd(), self.group, pkts, &mut self.gso)
     }
 }
 
@@ -138,6 +141,7 @@ impl SenderNet for StdNet {
         Ok(StdMcast {
             sock: s.into(),
             group: o.group,
+            gso: true,
         })
     }
 }

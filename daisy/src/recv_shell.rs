@@ -185,17 +185,19 @@ fn drain_udp(
         let n = sys::recv_batch(u.as_fd(), batch).map_err(io_err("recvmmsg"))?;
         let now = Instant::now();
         for i in 0..n {
-            if drop_threshold > 0 {
-                // xorshift64*
-                *rng ^= *rng >> 12;
-                *rng ^= *rng << 25;
-                *rng ^= *rng >> 27;
-                let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32;
-                if r < drop_threshold {
-                    continue;
+            for d in batch.datagrams(i) {
+                if drop_threshold > 0 {
+                    // xorshift64*
+                    *rng ^= *rng >> 12;
+                    *rng ^= *rng << 25;
+                    *rng ^= *rng >> 27;
+                    let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32;
+                    if r < drop_threshold {
+                        continue;
+                    }
                 }
+                core.handle_datagram(d, now);
             }
-            core.handle_datagram(batch.get(i), now);
         }
         if n < sys::MAX_BATCH {
             break;
@@ -217,6 +219,8 @@ fn join(g: SocketAddrV4, local: Ipv4Addr) -> Result<UdpSocket, RecvShellError> {
         .map_err(io_err(what.clone()))?;
     s.join_multicast_v4(g.ip(), &local)
         .map_err(io_err(what.clone()))?;
+    // Optional: fewer, larger receives where the kernel can coalesce.
+    let _ = sys::enable_gro(s.as_fd());
     s.set_nonblocking(true).map_err(io_err(what))?;
     Ok(s.into())
 }
