@@ -129,10 +129,15 @@ pub fn send_batch(
                         continue;
                     }
                     Some(libc::ENOBUFS) | Some(libc::EAGAIN) => return Ok(sent + datagrams),
-                    Some(libc::EINVAL | libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
-                        if groups[done].len() > 1 =>
-                    {
-                        // No segmentation offload here: the rest goes out singly.
+                    Some(
+                        libc::EINVAL
+                        | libc::EMSGSIZE
+                        | libc::EIO
+                        | libc::EOPNOTSUPP
+                        | libc::ENOPROTOOPT,
+                    ) if groups[done].len() > 1 => {
+                        // No segmentation offload here (or a segment above the path MTU,
+                        // which only IP fragmentation can carry): the rest goes out singly.
                         *gso = false;
                         sent += datagrams;
                         continue 'batches;
@@ -335,4 +340,123 @@ pub fn poll_readable(fds: &[Option<BorrowedFd<'_>>], timeout_ms: i32) -> io::Res
         return Err(e);
     }
     Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    /// A run of 40 equal datagrams and a shorter last one, each headed by its index.
+    fn run() -> (Vec<[u8; 8]>, Vec<Vec<u8>>) {
+        let heads = (0..41u64).map(u64::to_le_bytes).collect();
+        let bodies = (0..41u8)
+            .map(|i| vec![i; if i == 40 { 300 } else { 1000 }])
+            .collect();
+        (heads, bodies)
+    }
+
+    fn pairs<'a>(heads: &'a [[u8; 8]], bodies: &'a [Vec<u8>]) -> Vec<(&'a [u8], &'a [u8])> {
+        heads
+            .iter()
+            .zip(bodies)
+            .map(|(h, b)| (&h[..], &b[..]))
+            .collect()
+    }
+
+    fn loopback_pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
+        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = set_rcvbuf_force(rx.as_fd(), 8 << 20);
+        let to = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("{other}"),
+        };
+        (UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(), rx, to)
+    }
+
+    #[test]
+    fn a_run_goes_out_as_one_offload_send_and_arrives_as_whole_datagrams() {
+        let (tx, rx, to) = loopback_pair();
+        let (heads, bodies) = run();
+        let mut gso = true;
+        assert_eq!(
+            send_batch(tx.as_fd(), to, &pairs(&heads, &bodies), &mut gso).unwrap(),
+            41
+        );
+        assert!(gso, "loopback takes UDP_SEGMENT");
+        let mut buf = vec![0u8; 65536];
+        for (h, b) in heads.iter().zip(&bodies) {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..8], h);
+            assert_eq!(&buf[8..n], &b[..]);
+        }
+    }
+
+    #[test]
+    fn coalesced_receives_split_into_their_datagrams() {
+        let (tx, rx, to) = loopback_pair();
+        enable_gro(rx.as_fd()).unwrap();
+        let (heads, bodies) = run();
+        let mut gso = true;
+        send_batch(tx.as_fd(), to, &pairs(&heads, &bodies), &mut gso).unwrap();
+        let mut batch = RecvBatch::new(65_536);
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut coalesced = false;
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < 41 && std::time::Instant::now() < until {
+            let n = recv_batch(rx.as_fd(), &mut batch).unwrap();
+            for i in 0..n {
+                coalesced |= batch.segs[i] != 0;
+                got.extend(batch.datagrams(i).map(<[u8]>::to_vec));
+            }
+        }
+        assert!(coalesced, "the kernel handed over coalesced datagrams");
+        assert_eq!(got.len(), 41);
+        for ((d, h), b) in got.iter().zip(&heads).zip(&bodies) {
+            assert_eq!(&d[..8], h);
+            assert_eq!(&d[8..], &b[..]);
+        }
+    }
+
+    /// In a network namespace of its own whose loopback has a 1,500-byte MTU, 8 KiB
+    /// datagrams cannot be segments (the kernel says `EMSGSIZE`): the batch still goes out,
+    /// singly, as IP fragments.
+    #[test]
+    fn a_segment_above_the_path_mtu_falls_back_to_single_datagrams() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: making a network namespace needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare moves only this thread into a new network namespace; the
+            // thread ends with the test.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "mtu", "1500", "up"])
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip link set lo mtu 1500 up");
+            let (tx, rx, to) = loopback_pair();
+            let heads: Vec<[u8; 8]> = (0..8u64).map(u64::to_le_bytes).collect();
+            let bodies: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 8192]).collect();
+            let mut gso = true;
+            assert_eq!(
+                send_batch(tx.as_fd(), to, &pairs(&heads, &bodies), &mut gso).unwrap(),
+                8
+            );
+            assert!(!gso, "the refusal turned offload off");
+            let mut buf = vec![0u8; 65536];
+            for (h, b) in heads.iter().zip(&bodies) {
+                let n = rx.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..8], h);
+                assert_eq!(&buf[8..n], &b[..]);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
