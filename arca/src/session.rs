@@ -367,8 +367,10 @@ impl Shared {
 
     /// Sends a request and blocks until its reply. A prompt reply is met without a wake:
     /// for up to [`REPLY_SPIN`] the caller drains the control pipe itself (whoever drains
-    /// completes every reply found, its own included), then it sleeps until the dispatcher
-    /// delivers.
+    /// completes every reply found, its own included); after that it sleeps on the guest
+    /// bell and drains again on each wake, and whoever else completes the request rings
+    /// the wake bell. An accept, which may wait for a peer indefinitely, just sleeps until
+    /// the dispatcher delivers.
     pub(crate) fn request(&self, msg: &Message) -> io::Result<Message> {
         if matches!(msg, Message::AcceptRequest { .. }) {
             // Answered whenever a peer connects: sleep until the dispatcher delivers.
@@ -667,7 +669,8 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
     }
 }
 
-/// How long the dispatcher polls for a due reply before it sleeps.
+/// How long a blocking requester (and the dispatcher, for async callers) polls for a due
+/// reply before it sleeps.
 const REPLY_SPIN: Duration = Duration::from_micros(50);
 
 fn replies_due(shared: &Shared) -> bool {
