@@ -262,14 +262,19 @@ impl Shared {
     }
 
     /// Makes the dispatcher watch the guest bell exactly while it has a reason to: a reply
-    /// is awaited (a request in flight) or async tasks use the session. Otherwise every ring
+    /// is awaited by nobody but the dispatcher (an accept, a fired close, an async caller's
+    /// request) or async tasks use the session. Otherwise every ring
     /// for a data pipe would wake it for nothing. Called after every change of either
     /// reason; it reads both under its own lock, so the last call leaves the right state.
     /// Enabling happens before the request goes out, so the reply's ring is never missed.
     fn update_interest(&self) {
         let mut watched = lock(&self.bell_watched);
+        // A blocking request's own thread takes its reply (see `request`): only the
+        // others need the dispatcher.
         let want = self.async_used.load(Ordering::Acquire)
-            || lock(&self.pending).as_ref().is_some_and(|m| !m.is_empty());
+            || lock(&self.pending)
+                .as_ref()
+                .is_some_and(|m| m.values().any(|p| !p.wake));
         if want != *watched {
             let how = want.then_some(Trigger::Edge);
             // MOD fails only without kernel memory; the state then stays as it was, and a
