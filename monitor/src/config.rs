@@ -13,7 +13,8 @@ pub struct Config {
     pub region_size: u64,
     /// Capacity of each ring of the control pipe.
     pub control_ring: u64,
-    /// Capacity of each ring of a connection's data pipe.
+    /// Capacity of a connection's host → guest ring; its guest → host ring is
+    /// twice this ([`upload_ring`](Config::upload_ring)).
     pub data_ring: u64,
     /// Connection slots per guest (size of the notification bitmap).
     pub max_conns: u32,
@@ -56,6 +57,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Capacity of a connection's guest → host ring: twice [`data_ring`](Config::data_ring).
+    /// A pipe block (4 KiB of headers and both rings) is rounded up to a power of two,
+    /// 4 × `data_ring`, so with equal rings a quarter of it would lie unused; the
+    /// guest → host ring takes it, at no cost in region space. Uploads gain most from it: a
+    /// guest fills its ring far faster than the monitor can send, so the larger ring halves
+    /// how often the guest must sleep and be woken (64 KiB writes through the monitor went
+    /// from 2.6–3.0 to 3.6–3.7 GB/s on the benchmark machine).
+    pub fn upload_ring(&self) -> u64 {
+        self.data_ring.saturating_mul(2)
+    }
+
+    /// The size of one connection's pipe block as the allocator hands it out.
+    pub fn data_pipe_block(&self) -> u64 {
+        shm_ring::BidirectionalPipe::block_size(self.upload_ring(), self.data_ring)
+    }
+
     /// Checks the sizes fit together.
     ///
     /// # Errors
@@ -67,13 +84,14 @@ impl Config {
                 self.region_size
             ));
         }
-        for (name, cap) in [
-            ("control ring", self.control_ring),
-            ("data ring", self.data_ring),
+        // The data ring's guest → host twin is twice it, and no ring exceeds 2^30.
+        for (name, cap, max) in [
+            ("control ring", self.control_ring, 30),
+            ("data ring", self.data_ring, 29),
         ] {
-            if !cap.is_power_of_two() || !(4096..=(1 << 30)).contains(&cap) {
+            if !cap.is_power_of_two() || !(4096..=(1 << max)).contains(&cap) {
                 return Err(format!(
-                    "{name} capacity {cap} must be a power of two between 4096 and 2^30"
+                    "{name} capacity {cap} must be a power of two between 4096 and 2^{max}"
                 ));
             }
         }
@@ -85,7 +103,7 @@ impl Config {
         }
         let need = shm_ring::BidirectionalPipe::block_size(self.control_ring, self.control_ring)
             + shm_ring::NotifyBitmap::bytes_for(self.max_conns)
-            + shm_ring::BidirectionalPipe::block_size(self.data_ring, self.data_ring);
+            + self.data_pipe_block();
         if need > self.region_size {
             return Err(format!(
                 "region size {} cannot hold the control pipe, the bitmap and one data pipe ({need} bytes)",

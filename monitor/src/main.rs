@@ -87,7 +87,8 @@ struct Sizes {
     /// Size of each guest's shared region (power of two; K, M, G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "256M")]
     region_size: u64,
-    /// Capacity of each ring of a connection's data pipe (power of two).
+    /// Capacity of a connection's host → guest ring (power of two); the guest → host ring
+    /// is twice it, which fits the same power-of-two pipe block.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "256K")]
     data_ring: u64,
 }

@@ -1100,19 +1100,19 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
         let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
-        let cap = ctx.config.data_ring;
-        if !self.pipe_fits(BidirectionalPipe::block_size(cap, cap)) {
+        let (up, down) = (ctx.config.upload_ring(), ctx.config.data_ring);
+        if !self.pipe_fits(ctx.config.data_pipe_block()) {
             let limit = self.policy.limits.pipe_memory.unwrap_or(u64::MAX);
             return Err(self.over_quota(None, "data pipe", "pipe memory", limit));
         }
         let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
         let pipe = self
             .alloc
-            .alloc(BidirectionalPipe::block_size(cap, cap))
+            .alloc(BidirectionalPipe::block_size(up, down))
             .map_err(|_| ErrorCode::OutOfMemory)
             .and_then(|block| {
                 let wake = PeerWakers::single(self.guest_bell.clone());
-                BidirectionalPipe::create(&self.region, block, cap, cap, wake)
+                BidirectionalPipe::create(&self.region, block, up, down, wake)
                     .map_err(|_| ErrorCode::OutOfMemory)
             });
         let pipe = match pipe {
@@ -1134,8 +1134,8 @@ impl Session {
         }
         let info = PipeInfo {
             shm_offset: pipe.layout().offset().0,
-            cap_to_monitor: cap as u32,
-            cap_to_guest: cap as u32,
+            cap_to_monitor: up as u32,
+            cap_to_guest: down as u32,
         };
         self.insert_conn(
             id,
