@@ -680,16 +680,9 @@ fn send_batch(
     const CMSG_LEN: usize = 32;
     let mut cmsgs = vec![[0u64; CMSG_LEN / 8]; plan.len()];
     let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(plan.len());
-    let mut iov_at = 0usize;
-    let mut iov_start = Vec::with_capacity(plan.len());
-    for m in &plan {
-        iov_start.push(iov_at);
-        iov_at += batch[m.clone()]
-            .iter()
-            .map(|r| r.payload.as_slice().len())
-            .sum::<usize>();
-    }
-    for ((m, &start), cbuf) in plan.iter().zip(&iov_start).zip(cmsgs.iter_mut()) {
+    // Each message's iovecs follow the previous message's in `iovs`.
+    let mut start = 0usize;
+    for (m, cbuf) in plan.iter().zip(cmsgs.iter_mut()) {
         let r = &batch[m.start];
         let count: usize = batch[m.clone()]
             .iter()
@@ -700,9 +693,11 @@ fn send_batch(
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = r.addr.as_ptr().cast_mut().cast();
         msg.msg_namelen = r.addr.len();
-        // SAFETY: `start + count <= iovs.len()` by construction of `iov_start`.
+        // SAFETY: the messages' counts sum to `iovs.len()`, so
+        // `start + count <= iovs.len()`.
         msg.msg_iov = unsafe { iovs.as_mut_ptr().add(start) };
         msg.msg_iovlen = count;
+        start += count;
         if m.len() > 1 {
             let seg = u16::try_from(r.payload.total()).unwrap_or(u16::MAX);
             msg.msg_control = cbuf.as_mut_ptr().cast();
