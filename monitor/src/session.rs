@@ -1094,6 +1094,24 @@ impl Session {
 
     /// Gives an established socket a connection id and a pipe, and starts
     /// relaying. Returns what the guest needs to know.
+    /// A new pipe block with rings of `up` (guest → monitor) and `down` bytes, waking the
+    /// guest through its bell; `OutOfMemory` (logged) when the region has no room.
+    fn new_pipe(&mut self, up: u64, down: u64, what: &str) -> Result<BidirectionalPipe, ErrorCode> {
+        let pipe = self
+            .alloc
+            .alloc(BidirectionalPipe::block_size(up, down))
+            .map_err(|_| ErrorCode::OutOfMemory)
+            .and_then(|block| {
+                let wake = PeerWakers::single(self.guest_bell.clone());
+                BidirectionalPipe::create(&self.region, block, up, down, wake)
+                    .map_err(|_| ErrorCode::OutOfMemory)
+            });
+        if pipe.is_err() {
+            tracing::warn!(session = self.id, stats = ?self.alloc.stats(), "no room for a {what} pipe");
+        }
+        pipe
+    }
+
     fn open_conn(
         &mut self,
         mut sock: mio::net::TcpStream,
@@ -1105,24 +1123,9 @@ impl Session {
             let limit = self.policy.limits.pipe_memory.unwrap_or(u64::MAX);
             return Err(self.over_quota(None, "data pipe", "pipe memory", limit));
         }
+        // A pipe that is dropped on a later error frees its block.
+        let pipe = self.new_pipe(up, down, "data")?;
         let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
-        let pipe = self
-            .alloc
-            .alloc(BidirectionalPipe::block_size(up, down))
-            .map_err(|_| ErrorCode::OutOfMemory)
-            .and_then(|block| {
-                let wake = PeerWakers::single(self.guest_bell.clone());
-                BidirectionalPipe::create(&self.region, block, up, down, wake)
-                    .map_err(|_| ErrorCode::OutOfMemory)
-            });
-        let pipe = match pipe {
-            Ok(p) => p,
-            Err(code) => {
-                self.ids.put(id);
-                tracing::warn!(session = self.id, stats = ?self.alloc.stats(), "no room for a data pipe");
-                return Err(code);
-            }
-        };
         let token = (ctx.tokens)(SessionSource::Conn(id));
         if let Err(e) =
             ctx.registry
@@ -1439,24 +1442,8 @@ impl Session {
             Some(Ok(c)) => Some(c),
             None => None,
         };
+        let pipe = self.new_pipe(cap, cap, "udp")?;
         let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
-        let pipe = self
-            .alloc
-            .alloc(BidirectionalPipe::block_size(cap, cap))
-            .map_err(|_| ErrorCode::OutOfMemory)
-            .and_then(|block| {
-                let wake = PeerWakers::single(self.guest_bell.clone());
-                BidirectionalPipe::create(&self.region, block, cap, cap, wake)
-                    .map_err(|_| ErrorCode::OutOfMemory)
-            });
-        let pipe = match pipe {
-            Ok(p) => p,
-            Err(code) => {
-                self.ids.put(id);
-                tracing::warn!(session = self.id, stats = ?self.alloc.stats(), "no room for a udp pipe");
-                return Err(code);
-            }
-        };
         let token = (ctx.tokens)(SessionSource::Conn(id));
         if let Err(e) =
             ctx.registry
