@@ -5,19 +5,57 @@
 //! is ringing for (`fetch_or`) *before* ringing; the owner, once woken, swaps
 //! each non-zero word to zero and services the pipes whose bits were set. A
 //! bit set after the owner's swap is followed by its own ring, so it is seen on
-//! the next wake. The peer is untrusted: a bit it sets without cause only makes
-//! the owner look at that pipe (a bounded, harmless check); a bit it never sets
-//! only delays its own pipe.
+//! the next wake.
+//!
+//! Rings coalesce: a notifier whose `fetch_or` finds its bit already set does
+//! not ring. The bit is one the owner has not taken yet, so the ring that
+//! followed its setting is still to be handled (or is being handled before
+//! the swap), and the swap that clears the bit comes later in the word's
+//! modification order than our `fetch_or` — the owner's `Acquire` swap then
+//! sees everything we published before it. Two notifications for one pipe in
+//! quick succession (a stream dropping both its halves) cost one system call.
+//!
+//! The peer is untrusted: a bit it sets without cause only makes the owner
+//! look at that pipe (a bounded, harmless check); a bit it never sets, or
+//! leaves set, only delays its own pipes.
 
+#[cfg(not(loom))]
 use std::ptr::NonNull;
+#[cfg(not(loom))]
 use std::sync::Arc;
 
+#[cfg(not(loom))]
 use crate::offset::{OffsetError, ShmOffset};
+#[cfg(not(loom))]
 use crate::region::ShmRegion;
 use crate::sync::{AtomicU64, Ordering};
+#[cfg(not(loom))]
 use crate::wait::Notify;
 
+/// Sets `bit` of `word`; true if it was clear, i.e. the caller must ring the
+/// owner's doorbell (see the module documentation for why a caller that
+/// finds it set need not).
+#[cfg_attr(all(loom, not(test)), allow(dead_code))]
+pub(crate) fn mark(word: &AtomicU64, bit: u32) -> bool {
+    // Release: what the setter published before is visible to the owner
+    // that swaps the word with Acquire — also when the bit was already set,
+    // as the owner's swap then reads from this read-modify-write's release
+    // sequence.
+    let mask = 1u64 << (bit % 64);
+    word.fetch_or(mask, Ordering::Release) & mask == 0
+}
+
+/// Takes every bit of `word` (clearing them), for the owner.
+#[cfg_attr(all(loom, not(test)), allow(dead_code))]
+pub(crate) fn take(word: &AtomicU64) -> u64 {
+    if word.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    word.swap(0, Ordering::Acquire)
+}
+
 /// A bitmap of `slots` bits at an offset of the region.
+#[cfg(not(loom))]
 pub struct NotifyBitmap {
     base: NonNull<AtomicU64>,
     words: usize,
@@ -27,10 +65,13 @@ pub struct NotifyBitmap {
 
 // SAFETY: `base` points into `_region`'s mapping, kept alive by the `Arc`; all
 // access is atomic.
+#[cfg(not(loom))]
 unsafe impl Send for NotifyBitmap {}
 // SAFETY: as above.
+#[cfg(not(loom))]
 unsafe impl Sync for NotifyBitmap {}
 
+#[cfg(not(loom))]
 impl std::fmt::Debug for NotifyBitmap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NotifyBitmap")
@@ -39,6 +80,7 @@ impl std::fmt::Debug for NotifyBitmap {
     }
 }
 
+#[cfg(not(loom))]
 impl NotifyBitmap {
     /// Bytes a bitmap of `slots` bits occupies (whole 64-bit words).
     pub fn bytes_for(slots: u32) -> u64 {
@@ -83,26 +125,16 @@ impl NotifyBitmap {
         }
     }
 
-    /// Sets bit `slot`; false if `slot` is out of range.
+    /// Sets bit `slot`; true if it was clear (ring the owner), false if it
+    /// was already set (a ring for it is pending) or `slot` is out of range.
     pub fn set(&self, slot: u32) -> bool {
-        if slot >= self.slots {
-            return false;
-        }
-        // Release: what the setter published before is visible to the owner
-        // that swaps the word with Acquire.
-        self.word((slot / 64) as usize)
-            .fetch_or(1 << (slot % 64), Ordering::Release);
-        true
+        slot < self.slots && mark(self.word((slot / 64) as usize), slot)
     }
 
     /// Takes every set bit (clearing them) and calls `f` with each slot.
     pub fn take(&self, mut f: impl FnMut(u32)) {
         for i in 0..self.words {
-            let w = self.word(i);
-            if w.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = w.swap(0, Ordering::Acquire);
+            let mut bits = take(self.word(i));
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
@@ -114,7 +146,8 @@ impl NotifyBitmap {
         }
     }
 
-    /// A [`Notify`] for one pipe: sets its bit, then rings `bell`.
+    /// A [`Notify`] for one pipe: sets its bit, then rings `bell` if the bit
+    /// was clear.
     pub fn notifier(self: &Arc<Self>, slot: u32, bell: Arc<dyn Notify>) -> SlotNotify {
         SlotNotify {
             bitmap: Arc::clone(self),
@@ -124,24 +157,62 @@ impl NotifyBitmap {
     }
 }
 
-/// Sets one slot's bit, then rings the owner's doorbell.
+/// Sets one slot's bit, then rings the owner's doorbell unless the bit was
+/// already set (a ring for it is pending).
+#[cfg(not(loom))]
 pub struct SlotNotify {
     bitmap: Arc<NotifyBitmap>,
     slot: u32,
     bell: Arc<dyn Notify>,
 }
 
+#[cfg(not(loom))]
 impl Notify for SlotNotify {
     fn notify(&self) {
-        self.bitmap.set(self.slot);
-        self.bell.notify();
+        if self.bitmap.set(self.slot) {
+            self.bell.notify();
+        }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::wait::NoNotify;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Notify for Count {
+        fn notify(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_pending_bit_coalesces_rings() {
+        let region = Arc::new(ShmRegion::create("bm", 8192).unwrap());
+        let bm = Arc::new(NotifyBitmap::new(&region, ShmOffset(4096), 130).unwrap());
+        bm.reset();
+        let bell = Arc::new(Count::default());
+        let rings = || bell.0.load(std::sync::atomic::Ordering::Relaxed);
+        let five = bm.notifier(5, bell.clone());
+        let seventy = bm.notifier(70, bell.clone());
+        five.notify();
+        five.notify();
+        assert_eq!(rings(), 1, "the second notify found its bit pending");
+        seventy.notify();
+        assert_eq!(rings(), 2, "another slot's bit was clear");
+        let mut got = Vec::new();
+        bm.take(|s| got.push(s));
+        assert_eq!(got, vec![5, 70]);
+        five.notify();
+        assert_eq!(rings(), 3, "taken bits ring again");
+        // Out of range: nothing to take, so nothing to ring for.
+        bm.notifier(130, bell.clone()).notify();
+        assert_eq!(rings(), 3);
+    }
 
     #[test]
     fn set_and_take() {

@@ -48,7 +48,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#[cfg(not(loom))]
 mod bitmap;
 mod buddy;
 #[cfg(not(loom))]

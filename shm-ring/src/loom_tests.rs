@@ -15,15 +15,17 @@
 //!    every byte written before it is visible;
 //! 3. a reader's close gives the writer `BrokenPipe`, never corruption;
 //! 4. the need-wakeup handshake loses no wakeup, in either direction;
-//! 5. closing always wakes a sleeping peer, in either direction.
+//! 5. closing always wakes a sleeping peer, in either direction;
+//! 6. the notification bitmap's coalesced rings lose no notification.
 
 use std::sync::Arc;
 
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
+use crate::bitmap;
 use crate::ring::{halves, Poison, RingMem};
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::{Notify, Wait, WaitError};
 use crate::{Consumer, NoNotify, Producer, RingError};
 
@@ -418,5 +420,50 @@ fn reader_close_wakes_sleeping_writer() {
 
         c.close();
         writer.join().unwrap();
+    });
+}
+
+/// Property 6: two peers notify the owner about one pipe (one bit), each
+/// after publishing a value; the second to set the bit finds it pending and
+/// does not ring. The owner — take the word, look at the pipe, sleep on the
+/// bell until rung — still sees both values: either its swap comes after a
+/// `fetch_or` in the word's modification order and synchronizes with it, or
+/// that `fetch_or` found the bit clear and rang. A notification lost to the
+/// coalescing is a deadlock (the owner sleeps, nobody rings).
+#[test]
+fn coalesced_rings_lose_no_notification() {
+    model(|| {
+        const BIT: u32 = 3;
+        let word = Arc::new(AtomicU64::new(0));
+        let published = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let bell = Arc::new(Bell::default());
+
+        let peers: Vec<_> = (0..2)
+            .map(|i| {
+                let (word, published, bell) = (word.clone(), published.clone(), bell.clone());
+                thread::spawn(move || {
+                    published[i].store(1, Ordering::Relaxed);
+                    if bitmap::mark(&word, BIT) {
+                        bell.notify();
+                    }
+                })
+            })
+            .collect();
+
+        let mut seen = [false; 2];
+        while seen != [true, true] {
+            let token = bell.prepare();
+            if bitmap::take(&word) & (1 << BIT) != 0 {
+                for (s, p) in seen.iter_mut().zip(published.iter()) {
+                    *s |= p.load(Ordering::Relaxed) == 1;
+                }
+            }
+            if seen != [true, true] {
+                bell.wait(token, None).unwrap();
+            }
+        }
+        for p in peers {
+            p.join().unwrap();
+        }
     });
 }

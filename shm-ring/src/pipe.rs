@@ -417,13 +417,22 @@ impl BidirectionalPipe {
     }
 
     /// We will write no more; the peer reads EOF after the last byte.
+    ///
+    /// The peer is rung, except by the owner when the peer has closed its
+    /// reading half: nobody waits on this ring any more. (The peer's closes
+    /// always ring: the owner frees the block once it sees all four flags.)
     pub fn close_write(&mut self) {
-        self.tx.close();
+        let wake = self.side == Side::Peer || !self.tx.is_peer_closed();
+        self.tx.close_with(wake);
     }
 
     /// We will read no more; the peer's writes fail with `BrokenPipe`.
+    ///
+    /// Rings the peer as [`close_write`](Self::close_write) does: always from
+    /// the peer, from the owner only while the peer's writing half is open.
     pub fn close_read(&mut self) {
-        self.rx.close();
+        let wake = self.side == Side::Peer || !self.rx.is_peer_closed();
+        self.rx.close_with(wake);
     }
 
     /// The peer has closed its writing half (EOF after the remaining bytes).
@@ -696,6 +705,89 @@ mod tests {
         owner.close_write();
         owner.close_read();
         assert!(owner.is_closed());
+    }
+
+    /// Counts rings.
+    #[derive(Default)]
+    struct Rings(std::sync::atomic::AtomicUsize);
+
+    impl Notify for Rings {
+        fn notify(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Rings {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn closes_ring_the_peer_unless_the_owner_closes_a_ring_the_peer_left() {
+        let f = fixture();
+        let block = f
+            .alloc
+            .alloc(BidirectionalPipe::block_size(64, 64))
+            .unwrap();
+        let (to_peer, to_owner) = (Arc::new(Rings::default()), Arc::new(Rings::default()));
+        let mut owner = BidirectionalPipe::create(
+            &f.region,
+            block,
+            64,
+            64,
+            PeerWakers::single(to_peer.clone()),
+        )
+        .unwrap();
+        let mut peer = BidirectionalPipe::attach(
+            &f.region,
+            owner.layout(),
+            PeerWakers::single(to_owner.clone()),
+        )
+        .unwrap();
+        // The owner closes its writing half while the peer still reads: rung.
+        owner.close_write();
+        assert_eq!(to_peer.count(), 1);
+        // The peer leaves both rings; each close rings the owner, who frees
+        // the block on seeing all four flags.
+        peer.close_read();
+        peer.close_write();
+        assert_eq!(to_owner.count(), 2);
+        // The owner's last close is on a ring the peer has left: no ring.
+        owner.close_read();
+        assert_eq!(to_peer.count(), 1);
+        assert!(owner.is_closed());
+
+        // The other order: the owner goes first, so every close rings.
+        let block = f
+            .alloc
+            .alloc(BidirectionalPipe::block_size(64, 64))
+            .unwrap();
+        let (to_peer, to_owner) = (Arc::new(Rings::default()), Arc::new(Rings::default()));
+        let mut owner = BidirectionalPipe::create(
+            &f.region,
+            block,
+            64,
+            64,
+            PeerWakers::single(to_peer.clone()),
+        )
+        .unwrap();
+        let mut peer = BidirectionalPipe::attach(
+            &f.region,
+            owner.layout(),
+            PeerWakers::single(to_owner.clone()),
+        )
+        .unwrap();
+        owner.close_read();
+        owner.close_write();
+        assert_eq!(to_peer.count(), 2);
+        peer.close_write();
+        peer.close_read();
+        assert_eq!(
+            to_owner.count(),
+            2,
+            "the peer's closes ring even on rings the owner left"
+        );
     }
 
     #[test]

@@ -817,6 +817,12 @@ impl Producer {
     /// Closes this half: the consumer reads what was written, then EOF.
     /// Always wakes the consumer. Idempotent.
     pub fn close(&mut self) {
+        self.close_with(true);
+    }
+
+    /// [`close`](Self::close), ringing the consumer only if `wake`.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn close_with(&mut self, wake: bool) {
         if self.closed {
             return;
         }
@@ -830,7 +836,9 @@ impl Producer {
             .v
             .store(1, Ordering::Release);
         fence(Ordering::SeqCst);
-        self.wake_reader.notify();
+        if wake {
+            self.wake_reader.notify();
+        }
     }
 
     /// True once this half has been closed.
@@ -1183,6 +1191,12 @@ impl Consumer {
     /// Closes this half: the producer's writes fail with `BrokenPipe` from
     /// now on. Always wakes the producer. Idempotent.
     pub fn close(&mut self) {
+        self.close_with(true);
+    }
+
+    /// [`close`](Self::close), ringing the producer only if `wake`.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn close_with(&mut self, wake: bool) {
         if self.closed {
             return;
         }
@@ -1195,7 +1209,9 @@ impl Consumer {
             .v
             .store(1, Ordering::Release);
         fence(Ordering::SeqCst);
-        self.wake_writer.notify();
+        if wake {
+            self.wake_writer.notify();
+        }
     }
 
     /// True once this half has been closed.
