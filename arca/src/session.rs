@@ -342,7 +342,7 @@ impl Shared {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn start_request(&self, msg: &Message) -> io::Result<mpsc::Receiver<Reply>> {
         let prompt = !matches!(msg, Message::AcceptRequest { .. });
-        self.send_request(msg, prompt, false)
+        Ok(self.send_request(msg, prompt, false)?.1)
     }
 
     fn send_request(
@@ -350,7 +350,7 @@ impl Shared {
         msg: &Message,
         prompt: bool,
         wake: bool,
-    ) -> io::Result<mpsc::Receiver<Reply>> {
+    ) -> io::Result<(RequestId, mpsc::Receiver<Reply>)> {
         let id = self.next_request_id();
         let (tx, rx) = mpsc::channel();
         match lock(&self.pending).as_mut() {
@@ -367,7 +367,7 @@ impl Shared {
             self.update_interest();
             return Err(e);
         }
-        Ok(rx)
+        Ok((id, rx))
     }
 
     /// Sends a request and blocks until its reply. A prompt reply is met without a wake:
@@ -379,10 +379,12 @@ impl Shared {
     pub(crate) fn request(&self, msg: &Message) -> io::Result<Message> {
         if matches!(msg, Message::AcceptRequest { .. }) {
             // Answered whenever a peer connects: sleep until the dispatcher delivers.
-            let rx = self.send_request(msg, false, false)?;
+            let (_, rx) = self.send_request(msg, false, false)?;
             return rx.recv().unwrap_or_else(|_| Err(gone()));
         }
-        let rx = self.send_request(msg, false, true)?;
+        let (id, rx) = self.send_request(msg, false, true)?;
+        // Its own reply, if this thread drains it, needs no wake.
+        let _own = OwnRequest::enter(id);
         let start = Instant::now();
         let waiter = SessionWait {
             shared: self,
@@ -531,13 +533,13 @@ impl Shared {
             .as_mut()
             .and_then(|m| m.remove(&frame.request_id.0));
         self.update_interest();
-        let msg = frame.message;
+        let (frame_id, msg) = (frame.request_id, frame.message);
         match pending {
             Some(p) => {
                 if let Err(mpsc::SendError(Ok(msg))) = p.tx.send(Ok(msg)) {
                     self.discard(msg);
                 }
-                if p.wake {
+                if p.wake && !OwnRequest::is(frame_id) {
                     self.wake_bell.ring();
                 }
             }
@@ -557,6 +559,33 @@ impl Shared {
     }
 }
 
+thread_local! {
+    /// The request this thread is blocked in ([`Shared::request`]), 0 for none.
+    static OWN_REQUEST: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the request a thread is blocked in, for as long as the guard lives: a reply
+/// that thread completes itself, draining the control pipe, needs no wake-bell ring —
+/// a ring nobody needs costs a system call, and a spurious wake of the next sleep.
+struct OwnRequest;
+
+impl OwnRequest {
+    fn enter(id: RequestId) -> Self {
+        OWN_REQUEST.with(|c| c.set(id.0));
+        OwnRequest
+    }
+
+    fn is(id: RequestId) -> bool {
+        OWN_REQUEST.with(|c| c.get() == id.0)
+    }
+}
+
+impl Drop for OwnRequest {
+    fn drop(&mut self) {
+        OWN_REQUEST.with(|c| c.set(0));
+    }
+}
+
 /// A request in flight: where its reply goes, and whether that reply is due promptly (every
 /// request but an accept, which waits for a peer) — the dispatcher spins briefly only for
 /// those.
@@ -565,7 +594,7 @@ struct Pending {
     tx: mpsc::Sender<Reply>,
     prompt: bool,
     /// The requester may be asleep on the guest bell (a blocking [`Shared::request`]):
-    /// whoever completes the request rings the wake bell so that it looks.
+    /// whoever else completes the request rings the wake bell so that it looks.
     wake: bool,
 }
 
