@@ -88,16 +88,41 @@ fn round_trip<C: Client>(mut c: C, n: usize) -> f64 {
 }
 
 /// Connections per second: connect, one 64-byte exchange, close.
+///
+/// With `ARCA_BENCH_PHASES` set it also prints the median time of each phase
+/// (for finding where a path loses; the clock reads cost a little).
 fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize) -> f64 {
     let msg = [1u8; 64];
     let mut back = [0u8; 64];
+    let phases = std::env::var_os("ARCA_BENCH_PHASES").is_some();
+    let mut times: [Vec<f64>; 3] = Default::default();
     let start = Instant::now();
     for _ in 0..n {
+        let t0 = Instant::now();
         let mut c = connect();
+        let t1 = Instant::now();
         c.write_all(&msg).unwrap();
         c.read_exact(&mut back).unwrap();
+        let t2 = Instant::now();
+        drop(c);
+        if phases {
+            let t3 = Instant::now();
+            for (v, d) in times.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+                v.push(d.as_secs_f64() * 1e6);
+            }
+        }
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    if phases {
+        let spread = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+            format!("{:.1} ({:.1}–{:.1})", at(0.5), at(0.1), at(0.9))
+        };
+        let [c, x, d] = times.map(spread);
+        eprintln!("  phases, µs, median (p10–p90): connect {c}, exchange {x}, close {d}");
+    }
+    rate
 }
 
 struct Served {
