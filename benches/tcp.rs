@@ -117,10 +117,19 @@ fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize) -> f64 {
         let spread = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
-            format!("{:.1} ({:.1}–{:.1})", at(0.5), at(0.1), at(0.9))
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            format!(
+                "{:.1} ({:.1}–{:.1}, p99 {:.1}, mean {mean:.1})",
+                at(0.5),
+                at(0.1),
+                at(0.9),
+                at(0.99)
+            )
         };
         let [c, x, d] = times.map(spread);
-        eprintln!("  phases, µs, median (p10–p90): connect {c}, exchange {x}, close {d}");
+        eprintln!(
+            "  phases, µs, median (p10–p90, p99, mean): connect {c}, exchange {x}, close {d}"
+        );
     }
     rate
 }

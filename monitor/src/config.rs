@@ -30,7 +30,9 @@ pub struct Config {
     /// requests (backpressure on the control pipe).
     pub max_outbox_bytes: usize,
     /// After doing work, keep polling without sleeping for this long, so a
-    /// flowing exchange does not pay a wake per hop.
+    /// flowing exchange does not pay a wake per hop. An empty poll yields the
+    /// CPU to any thread waiting for it, so the polling never delays the
+    /// guest or a local peer on a machine with few cores.
     pub busy_poll: Duration,
     /// Listen backlog when the guest asks for 0.
     pub default_backlog: u32,

@@ -346,6 +346,11 @@ impl Monitor {
         }
         if !self.events.is_empty() {
             self.last_work = Instant::now();
+        } else if timeout == Some(Duration::ZERO) && !self.busy() {
+            // Polling with nothing to do: let any thread that is waiting for this CPU run
+            // first (the guest just woken, the peer accepting a connection) — still
+            // runnable, so back without a wake. With nobody waiting this returns at once.
+            std::thread::yield_now();
         }
         let events: Vec<(Token, bool, bool)> = self
             .events
