@@ -405,11 +405,7 @@ impl Shared {
                 continue;
             }
             match token {
-                None => {
-                    for _ in 0..64 {
-                        std::hint::spin_loop();
-                    }
-                }
+                None => shm_ring::spin_step(start, spin),
                 Some(t) => match waiter.wait(t, None) {
                     Ok(()) => {}
                     Err(WaitError::PeerGone) => return Err(gone()),
@@ -739,9 +735,7 @@ struct ControlRx {
 fn spin_for_reply(rx: &mut Consumer) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < REPLY_SPIN {
-        for _ in 0..64 {
-            std::hint::spin_loop();
-        }
+        shm_ring::spin_step(start, REPLY_SPIN);
         if rx.poll_readable() {
             return true;
         }

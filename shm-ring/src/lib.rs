@@ -88,7 +88,7 @@ pub use pipe::{
 pub use region::{RegionError, ShmRegion, MIN_REGION_SIZE, REQUIRED_SEALS};
 #[cfg(not(loom))]
 pub use ring::Segment;
-pub use ring::{BlockingError, Consumer, Producer, RingError, Segments, DEFAULT_SPIN};
+pub use ring::{spin_step, BlockingError, Consumer, Producer, RingError, Segments, DEFAULT_SPIN};
 #[cfg(not(loom))]
 pub use stream::{SyncReader, SyncStream, SyncWriter};
 pub use wait::{NoNotify, Notify, Wait, WaitError};

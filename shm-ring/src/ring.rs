@@ -1302,6 +1302,25 @@ impl Consumer {
     }
 }
 
+/// One step of a spin-wait that began at `start` and may last `budget`: a
+/// short busy pause in the first half, a yield of the CPU in the second.
+///
+/// The busy half meets a peer that is streaming on another CPU within
+/// nanoseconds. The yielding half lets a thread that waits for this CPU run
+/// first — on a machine with fewer cores than busy threads that is often the
+/// very peer being waited for (a monitor, a server thread), which a busy spin
+/// would hold off until the spin ends. With nobody waiting a yield returns at
+/// once, so the check still comes every few hundred nanoseconds.
+pub fn spin_step(start: Instant, budget: Duration) {
+    if start.elapsed() < budget / 2 {
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 /// Polls `ready` for up to `budget`; true if it became ready.
 fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
     if ready() {
@@ -1312,9 +1331,7 @@ fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
     let start = Instant::now();
     loop {
-        for _ in 0..32 {
-            std::hint::spin_loop();
-        }
+        spin_step(start, budget);
         if ready() {
             return true;
         }
