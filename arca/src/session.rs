@@ -371,7 +371,7 @@ impl Shared {
     }
 
     /// Sends a request and blocks until its reply. A prompt reply is met without a wake:
-    /// for up to [`spin_for`]`(msg)` the caller drains the control pipe itself (whoever
+    /// for up to [`REQUEST_SPIN`] the caller drains the control pipe itself (whoever
     /// drains completes every reply found, its own included); after that it sleeps on the
     /// guest bell and drains again on each wake, and whoever else completes the request
     /// rings the wake bell. An accept, which may wait for a peer indefinitely, just sleeps
@@ -382,7 +382,6 @@ impl Shared {
             let (_, rx) = self.send_request(msg, false, false)?;
             return rx.recv().unwrap_or_else(|_| Err(gone()));
         }
-        let spin = spin_for(msg);
         let (id, rx) = self.send_request(msg, false, true)?;
         // Its own reply, if this thread drains it, needs no wake.
         let _own = OwnRequest::enter(id);
@@ -395,7 +394,7 @@ impl Shared {
             // Past the spin, take a wait set *before* the last look: a reply delivered
             // after it rings the wake bell (see `Pending::wake`) or the guest bell, and
             // either stays on the set's ready list.
-            let token = (start.elapsed() >= spin).then(|| waiter.prepare());
+            let token = (start.elapsed() >= REQUEST_SPIN).then(|| waiter.prepare());
             match rx.try_recv() {
                 Ok(reply) => return reply,
                 Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
@@ -405,7 +404,7 @@ impl Shared {
                 continue;
             }
             match token {
-                None => shm_ring::spin_step(start, spin),
+                None => shm_ring::spin_step(start, REQUEST_SPIN),
                 Some(t) => match waiter.wait(t, None) {
                     Ok(()) => {}
                     Err(WaitError::PeerGone) => return Err(gone()),
@@ -701,18 +700,10 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
 }
 
 /// How long a blocking requester polls for its reply before it sleeps on the guest bell:
-/// about what a wake costs, as for a stream ([`shm_ring::DEFAULT_SPIN`]) — if the reply can
-/// come sooner than that. A connect's cannot: the monitor's `connect(2)` alone is a TCP
-/// handshake (about 20 µs even on loopback, as long as a wake), so a connecting thread
-/// sleeps at once, and leaves the CPU to the monitor and the peer that is accepting.
-/// Spinning longer only takes the CPU the monitor needs to answer (`benches/tcp.rs`,
-/// two vCPUs: connect phase 34 µs without a spin, 44 µs with 10 µs, 61 µs with 25 µs).
-fn spin_for(msg: &Message) -> Duration {
-    match msg {
-        Message::ConnectRequest { .. } => Duration::ZERO,
-        _ => shm_ring::DEFAULT_SPIN,
-    }
-}
+/// about what a wake costs, as for a stream ([`shm_ring::DEFAULT_SPIN`]), and in the same
+/// way ([`shm_ring::spin_step`]): busy at first, then yielding the CPU, which the monitor
+/// (answering) or a local peer (accepting a connect) may need more.
+const REQUEST_SPIN: Duration = shm_ring::DEFAULT_SPIN;
 
 /// How long the dispatcher polls for a reply due to an async caller (which cannot poll
 /// itself) before it sleeps.
