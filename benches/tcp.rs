@@ -62,6 +62,7 @@ fn throughput<C: Client>(mut c: C, write: usize, total: usize) -> f64 {
     let mut count = [0u8; 8];
     c.read_exact(&mut count).unwrap();
     let secs = start.elapsed().as_secs_f64();
+
     assert_eq!(
         u64::from_le_bytes(count),
         sent as u64,
@@ -227,6 +228,16 @@ impl Row {
     }
 
     fn print(self, name: &str, unit: &str, scale: f64, target: &str) {
+        if std::env::var_os("ARCA_BENCH_ROUNDS").is_some() {
+            let show = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{:.2}", x * scale))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            eprintln!("  rounds: direct {}", show(&self.direct));
+            eprintln!("  rounds: monitor {}", show(&self.arca));
+        }
         let ratios = self
             .direct
             .iter()
