@@ -4,10 +4,18 @@
 //! Run: `cargo bench --bench tcp` (socat from Debian's packages for the relay
 //! rows; they are skipped with a note when it is missing).
 //!
-//! Everything runs in this process on its own threads: a sink / echo server
-//! (std::net), the monitor's event loop (for the arca rows), and the client —
-//! a guest using `arca`, or a plain `std::net` client for the baseline. Each
-//! figure is the median of several trials; the ratio column compares medians.
+//! The host's sink and echo servers (std::net, a thread per connection) run in
+//! a process of their own — this binary again, in a server role — so the
+//! baseline is two processes on loopback. This process holds the client — a
+//! plain `std::net` client for the baseline, or a guest using `arca` — and, on
+//! a thread, the monitor's event loop for the arca rows. Each round runs every
+//! column back to back; each figure is the median over the rounds.
+//!
+//! Environment: `ARCA_BENCH_SIDE=direct|monitor|relay` runs one column,
+//! `ARCA_BENCH_ROUNDS` prints every round, `ARCA_BENCH_PHASES` times the
+//! phases of a connection, `ARCA_BENCH_SOURCE=stream` sends from 32 MiB of
+//! data instead of one cache-hot buffer. `--only 64KiB|1KiB|rtt|conn` runs
+//! one row; `--quick` smaller trials.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -50,12 +58,22 @@ impl Client for arca::TcpStream {
 
 /// Sends `total` bytes in `write`-sized writes, waits for the sink's count;
 /// returns bytes per second.
+///
+/// Each write sends the same cache-hot `write`-byte buffer, unless
+/// `ARCA_BENCH_SOURCE=stream`: then the writes walk through 32 MiB (more than
+/// the caches hold), as a sender of data it did not just touch would.
 fn throughput<C: Client>(mut c: C, write: usize, total: usize) -> f64 {
-    let chunk = vec![0x5au8; write];
+    let source = if std::env::var("ARCA_BENCH_SOURCE").is_ok_and(|v| v == "stream") {
+        vec![0x5au8; 32 << 20]
+    } else {
+        vec![0x5au8; write]
+    };
     let start = Instant::now();
     let mut sent = 0;
+    let mut off = 0;
     while sent < total {
-        c.write_all(&chunk).unwrap();
+        c.write_all(&source[off..off + write]).unwrap();
+        off = (off + write) % (source.len() - write + 1);
         sent += write;
     }
     c.finish_write();
@@ -155,6 +173,45 @@ fn monitor() -> (Served, ArcaSession) {
     std::thread::spawn(move || m.run());
     let session = ArcaSession::attach(&path).unwrap();
     (Served { handle, path }, session)
+}
+
+/// The host's sink and echo servers, in a process of their own (this binary
+/// again, in the server role): the baseline is two processes talking over
+/// loopback, and the monitor path ends at the same servers.
+struct Servers(Child);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn servers() -> (Servers, SocketAddr, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("ARCA_BENCH_SERVER_ROLE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let mut addrs = line.split_whitespace().map(|a| a.parse().unwrap());
+    let (sink, echo) = (addrs.next().unwrap(), addrs.next().unwrap());
+    (Servers(child), sink, echo)
+}
+
+/// The server role: starts the servers, prints their addresses, and lives until
+/// its parent closes stdin (or dies).
+fn serve_servers() {
+    let sink = arca_suite::servers::count_sink().unwrap();
+    let echo = arca_suite::servers::echo_server().unwrap();
+    println!("{sink} {echo}");
+    let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
 }
 
 struct Socat(Child, SocketAddr);
@@ -276,8 +333,10 @@ fn main() {
     let rtts = if quick { 2_000 } else { 20_000 };
     let conns = if quick { 200 } else { 2_000 };
 
-    let sink_addr = arca_suite::servers::count_sink().unwrap();
-    let echo_addr = arca_suite::servers::echo_server().unwrap();
+    if std::env::var_os("ARCA_BENCH_SERVER_ROLE").is_some() {
+        return serve_servers();
+    }
+    let (_servers, sink_addr, echo_addr) = servers();
     let (_served, session) = monitor();
     let relay_sink = socat(sink_addr);
     let relay_echo = socat(echo_addr);
