@@ -723,15 +723,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn closes_ring_the_peer_unless_the_owner_closes_a_ring_the_peer_left() {
-        let f = fixture();
+    /// A pipe pair whose wakers count rings: (owner, peer, rings to the
+    /// peer, rings to the owner).
+    fn counted_pair(f: &Fixture) -> (BidirectionalPipe, BidirectionalPipe, Arc<Rings>, Arc<Rings>) {
         let block = f
             .alloc
             .alloc(BidirectionalPipe::block_size(64, 64))
             .unwrap();
         let (to_peer, to_owner) = (Arc::new(Rings::default()), Arc::new(Rings::default()));
-        let mut owner = BidirectionalPipe::create(
+        let owner = BidirectionalPipe::create(
             &f.region,
             block,
             64,
@@ -739,12 +739,19 @@ mod tests {
             PeerWakers::single(to_peer.clone()),
         )
         .unwrap();
-        let mut peer = BidirectionalPipe::attach(
+        let peer = BidirectionalPipe::attach(
             &f.region,
             owner.layout(),
             PeerWakers::single(to_owner.clone()),
         )
         .unwrap();
+        (owner, peer, to_peer, to_owner)
+    }
+
+    #[test]
+    fn closes_ring_the_peer_unless_the_owner_closes_a_ring_the_peer_left() {
+        let f = fixture();
+        let (mut owner, mut peer, to_peer, to_owner) = counted_pair(&f);
         // The owner closes its writing half while the peer still reads: rung.
         owner.close_write();
         assert_eq!(to_peer.count(), 1);
@@ -759,25 +766,7 @@ mod tests {
         assert!(owner.is_closed());
 
         // The other order: the owner goes first, so every close rings.
-        let block = f
-            .alloc
-            .alloc(BidirectionalPipe::block_size(64, 64))
-            .unwrap();
-        let (to_peer, to_owner) = (Arc::new(Rings::default()), Arc::new(Rings::default()));
-        let mut owner = BidirectionalPipe::create(
-            &f.region,
-            block,
-            64,
-            64,
-            PeerWakers::single(to_peer.clone()),
-        )
-        .unwrap();
-        let mut peer = BidirectionalPipe::attach(
-            &f.region,
-            owner.layout(),
-            PeerWakers::single(to_owner.clone()),
-        )
-        .unwrap();
+        let (mut owner, mut peer, to_peer, to_owner) = counted_pair(&f);
         owner.close_read();
         owner.close_write();
         assert_eq!(to_peer.count(), 2);
