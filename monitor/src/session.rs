@@ -1482,7 +1482,7 @@ impl Session {
                         code: ErrorCode::InvalidInput,
                     }
                 } else {
-                    match self.conns.get(&id).map(|c| &c.state) {
+                    match self.conns.get_mut(&id).map(|c| &mut c.state) {
                         Some(ConnState::Open(relay)) => match relay.set_nodelay(value == 1) {
                             Ok(()) => Message::SetOptionOk,
                             Err(e) => Message::SetOptionErr {
