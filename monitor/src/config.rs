@@ -38,6 +38,10 @@ pub struct Config {
     pub default_backlog: u32,
     /// What guests may reach and hold (POLICY.md); shared by every session.
     pub policy: Arc<Policy>,
+    /// Sessions served at once; an attach beyond it is refused.
+    pub max_sessions: usize,
+    /// Sessions one user (by the attaching peer's uid) may hold at once.
+    pub max_sessions_per_uid: usize,
 }
 
 impl Default for Config {
@@ -54,6 +58,8 @@ impl Default for Config {
             busy_poll: Duration::from_micros(50),
             default_backlog: 1024,
             policy: Arc::new(Policy::default()),
+            max_sessions: 1024,
+            max_sessions_per_uid: 64,
         }
     }
 }
@@ -64,8 +70,7 @@ impl Config {
     /// 4 × `data_ring`, so with equal rings a quarter of it would lie unused; the
     /// guest → host ring takes it, at no cost in region space. Uploads gain most from it: a
     /// guest fills its ring far faster than the monitor can send, so the larger ring halves
-    /// how often the guest must sleep and be woken (64 KiB writes through the monitor went
-    /// from 2.6–3.0 to 3.6–3.7 GB/s on the benchmark machine).
+    /// how often the guest must sleep and be woken (BENCHMARKS.md).
     pub fn upload_ring(&self) -> u64 {
         self.data_ring.saturating_mul(2)
     }
@@ -114,6 +119,9 @@ impl Config {
         }
         if self.max_conns == 0 || self.relay_budget == 0 || self.control_budget == 0 {
             return Err("max_conns, relay_budget and control_budget must be non-zero".into());
+        }
+        if self.max_sessions == 0 || self.max_sessions_per_uid == 0 {
+            return Err("the session limits must be non-zero".into());
         }
         Ok(())
     }

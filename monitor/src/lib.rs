@@ -22,6 +22,7 @@ pub mod handoff;
 pub mod policy;
 pub mod ratelimit;
 pub mod relay;
+pub mod serve_socket;
 pub mod session;
 pub mod udp;
 

@@ -11,7 +11,7 @@
 //! [`SessionStats::policy`] and logged with the session, the request and the
 //! rule or limit involved.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -31,8 +31,13 @@ use shm_ring::{
 use crate::config::Config;
 use crate::policy::{ConnectRate, Decision, Policy, PolicyCounters, Proto};
 use crate::ratelimit::WarnLimiter;
-use crate::relay::{Progress, Relay, RelayFault};
+use crate::relay::{Relay, RelayFault};
 use crate::udp::UdpRelay;
+
+/// Most packets read from a session socket in one turn (a guest sends none
+/// after attaching; what it sends anyway is discarded, a turn's worth at a
+/// time).
+const SOCKET_READS: usize = 64;
 
 /// Identifies a session within one monitor.
 pub type SessionId = u64;
@@ -58,8 +63,6 @@ pub struct Ctx<'a> {
     pub tokens: &'a mut dyn FnMut(SessionSource) -> Token,
     /// Forgets a token.
     pub release: &'a mut dyn FnMut(Token),
-    /// Arms a connect timeout.
-    pub set_timer: &'a mut dyn FnMut(Instant, ConnId, RequestId),
     /// Monitor settings.
     pub config: &'a Config,
 }
@@ -80,6 +83,11 @@ pub struct SessionStats {
     pub udp_sockets: usize,
     /// Requests waiting for their answer (pending connects and accepts).
     pub requests_in_flight: u64,
+    /// Connect deadlines armed: never more than the connects in flight.
+    pub timers: usize,
+    /// Relay passes cut off after going round without moving a byte
+    /// ([`crate::relay::Progress::futile`]): 0 for an honest guest.
+    pub futile_passes: u64,
     /// What the policy refused.
     pub policy: PolicyCounters,
 }
@@ -88,6 +96,8 @@ enum ConnState {
     Connecting {
         request: RequestId,
         addr: SocketAddr,
+        /// Its entry in [`Session::timers`], if it has a timeout.
+        deadline: Option<Instant>,
     },
     Open(Box<Relay>),
     /// A UDP socket (its id is a `ConnId` too: it has a pipe and a slot).
@@ -168,6 +178,12 @@ pub struct Session {
     ids: IdPool,
     next_listener: u32,
     ready: VecDeque<ConnId>,
+    /// The session socket had more to read than one turn reads.
+    socket_pending: bool,
+    /// Connect deadlines, each removed with its connect.
+    timers: BTreeMap<(Instant, ConnId), RequestId>,
+    /// See [`SessionStats::futile_passes`].
+    futile: u64,
     ended: Option<EndReason>,
     policy: Arc<Policy>,
     usage: Usage,
@@ -324,6 +340,9 @@ impl Session {
             },
             next_listener: 1,
             ready: VecDeque::new(),
+            socket_pending: false,
+            timers: BTreeMap::new(),
+            futile: 0,
             ended: None,
             policy: cfg.policy.clone(),
             usage: Usage {
@@ -379,6 +398,8 @@ impl Session {
             fixed_bytes: self.fixed_bytes,
             udp_sockets: self.usage.udp as usize,
             requests_in_flight: self.in_flight(),
+            timers: self.timers.len(),
+            futile_passes: self.futile,
             policy,
         }
     }
@@ -403,9 +424,12 @@ impl Session {
         let c = self.conns.remove(&id)?;
         let u = &mut self.usage;
         match &c.state {
-            ConnState::Connecting { .. } => {
+            ConnState::Connecting { deadline, .. } => {
                 u.tcp = u.tcp.saturating_sub(1);
                 u.connecting = u.connecting.saturating_sub(1);
+                if let Some(at) = deadline {
+                    self.timers.remove(&(*at, id));
+                }
             }
             ConnState::Open(_) => u.tcp = u.tcp.saturating_sub(1),
             ConnState::Udp(r) => {
@@ -502,7 +526,7 @@ impl Session {
 
     /// True when some connection still has budgeted work queued.
     pub fn has_ready_work(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || self.socket_pending
     }
 
     fn end(&mut self, why: EndReason) {
@@ -542,7 +566,8 @@ impl Session {
         // The guest never sends anything after connecting; a read of 0 or an
         // error means it is gone. Bytes it sends anyway are discarded.
         let mut buf = [0u8; 256];
-        loop {
+        self.socket_pending = false;
+        for _ in 0..SOCKET_READS {
             match nix::sys::socket::recv(
                 self.sock.as_raw_fd(),
                 &mut buf,
@@ -555,6 +580,9 @@ impl Session {
                 Err(_) => return self.end(EndReason::GuestGone),
             }
         }
+        // Still sending: read on next turn (the socket is edge-triggered, so
+        // no new event would come for what is already queued).
+        self.socket_pending = true;
     }
 
     fn on_bell(&mut self, ctx: &mut Ctx<'_>) {
@@ -584,6 +612,9 @@ impl Session {
     /// Services queued connections once each (the loop calls this every
     /// turn while [`has_ready_work`](Self::has_ready_work)).
     pub fn run_ready(&mut self, ctx: &mut Ctx<'_>) {
+        if self.socket_pending {
+            self.on_socket();
+        }
         for _ in 0..self.ready.len() {
             let Some(id) = self.ready.pop_front() else {
                 break;
@@ -649,11 +680,15 @@ impl Session {
         };
         let token = c.token;
         match outcome {
-            Ok(Progress { more: true, .. }) if !c.queued => {
-                c.queued = true;
-                self.ready.push_back(id);
+            Ok(p) => {
+                if p.more && !c.queued {
+                    c.queued = true;
+                    self.ready.push_back(id);
+                }
+                if p.futile {
+                    self.note_futile(id);
+                }
             }
-            Ok(_) => {}
             Err(fault) => self.log_fault(id, &fault),
         }
         if done {
@@ -664,6 +699,21 @@ impl Session {
                 session = self.id,
                 conn = id.0,
                 "connection closed, pipe freed"
+            );
+        }
+    }
+
+    /// A service pass that was cut off without doing any work (see
+    /// [`crate::relay::Progress::futile`]): counted, and logged at a bounded
+    /// rate.
+    fn note_futile(&mut self, id: ConnId) {
+        self.futile += 1;
+        if allow_warning(&mut self.fault_warns, self.id, "futile-pass") {
+            tracing::warn!(
+                session = self.id,
+                conn = id.0,
+                futile = self.futile,
+                "a relay pass went round without moving a byte until cut off"
             );
         }
     }
@@ -685,8 +735,12 @@ impl Session {
         self.control.rx().disarm();
         let budget = ctx.config.control_budget;
         let mut handled = 0;
+        let mut passes = 0;
         let mut buf = [0u8; 4096];
-        while handled < budget && self.ended.is_none() {
+        // Bounded in frames handled and in passes: a guest that dribbles a
+        // frame in byte by byte makes passes without completing frames.
+        while handled < budget && passes < budget && self.ended.is_none() {
+            passes += 1;
             // Backpressure: a guest that does not read its replies gets no
             // more of its requests read.
             self.flush_outbox();
@@ -726,7 +780,7 @@ impl Session {
                 Err(e) => self.end(EndReason::Violation(format!("control pipe: {e}"))),
             }
         }
-        if handled >= budget && self.ended.is_none() {
+        if (handled >= budget || passes >= budget) && self.ended.is_none() {
             // More may be waiting: come back on the next turn.
             self.bitmap.set(0);
             self.monitor_bell.ring();
@@ -770,6 +824,17 @@ impl Session {
                 }
                 Err(e) => {
                     // Frame boundaries are lost: the session cannot go on.
+                    // The guest is told which request ended it (PROTOCOL.md §7).
+                    if let Some(h) = self.decoder.rejected_header() {
+                        self.reply(
+                            h.request_id,
+                            Message::Error {
+                                code: ErrorCode::InvalidInput,
+                                rejected_type: h.message_type,
+                            },
+                        );
+                        self.flush_outbox();
+                    }
                     self.end(EndReason::Violation(e.to_string()));
                     return false;
                 }
@@ -1196,18 +1261,20 @@ impl Session {
                 },
             );
         }
-        if timeout_ms > 0 {
-            (ctx.set_timer)(
-                Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms)),
-                id,
-                rid,
-            );
-        }
+        let deadline = (timeout_ms > 0).then(|| {
+            let at = Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+            self.timers.insert((at, id), rid);
+            at
+        });
         self.insert_conn(
             id,
             Conn {
                 token,
-                state: ConnState::Connecting { request: rid, addr },
+                state: ConnState::Connecting {
+                    request: rid,
+                    addr,
+                    deadline,
+                },
                 sock: Some(sock),
                 queued: false,
             },
@@ -1218,7 +1285,7 @@ impl Session {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let ConnState::Connecting { request, addr } = c.state else {
+        let ConnState::Connecting { request, addr, .. } = c.state else {
             return;
         };
         let Some(sock) = c.sock.as_ref() else { return };
@@ -1271,10 +1338,26 @@ impl Session {
         self.flush_outbox();
     }
 
-    /// A connect deadline passed.
-    /// Ids are reused once a connect ends, so a timer that outlived its
-    /// connect (`rid` no longer pending on `id`) is ignored.
-    pub fn on_timer(&mut self, id: ConnId, rid: RequestId, ctx: &mut Ctx<'_>) {
+    /// The earliest connect deadline, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|&(at, _)| at)
+    }
+
+    /// Times out every connect whose deadline is not after `now`.
+    pub fn fire_timers(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        while let Some((&(at, id), &rid)) = self.timers.iter().next() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, id));
+            self.on_timer(id, rid, ctx);
+        }
+    }
+
+    /// A connect deadline passed. Its timer left [`Self::timers`] with it;
+    /// the connect is still pending on `id` (a connect's end removes its
+    /// timer).
+    fn on_timer(&mut self, id: ConnId, rid: RequestId, ctx: &mut Ctx<'_>) {
         let Some(c) = self.conns.get(&id) else { return };
         let ConnState::Connecting { request, .. } = c.state else {
             return;

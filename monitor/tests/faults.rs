@@ -704,7 +704,7 @@ fn run_guest_without_a_pidfd_sees_the_guest_exit() {
         let mut m = arca_monitor::Monitor::new(Config::default()).expect("monitor");
         m.add_guest(spawned.sock).expect("session");
         let t = Instant::now();
-        let out = m.run_guest(&mut spawned.child, None);
+        let out = m.run_guest(&mut spawned.child, None, Duration::from_secs(10));
         let _ = tx.send((out.map_err(|e| e.to_string()), t.elapsed()));
     });
     let (out, took) = rx

@@ -122,14 +122,26 @@ impl RawGuest {
 
     /// The next frame from the monitor, or `None` if the session ended.
     pub fn recv(&mut self) -> Option<Frame> {
-        let deadline = Instant::now() + WAIT;
+        match self.recv_until(Instant::now() + WAIT) {
+            Ok(f) => f,
+            Err(e) => panic!("no reply within {WAIT:?}: {e}"),
+        }
+    }
+
+    /// The next frame from the monitor within `wait`; `None` when none came
+    /// in time or the session ended.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Frame> {
+        self.recv_until(Instant::now() + wait).ok().flatten()
+    }
+
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<Frame>, shm_ring::WaitError> {
         let mut buf = [0u8; 2048];
         loop {
             if let Some(f) = self.decoder.next_frame().unwrap() {
-                return Some(f);
+                return Ok(Some(f));
             }
             match self.control.read(&mut buf) {
-                Ok(0) => return None,
+                Ok(0) => return Ok(None),
                 Ok(n) => {
                     assert_eq!(self.decoder.feed(&buf[..n]), n);
                 }
@@ -140,8 +152,8 @@ impl RawGuest {
                         .wait_readable(&self.guest_bell, Some(deadline))
                     {
                         Ok(()) => {}
-                        Err(shm_ring::WaitError::PeerGone) => return None,
-                        Err(e) => panic!("no reply within {WAIT:?}: {e}"),
+                        Err(shm_ring::WaitError::PeerGone) => return Ok(None),
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => panic!("control read: {e}"),
