@@ -1196,6 +1196,21 @@ mod tests {
     }
 
     #[test]
+    fn the_default_in_policy_md_is_the_default() {
+        let doc = include_str!("../../POLICY.md");
+        let block = doc
+            .split_once("## 2. The default")
+            .and_then(|(_, rest)| rest.split_once("```toml\n"))
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(toml, _)| toml)
+            .expect("POLICY.md §2 holds a TOML block");
+        assert_eq!(
+            Policy::from_toml(block, "POLICY.md").unwrap(),
+            Policy::default()
+        );
+    }
+
+    #[test]
     fn sections_left_out_keep_the_default_and_empty_ones_deny() {
         let p = Policy::from_toml("outbound = []\n[limits]\nconnections = 3\n", "t").unwrap();
         assert!(!p.outbound(sa("1.2.3.4:80"), Proto::Tcp).allowed);
