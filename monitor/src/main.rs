@@ -148,7 +148,7 @@ impl Sizes {
             policy,
             ..Config::default()
         };
-        config.validate().map_err(anyhow::Error::msg)?;
+        config.validate()?;
         Ok(config)
     }
 }

@@ -109,8 +109,7 @@ pub struct Relay {
 /// the MSS while data is unacknowledged. The relay's writes are batches of
 /// whatever the guest's ring holds, so in a bulk transfer the only segment
 /// Nagle holds is each batch's tail — which then waits for an ACK instead of
-/// leaving with its batch (64 KiB guest writes through the monitor: 3.0–3.7
-/// GB/s with the tail held, 3.4–7.0 without, `benches/tcp.rs`). So for a
+/// leaving with its batch (BENCHMARKS.md measures the difference). So for a
 /// guest that has not asked for `TCP_NODELAY`, a batch of at least this many
 /// bytes turns it on — at most one short segment per batch goes out early —
 /// and a batch under [`SMALL_BATCH`] turns it off again, giving small writes

@@ -664,8 +664,8 @@ fn running_out_of_connection_slots_says_quota_exceeded() {
 #[test]
 fn a_guest_attaching_the_moment_the_socket_appears_is_served() {
     let _serial = serial();
-    // The socket file must not exist before the monitor listens on it
-    // (before the fix, about one attach in 50 here was refused).
+    // The socket file must not exist before the monitor listens on it: an
+    // attach that finds the file must find a listening socket behind it.
     for round in 0..200 {
         let path = common::socket_path("faults-early");
         let child = std::process::Command::new(common::monitor_bin())

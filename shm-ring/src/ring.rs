@@ -725,7 +725,7 @@ impl Producer {
         fence(Ordering::SeqCst);
         // The flag stays set until the sleeper clears it, so every publish
         // while it sleeps rings. (Claiming it with a swap, to ring once per
-        // sleep, was tried: loom's arm/disarm model found a lost wakeup.)
+        // sleep, loses a wakeup: loom's arm/disarm model shows how.)
         if self.mem.header().reader_waiting.v.load(Ordering::Relaxed) != 0 {
             self.wake_reader.notify();
         }
@@ -1111,7 +1111,7 @@ impl Consumer {
         fence(Ordering::SeqCst);
         // The flag stays set until the sleeper clears it, so every publish
         // while it sleeps rings. (Claiming it with a swap, to ring once per
-        // sleep, was tried: loom's arm/disarm model found a lost wakeup.)
+        // sleep, loses a wakeup: loom's arm/disarm model shows how.)
         if self.mem.header().writer_waiting.v.load(Ordering::Relaxed) != 0 {
             self.wake_writer.notify();
         }
