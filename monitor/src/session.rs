@@ -1177,12 +1177,8 @@ impl Session {
         pipe
     }
 
-    fn open_conn(
-        &mut self,
-        mut sock: mio::net::TcpStream,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
-        let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
+    /// A data pipe for a TCP connection, within the pipe memory limit.
+    fn tcp_pipe(&mut self, ctx: &Ctx<'_>) -> Result<(BidirectionalPipe, PipeInfo), ErrorCode> {
         let (up, down) = (ctx.config.upload_ring(), ctx.config.data_ring);
         if !self.pipe_fits(ctx.config.data_pipe_block()) {
             let limit = self.policy.limits.pipe_memory.unwrap_or(u64::MAX);
@@ -1190,6 +1186,23 @@ impl Session {
         }
         // A pipe that is dropped on a later error frees its block.
         let pipe = self.new_pipe(up, down, "data")?;
+        let info = PipeInfo {
+            shm_offset: pipe.layout().offset().0,
+            cap_to_monitor: up as u32,
+            cap_to_guest: down as u32,
+        };
+        Ok((pipe, info))
+    }
+
+    /// Gives an established socket (accepted, or connected inside
+    /// `connect(2)`) an id, a pipe and its registration.
+    fn open_conn(
+        &mut self,
+        mut sock: mio::net::TcpStream,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
+        let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
+        let (pipe, info) = self.tcp_pipe(ctx)?;
         let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
         let token = (ctx.tokens)(SessionSource::Conn(id));
         if let Err(e) =
@@ -1200,11 +1213,6 @@ impl Session {
             self.ids.put(id);
             return Err(ErrorCode::from_io(&e));
         }
-        let info = PipeInfo {
-            shm_offset: pipe.layout().offset().0,
-            cap_to_monitor: up as u32,
-            cap_to_guest: down as u32,
-        };
         self.insert_conn(
             id,
             Conn {
@@ -1281,8 +1289,11 @@ impl Session {
         );
     }
 
+    /// A connecting socket became ready: if its outcome is known, the
+    /// connection opens where it stands — same id, same registration, its
+    /// state turned from connecting to open — or ends with the error.
     fn finish_connect(&mut self, id: ConnId, ctx: &mut Ctx<'_>) {
-        let Some(c) = self.conns.get_mut(&id) else {
+        let Some(c) = self.conns.get(&id) else {
             return;
         };
         let ConnState::Connecting { request, addr, .. } = c.state else {
@@ -1292,15 +1303,50 @@ impl Session {
         let Some(outcome) = connect_outcome(sock) else {
             return; // still in progress
         };
-        let token = c.token;
-        let mut sock = match self.remove_conn(id).and_then(|c| c.sock) {
-            Some(s) => s,
-            None => return,
+        let opened = outcome
+            .and_then(|()| sock.local_addr())
+            .map_err(|e| {
+                tracing::debug!(session = self.id, request = request.0, %addr, error = %e, "connect failed");
+                ErrorCode::from_io(&e)
+            })
+            .and_then(|local| self.tcp_pipe(ctx).map(|(pipe, info)| (local, pipe, info)));
+        let reply = match opened {
+            Ok((local, pipe, info)) => {
+                let Some(mut c) = self.remove_conn(id) else {
+                    return;
+                };
+                let Some(sock) = c.sock.take() else {
+                    return;
+                };
+                c.state = ConnState::Open(Box::new(Relay::new(sock, pipe)));
+                self.insert_conn(id, c);
+                self.enqueue(id);
+                Message::ConnectOk {
+                    conn: id,
+                    pipe: info,
+                    local,
+                    peer: addr,
+                }
+            }
+            Err(code) => {
+                if let Some(c) = self.remove_conn(id) {
+                    self.release_conn(id, c, ctx);
+                }
+                Message::ConnectErr { code }
+            }
         };
-        let _ = ctx.registry.deregister(&mut sock);
-        (ctx.release)(token);
+        self.reply(request, reply);
+        self.flush_outbox();
+    }
+
+    /// Deregisters a removed connection's sockets and frees its token and id
+    /// (its pipe, if any, is freed when dropped).
+    fn release_conn(&mut self, id: ConnId, c: Conn, ctx: &mut Ctx<'_>) {
+        if let Some(mut s) = c.sock {
+            let _ = ctx.registry.deregister(&mut s);
+        }
+        (ctx.release)(c.token);
         self.ids.put(id);
-        self.answer_connect(request, addr, sock, outcome, ctx);
     }
 
     /// Replies to a connect whose outcome is known: on success the connection opens.
@@ -1365,12 +1411,9 @@ impl Session {
         if request != rid {
             return;
         }
-        let token = c.token;
-        if let Some(mut s) = self.remove_conn(id).and_then(|c| c.sock) {
-            let _ = ctx.registry.deregister(&mut s);
+        if let Some(c) = self.remove_conn(id) {
+            self.release_conn(id, c, ctx);
         }
-        (ctx.release)(token);
-        self.ids.put(id);
         self.reply(
             request,
             Message::ConnectErr {
