@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::net::{McastOptions, McastSender, NetListener, NetStream, SenderNet};
-use crate::sender::{Action, ReceiverId, Sender, SenderConfig, SenderStats};
+use crate::sender::{Action, Delivery, ReceiverId, Sender, SenderConfig, SenderStats};
 
 /// Shell settings beyond the core's.
 #[derive(Debug, Clone)]
@@ -32,8 +32,8 @@ pub struct SendOptions {
 pub struct SendReport {
     /// Core counters.
     pub stats: SenderStats,
-    /// Whether enough receivers completed.
-    pub success: bool,
+    /// How many of the expected receivers got the whole, verified transfer.
+    pub delivery: Delivery,
     /// Wall time from the first round to the end.
     pub seconds: f64,
 }
@@ -181,7 +181,7 @@ pub fn run_sender<N: SenderNet>(
     }
     let seconds = first_round.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok(SendReport {
-        success: core.succeeded(),
+        delivery: core.delivery(),
         stats: core.stats().clone(),
         seconds,
     })
@@ -287,19 +287,30 @@ fn progress_bar(on: bool, len: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(b)
 }
 
-/// Formats the sender's summary line.
+/// Formats the sender's summary line. `failed` lists the dropped receivers as `ID@ADDRESS`
+/// separated by commas (`-` for none); `missing` counts those that never connected.
 pub fn summary_line(r: &SendReport) -> String {
     let s = &r.stats;
     let mbps = crate::mbps(s.bytes, r.seconds);
+    let failed = if s.dropped.is_empty() {
+        "-".to_string()
+    } else {
+        s.dropped
+            .iter()
+            .map(|d| format!("{}@{}", d.id.0, d.addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     format!(
         "daisy-send: summary bytes={} packets={} repaired={} duplicates={} dropped_receivers={} \
-         completed_receivers={} seconds={:.3} mbps={:.1} sha256={}",
+         completed_receivers={} failed={failed} missing={} seconds={:.3} mbps={:.1} sha256={}",
         s.bytes,
         s.packets,
         s.repaired,
         s.duplicates,
         s.dropped.len(),
         s.completed,
+        s.missing,
         r.seconds,
         mbps,
         crate::wire::hex(&s.sha256)

@@ -46,10 +46,34 @@ pub struct SenderConfig {
     pub rate: Option<f64>,
     /// Longest wait for any one receiver (and for the receivers to connect).
     pub deadline: Duration,
-    /// Completed receivers needed for success.
+    /// Completed receivers needed to start (of those connected by the deadline) and to count
+    /// as at least [`Delivery::Partial`]; the shells default it to `clients`.
     pub min_complete: usize,
     /// Offer the extensions (DAISY-EXT.md); `false` behaves exactly as a plain sender.
     pub extensions: bool,
+}
+
+impl SenderConfig {
+    /// Whether [`Sender::new`] accepts this configuration.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.payload_size == 0 || self.payload_size > EXT_MAX_PAYLOAD {
+            return Err(ConfigError::PayloadSize(self.payload_size));
+        }
+        if self.packets_per_buffer == 0 || self.packets_per_buffer > MAX_PACKETS_PER_BUFFER {
+            return Err(ConfigError::PacketsPerBuffer(self.packets_per_buffer));
+        }
+        if self.clients == 0 {
+            return Err(ConfigError::NoClients);
+        }
+        let round_max = self.payload_size as u64 * u64::from(self.packets_per_buffer);
+        if round_max > u64::from(u32::MAX) {
+            return Err(ConfigError::RoundTooBig(round_max));
+        }
+        Ok(())
+    }
 }
 
 /// A configuration the sender cannot run with.
@@ -132,6 +156,39 @@ pub enum DropReason {
         /// The deadline in seconds.
         secs: f64,
     },
+
+    /// The transfer never started: too few receivers connected within the deadline.
+    #[error("transfer not started: {connected} receivers connected, {required} required")]
+    NotStarted {
+        /// Receivers connected when the deadline passed.
+        connected: usize,
+        /// `min_complete`.
+        required: usize,
+    },
+}
+
+/// How many receivers got the whole, verified transfer, against what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every one of `clients` receivers completed.
+    All,
+    /// At least `min_complete` completed, but not all `clients`.
+    Partial,
+    /// Fewer than `min_complete` completed (or none at all).
+    Failed,
+}
+
+impl Delivery {
+    /// Classifies `completed` receivers out of `clients` expected, `min_complete` required.
+    pub fn classify(completed: usize, clients: usize, min_complete: usize) -> Delivery {
+        if completed >= clients && completed > 0 {
+            Delivery::All
+        } else if completed >= min_complete && completed > 0 {
+            Delivery::Partial
+        } else {
+            Delivery::Failed
+        }
+    }
 }
 
 /// A connection refused because the transfer already has its receivers.
@@ -237,19 +294,7 @@ impl Sender {
     /// # Errors
     /// A [`ConfigError`] for settings out of range.
     pub fn new(cfg: SenderConfig, now: Instant) -> Result<Sender, ConfigError> {
-        if cfg.payload_size == 0 || cfg.payload_size > EXT_MAX_PAYLOAD {
-            return Err(ConfigError::PayloadSize(cfg.payload_size));
-        }
-        if cfg.packets_per_buffer == 0 || cfg.packets_per_buffer > MAX_PACKETS_PER_BUFFER {
-            return Err(ConfigError::PacketsPerBuffer(cfg.packets_per_buffer));
-        }
-        if cfg.clients == 0 {
-            return Err(ConfigError::NoClients);
-        }
-        let round_max = cfg.payload_size as u64 * u64::from(cfg.packets_per_buffer);
-        if round_max > u64::from(u32::MAX) {
-            return Err(ConfigError::RoundTooBig(round_max));
-        }
+        cfg.check()?;
         let rate = cfg.rate.unwrap_or(RATE_START);
         Ok(Sender {
             accept_until: now + cfg.deadline,
@@ -460,6 +505,13 @@ impl Sender {
                 if n >= self.cfg.min_complete && n > 0 {
                     self.start_fill();
                 } else {
+                    let reason = DropReason::NotStarted {
+                        connected: n,
+                        required: self.cfg.min_complete,
+                    };
+                    for i in 0..self.rxs.len() {
+                        self.drop_rx(ReceiverId(i as u32), reason.clone());
+                    }
                     self.finish();
                 }
             }
@@ -543,6 +595,19 @@ impl Sender {
     /// Whether it ended with at least `min_complete` receivers done.
     pub fn succeeded(&self) -> bool {
         self.is_finished() && self.stats.completed >= self.cfg.min_complete
+    }
+
+    /// How the transfer ended; [`Delivery::Failed`] until it has.
+    pub fn delivery(&self) -> Delivery {
+        if self.is_finished() {
+            Delivery::classify(
+                self.stats.completed,
+                self.cfg.clients,
+                self.cfg.min_complete,
+            )
+        } else {
+            Delivery::Failed
+        }
     }
 
     /// The address of receiver `id`.
@@ -931,6 +996,41 @@ mod tests {
             })
         ));
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn delivery_is_all_only_when_every_expected_receiver_completed() {
+        assert_eq!(Delivery::classify(2, 2, 2), Delivery::All);
+        assert_eq!(Delivery::classify(1, 2, 2), Delivery::Failed);
+        assert_eq!(Delivery::classify(1, 2, 1), Delivery::Partial);
+        assert_eq!(Delivery::classify(0, 2, 0), Delivery::Failed);
+        assert_eq!(Delivery::classify(3, 3, 1), Delivery::All);
+    }
+
+    #[test]
+    fn too_few_receivers_by_the_deadline_are_dropped_as_not_started() {
+        let t = Instant::now();
+        let mut c = cfg();
+        c.clients = 3;
+        c.min_complete = 2;
+        let mut s = Sender::new(c, t).unwrap();
+        let id = s.handle_connect("127.0.0.1:7".parse().unwrap(), t).unwrap();
+        drain(&mut s);
+        s.handle_timeout(t + Duration::from_secs(1));
+        let acts = drain(&mut s);
+        let want = DropReason::NotStarted {
+            connected: 1,
+            required: 2,
+        };
+        assert!(acts.contains(&Action::Close {
+            who: id,
+            reason: Some(want.clone())
+        }));
+        assert!(acts.contains(&Action::Finished));
+        assert_eq!(s.stats().missing, 2);
+        assert_eq!(s.stats().dropped.len(), 1);
+        assert_eq!(s.stats().dropped[0].reason, want);
+        assert_eq!(s.delivery(), Delivery::Failed);
     }
 
     #[test]

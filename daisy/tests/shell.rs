@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -35,7 +35,13 @@ fn input(name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
 }
 
 /// Waits for `c` (killing it past `LIMIT`); returns (success, stderr).
-fn finish(mut c: Child, what: &str) -> (bool, String) {
+fn finish(c: Child, what: &str) -> (bool, String) {
+    let (status, err) = finish_status(c, what);
+    (status.success(), err)
+}
+
+/// Waits for `c` (killing it past `LIMIT`); returns its exit status and stderr.
+fn finish_status(mut c: Child, what: &str) -> (ExitStatus, String) {
     let end = Instant::now() + LIMIT;
     let status = loop {
         if let Some(s) = c.try_wait().expect("try_wait") {
@@ -52,7 +58,7 @@ fn finish(mut c: Child, what: &str) -> (bool, String) {
     if let Some(mut e) = c.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    (status.success(), err)
+    (status, err)
 }
 
 fn sender(port: u16, clients: usize, file: &Path, extra: &[&str]) -> Child {
@@ -141,6 +147,97 @@ fn native_transfer_to_two_receivers() {
     assert_eq!(field(&es, "daisy-send", "completed_receivers"), "2");
     assert_eq!(field(&es, "daisy-send", "bytes"), data.len().to_string());
     assert!(field(&e2, "daisy-recv", "repaired").parse::<u64>().unwrap() > 0);
+}
+
+/// `partial` next to `out`, as daisy-recv names its unverified output.
+fn partial_of(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".partial");
+    PathBuf::from(p)
+}
+
+/// Two receivers, one exiting abruptly after 1 MiB; returns the sender's exit status and
+/// stderr after checking the survivor's and the victim's outputs.
+fn one_of_two_receivers_dies(port: u16, name: &str, extra: &[&str]) -> (ExitStatus, String) {
+    let (file, data) = input(&format!("{name}.in"), 4 << 20, 21);
+    // Paced at 8 MB/s the transfer lasts about half a second: the victim dies during it.
+    let mut args = vec!["--rate", "8"];
+    args.extend_from_slice(extra);
+    let s = sender(port, 2, &file, &args);
+    let (good, bad) = (tmp(&format!("{name}.good")), tmp(&format!("{name}.bad")));
+    std::fs::write(&bad, b"older file").expect("write old output");
+    let _ = std::fs::remove_file(&good);
+    let rg = receiver(port, &good, &[]);
+    let rb = receiver(port, &bad, &["--test-exit-after-bytes", "1048576"]);
+    let (okb, eb) = finish(rb, "dying receiver");
+    let (okg, eg) = finish(rg, "receiver");
+    let (status, es) = finish_status(s, "sender");
+    assert!(!okb, "the dying receiver exited 0:\n{eb}");
+    assert!(okg, "{eg}\n{es}");
+    assert!(std::fs::read(&good).expect("output") == data);
+    assert!(
+        !partial_of(&good).exists(),
+        "a verified output keeps .partial"
+    );
+    // The killed receiver never renamed: NAME is the old file, NAME.partial what it had.
+    assert_eq!(std::fs::read(&bad).expect("old output"), b"older file");
+    assert_eq!(
+        std::fs::read(partial_of(&bad)).expect("partial output"),
+        &data[..1 << 20]
+    );
+    assert_eq!(field(&es, "daisy-send", "completed_receivers"), "1", "{es}");
+    let failed = field(&es, "daisy-send", "failed");
+    let (id, addr) = failed
+        .split_once('@')
+        .unwrap_or_else(|| panic!("failed={failed} is not ID@ADDRESS"));
+    assert!(id == "0" || id == "1", "failed={failed}");
+    let addr: std::net::SocketAddr = addr.parse().expect("failed= address");
+    assert!(addr.ip().is_loopback(), "failed={failed}");
+    assert!(
+        es.contains(&format!("receiver {id} ({addr}) failed")),
+        "no line naming the failed receiver:\n{es}"
+    );
+    (status, es)
+}
+
+#[test]
+fn a_dead_receiver_fails_the_transfer_by_default() {
+    let (status, es) = one_of_two_receivers_dies(18_606, "dead", &[]);
+    assert_eq!(status.code(), Some(1), "sender: {status}\n{es}");
+    assert!(es.contains("1 of 2 receivers got the transfer"), "{es}");
+}
+
+#[test]
+fn a_lowered_bar_makes_a_dead_receiver_a_partial_success() {
+    let (status, es) = one_of_two_receivers_dies(18_607, "lowered", &["--min-complete", "1"]);
+    assert_eq!(status.code(), Some(3), "sender: {status}\n{es}");
+    assert!(es.contains("daisy-send: partial: 1 of 2"), "{es}");
+}
+
+#[test]
+fn a_failed_receiver_removes_its_partial_output() {
+    let port = 18_608;
+    let (file, _) = input("cut.in", 8 << 20, 23);
+    // 2 MB/s: four seconds, cut short by killing the sender.
+    let mut s = sender(port, 1, &file, &["--rate", "2"]);
+    let out = tmp("cut.out");
+    std::fs::write(&out, b"older file").expect("write old output");
+    let r = receiver(port, &out, &[]);
+    let partial = partial_of(&out);
+    let mut waited = 0;
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) == 0 {
+        waited += 1;
+        assert!(waited < 400, "no data in {partial:?} within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&out).unwrap(), b"older file");
+    s.kill().expect("kill sender");
+    let _ = s.wait();
+    let (ok, er) = finish(r, "receiver");
+    assert!(!ok, "the receiver exited 0 without its sender:\n{er}");
+    assert!(er.contains("daisy-recv: error"), "{er}");
+    assert!(!partial.exists(), "the failed receiver left {partial:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"older file");
 }
 
 #[test]
