@@ -70,6 +70,7 @@ const RCVBUF: usize = 256 << 20;
 pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvReport, RecvShellError> {
     let start = Instant::now();
     let tcp = connect(opts.server, opts.core.deadline)?;
+    tracing::info!(server = %opts.server, "connected");
     tcp.set_nodelay(true).map_err(io_err("set_nodelay"))?;
     tcp.set_nonblocking(true)
         .map_err(io_err("set_nonblocking"))?;
@@ -87,7 +88,10 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
         // Actions first (the greeting's Join, replies, deliveries).
         while let Some(a) = core.poll_action() {
             match a {
-                RecvAction::Join(g) => udp = Some(join(g, opts.local_ip)?),
+                RecvAction::Join(g) => {
+                    tracing::info!(group = %g, local = %opts.local_ip, "joining the group");
+                    udp = Some(join(g, opts.local_ip)?);
+                }
                 RecvAction::SendTcp(b) => send_all(&mut tcp, &b, opts.core.deadline)?,
                 RecvAction::Deliver => {
                     for chunk in core.output() {
@@ -96,7 +100,7 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
                                 let k = (limit - written) as usize;
                                 let _ = out.write_all(&chunk[..k]);
                                 let _ = out.flush();
-                                eprintln!("daisy-recv: test hook: exiting after {limit} bytes");
+                                tracing::warn!("test hook: exiting after {limit} bytes");
                                 std::process::exit(3);
                             }
                             _ => chunk,
@@ -107,6 +111,7 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
                     if let Some(b) = &bar {
                         b.set_position(written);
                     }
+                    tracing::debug!(written, "round delivered");
                     core.handle_delivered(Instant::now());
                 }
                 RecvAction::Finished => {

@@ -107,12 +107,18 @@ pub fn run_sender<N: SenderNet>(
                     first_round.get_or_insert_with(Instant::now);
                     let buf = core.buffer_mut();
                     let n = fill(&mut input, buf)?;
+                    tracing::debug!(bytes = n, "round filled from the input");
                     if let Some(b) = &bar {
                         b.inc(n as u64);
                     }
                     core.handle_filled(n, Instant::now());
                 }
                 Action::Close { who, reason } => {
+                    let addr = core.addr(who);
+                    match &reason {
+                        Some(r) => tracing::info!(receiver = who.0, ?addr, "dropped: {r}"),
+                        None => tracing::info!(receiver = who.0, ?addr, "completed"),
+                    }
                     if let Some(c) = conns.get_mut(&who) {
                         c.tx = None;
                         if reason.is_some() {
@@ -120,7 +126,15 @@ pub fn run_sender<N: SenderNet>(
                         }
                     }
                 }
-                Action::Finished => break 'run,
+                Action::Finished => {
+                    let st = core.stats();
+                    tracing::info!(
+                        bytes = st.bytes,
+                        completed = st.completed,
+                        "transfer finished"
+                    );
+                    break 'run;
+                }
             }
         }
         let now = Instant::now();
@@ -141,9 +155,13 @@ pub fn run_sender<N: SenderNet>(
             match e {
                 Event::Accepted(s, addr) => match core.handle_connect(addr, now) {
                     Ok(id) => {
+                        tracing::info!(receiver = id.0, %addr, "connected");
                         conns.insert(id, spawn_conn(id, s, ev_tx.clone())?);
                     }
-                    Err(_) => refuse(s, core.full_greeting()),
+                    Err(_) => {
+                        tracing::info!(%addr, "refused: the transfer is full");
+                        refuse(s, core.full_greeting());
+                    }
                 },
                 Event::Tcp(id, bytes) => core.handle_tcp(id, &bytes, now),
                 Event::Closed(id, why) => core.handle_closed(id, &why, now),

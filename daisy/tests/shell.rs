@@ -61,31 +61,45 @@ fn finish_status(mut c: Child, what: &str) -> (ExitStatus, String) {
     (status, err)
 }
 
+/// A `daisy-send` command; `ARCA_LOG` is cleared so only a test that sets it sees diagnostics.
+fn sender_cmd(port: u16, clients: usize, file: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(SEND);
+    c.args([
+        "--clients",
+        &clients.to_string(),
+        "--port",
+        &port.to_string(),
+    ])
+    .args(["--no-progress", "--deadline", "20"])
+    .args(extra)
+    .arg(file)
+    .env_remove("ARCA_LOG")
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
 fn sender(port: u16, clients: usize, file: &Path, extra: &[&str]) -> Child {
-    Command::new(SEND)
-        .args([
-            "--clients",
-            &clients.to_string(),
-            "--port",
-            &port.to_string(),
-        ])
-        .args(["--no-progress", "--deadline", "20"])
-        .args(extra)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
+    sender_cmd(port, clients, file, extra)
         .spawn()
         .expect("spawn daisy-send")
 }
 
-fn receiver(port: u16, out: &Path, extra: &[&str]) -> Child {
-    Command::new(RECV)
-        .args(["--no-progress", "--deadline", "20", "-o"])
+/// A `daisy-recv` command writing to `out`, with `ARCA_LOG` cleared.
+fn receiver_cmd(port: u16, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(RECV);
+    c.args(["--no-progress", "--deadline", "20", "-o"])
         .arg(out)
         .args(extra)
         .arg(format!("127.0.0.1:{port}"))
+        .env_remove("ARCA_LOG")
         .stdin(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn receiver(port: u16, out: &Path, extra: &[&str]) -> Child {
+    receiver_cmd(port, out, extra)
         .spawn()
         .expect("spawn daisy-recv")
 }
@@ -147,6 +161,46 @@ fn native_transfer_to_two_receivers() {
     assert_eq!(field(&es, "daisy-send", "completed_receivers"), "2");
     assert_eq!(field(&es, "daisy-send", "bytes"), data.len().to_string());
     assert!(field(&e2, "daisy-recv", "repaired").parse::<u64>().unwrap() > 0);
+    // Without ARCA_LOG only warnings and errors are diagnostics; a clean run has none.
+    for e in [&es, &e1, &e2] {
+        assert!(!e.contains(" INFO ") && !e.contains(" WARN "), "{e}");
+    }
+}
+
+#[test]
+fn arca_log_filters_diagnostics_and_a_bad_value_is_reported() {
+    let port = 18_609;
+    let (file, data) = input("log.in", 1 << 20, 25);
+    let s = sender_cmd(port, 1, &file, &[])
+        .env("ARCA_LOG", "daisy=debug")
+        .env_remove("NO_COLOR")
+        .spawn()
+        .expect("spawn daisy-send");
+    let out = tmp("log.out");
+    let r = receiver_cmd(port, &out, &[])
+        .env("ARCA_LOG", "daisy=loud")
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(std::fs::read(&out).unwrap() == data);
+    // The sender's filter took: its receiver's connection and the rounds are logged, without
+    // colour since stderr is a pipe.
+    assert!(es.contains(" INFO daisy::send_shell: connected"), "{es}");
+    assert!(
+        es.contains(" DEBUG daisy::send_shell: round filled"),
+        "{es}"
+    );
+    assert!(!es.contains('\x1b'), "colour on a pipe:\n{es}");
+    // The receiver's value does not parse: one line says so, and the default applies.
+    let warned: Vec<&str> = er
+        .lines()
+        .filter(|l| l.starts_with("daisy-recv: warning: ARCA_LOG=\"daisy=loud\" ignored ("))
+        .collect();
+    assert_eq!(warned.len(), 1, "{er}");
+    assert!(warned[0].ends_with("using \"warn\""), "{er}");
+    assert!(!er.contains(" INFO "), "{er}");
 }
 
 /// `partial` next to `out`, as daisy-recv names its unverified output.

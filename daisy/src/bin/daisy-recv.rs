@@ -18,6 +18,9 @@ use daisy::wire::DEFAULT_PORT;
 const EXIT_USAGE: u8 = 2;
 
 /// Receive one Daisy multicast transfer.
+///
+/// Diagnostics: ARCA_LOG sets their filter (default warn; e.g. info, daisy=debug); colour
+/// only on a terminal without NO_COLOR.
 #[derive(Debug, Parser)]
 #[command(
     name = "daisy-recv",
@@ -57,6 +60,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    cli_log::init("ARCA_LOG", "warn");
     if !(a.deadline > 0.0 && a.deadline < 1e6) {
         eprintln!(
             "daisy-recv: error: --deadline {} must be positive",

@@ -29,6 +29,9 @@ const EXIT_PARTIAL: u8 = 3;
 const EXIT_USAGE: u8 = 2;
 
 /// Multicast a file (or stdin) reliably to N Daisy receivers.
+///
+/// Diagnostics: ARCA_LOG sets their filter (default warn; e.g. info, daisy=debug); colour
+/// only on a terminal without NO_COLOR.
 #[derive(Debug, Parser)]
 #[command(
     name = "daisy-send",
@@ -91,6 +94,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    cli_log::init("ARCA_LOG", "warn");
     let opts = match options(&args) {
         Ok(o) => o,
         Err(e) => {
