@@ -294,6 +294,80 @@ fn a_failed_receiver_removes_its_partial_output() {
     assert_eq!(std::fs::read(&out).unwrap(), b"older file");
 }
 
+/// A fake plain sender: accepts one receiver, sends the greeting (and optionally a round's
+/// header, then SERVER_SENT with no data), then stays silent. Returns how long the receiver
+/// took to give up after the last thing sent, and its stderr.
+fn silent_sender(port: u16, group_octet: u8, round: bool) -> (Duration, String) {
+    use daisy::wire::{BufferHeader, Greeting, CLIENT_READY, SERVER_SENT};
+    use std::io::Write;
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    let r = Command::new(RECV)
+        .args(["--no-progress", "--deadline", "1", "-o"])
+        .arg(tmp(&format!("silent{group_octet}.out")))
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("ARCA_LOG")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (mut c, _) = l.accept().expect("accept");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let group = SocketAddrV4::new(Ipv4Addr::new(224, 238, 91, group_octet), port);
+    c.write_all(&Greeting { group, ext: None }.encode())
+        .expect("greeting");
+    if round {
+        let h = BufferHeader {
+            buffer_id: 1,
+            buffer_size: 100,
+            packet_id_base: 0,
+            pkt_count: 1,
+        };
+        c.write_all(&h.encode()).expect("header");
+        let mut ready = [0u8; 1];
+        c.read_exact(&mut ready).expect("CLIENT_READY");
+        assert_eq!(ready[0], CLIENT_READY);
+        c.write_all(&[SERVER_SENT]).expect("SERVER_SENT");
+    }
+    let silent_from = Instant::now();
+    let (ok, err) = finish(r, "receiver");
+    let took = silent_from.elapsed();
+    assert!(!ok, "the receiver exited 0 with a silent sender:\n{err}");
+    drop(c);
+    (took, err)
+}
+
+#[test]
+fn the_receiver_gives_up_when_its_help_says() {
+    let help = Command::new(RECV)
+        .arg("--help")
+        .output()
+        .expect("daisy-recv --help");
+    let help = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("while it owes this receiver an answer: repairs after SERVER_SENT")
+            && help.contains("the limit is 2 × DEADLINE + 1 s"),
+        "--help does not state the give-up rule:\n{help}"
+    );
+    // Waiting for a round's header, the sender may be waiting on others: 2 × 1 + 1 = 3 s.
+    let (took, err) = silent_sender(18_610, 1, false);
+    assert!(err.contains("nothing from the sender for 3.0 s"), "{err}");
+    assert!(
+        took >= Duration::from_millis(2_700) && took < Duration::from_millis(4_500),
+        "gave up after {took:?}"
+    );
+    // Missing packets after SERVER_SENT: the sender owes repairs, 1 s.
+    let (took, err) = silent_sender(18_611, 2, true);
+    assert!(err.contains("nothing from the sender for 1.0 s"), "{err}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),
+        "gave up after {took:?}"
+    );
+}
+
 #[test]
 fn extra_receiver_is_told_transfer_is_full() {
     let port = 18_602;
