@@ -83,7 +83,7 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
     let drop_threshold =
         (opts.test_drop_percent.clamp(0.0, 100.0) / 100.0 * u32::MAX as f64) as u64;
     let mut written = 0u64;
-    let bar = spinner(opts.progress);
+    let bar = crate::progress::on_stderr(opts.progress, None);
     loop {
         // Actions first (the greeting's Join, replies, deliveries).
         while let Some(a) = core.poll_action() {
@@ -250,21 +250,6 @@ fn send_all(s: &mut TcpStream, mut b: &[u8], deadline: Duration) -> Result<(), R
         }
     }
     Ok(())
-}
-
-fn spinner(on: bool) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !on || !io::stderr().is_terminal() {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new_spinner();
-    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec}")
-    {
-        b.set_style(style);
-    }
-    Some(b)
 }
 
 /// Formats the receiver's summary line.

@@ -85,7 +85,7 @@ pub fn run_sender<N: SenderNet>(
                 }
             })?;
     }
-    let bar = progress_bar(opts.progress, opts.input_len);
+    let bar = crate::progress::on_stderr(opts.progress, opts.input_len);
     let mut conns: HashMap<ReceiverId, Conn<<N::Listener as NetListener>::Stream>> = HashMap::new();
     let mut first_round: Option<Instant> = None;
     'run: loop {
@@ -285,24 +285,6 @@ fn refuse<S: NetStream>(mut s: S, greeting: [u8; 16]) {
                 }
             }
         });
-}
-
-fn progress_bar(on: bool, len: Option<u64>) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !on || !io::stderr().is_terminal() {
-        return None;
-    }
-    let b = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        b.set_style(style);
-    }
-    Some(b)
 }
 
 /// Formats the sender's summary line. `failed` lists the dropped receivers as `ID@ADDRESS`
