@@ -83,7 +83,9 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
     let drop_threshold =
         (opts.test_drop_percent.clamp(0.0, 100.0) / 100.0 * u32::MAX as f64) as u64;
     let mut written = 0u64;
+    // A spinner until an extended sender announces the size (EXT_SIZE), then a bar.
     let bar = crate::progress::on_stderr(opts.progress, None);
+    let mut total_known = false;
     loop {
         // Actions first (the greeting's Join, replies, deliveries).
         while let Some(a) = core.poll_action() {
@@ -160,6 +162,13 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
             }
         }
         core.handle_timeout(Instant::now())?;
+        if let (Some(total), false) = (core.expected_bytes(), total_known) {
+            total_known = true;
+            tracing::info!(bytes = total, "transfer size announced");
+            if let Some(b) = &bar {
+                crate::progress::set_total(b, total);
+            }
+        }
     }
 }
 

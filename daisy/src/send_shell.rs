@@ -21,10 +21,8 @@ pub struct SendOptions {
     pub bind: SocketAddr,
     /// Multicast options (group must equal `core.group`).
     pub mcast: McastOptions,
-    /// Progress bar on stderr.
+    /// Progress bar on stderr (its total is `core.input_len`).
     pub progress: bool,
-    /// Input length, when known (for the progress bar).
-    pub input_len: Option<u64>,
 }
 
 /// How a transfer ended.
@@ -85,7 +83,7 @@ pub fn run_sender<N: SenderNet>(
                 }
             })?;
     }
-    let bar = crate::progress::on_stderr(opts.progress, opts.input_len);
+    let bar = crate::progress::on_stderr(opts.progress, opts.core.input_len);
     let mut conns: HashMap<ReceiverId, Conn<<N::Listener as NetListener>::Stream>> = HashMap::new();
     let mut first_round: Option<Instant> = None;
     'run: loop {

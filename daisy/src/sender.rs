@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::wire::{
     self, BufferHeader, ExtHello, Greeting, GreetingExt, PacketHeader, ReceiverMsg, CAP_CHECKS,
-    CHECK_LEN, EXT_MAX_PAYLOAD, EXT_VERSION, GREET_FLAG_FULL, MAX_PACKETS_PER_BUFFER,
+    CAP_SIZE, CHECK_LEN, EXT_MAX_PAYLOAD, EXT_VERSION, GREET_FLAG_FULL, MAX_PACKETS_PER_BUFFER,
     PACKET_HEADER_LEN, PLAIN_MAX_PAYLOAD, SERVER_SENT,
 };
 
@@ -51,6 +51,9 @@ pub struct SenderConfig {
     pub min_complete: usize,
     /// Offer the extensions (DAISY-EXT.md); `false` behaves exactly as a plain sender.
     pub extensions: bool,
+    /// The input's length when known in advance (a regular file): sent as EXT_SIZE to
+    /// extended receivers that ask for it, for their progress display.
+    pub input_len: Option<u64>,
 }
 
 impl SenderConfig {
@@ -676,8 +679,14 @@ impl Sender {
                 r.ext = Some(h);
                 self.stats.extended += 1;
                 if round.pkt_count > 0 {
-                    let bytes =
-                        wire::encode_round(self.round_payload as u32, &self.round_digest).to_vec();
+                    let mut bytes = Vec::with_capacity(wire::EXT_SIZE_LEN + wire::EXT_ROUND_LEN);
+                    if let Some(n) = self.cfg.input_len.filter(|_| h.caps & CAP_SIZE != 0) {
+                        bytes.extend_from_slice(&wire::encode_size(n));
+                    }
+                    bytes.extend_from_slice(&wire::encode_round(
+                        self.round_payload as u32,
+                        &self.round_digest,
+                    ));
                     self.actions.push_back(Action::SendTcp { to: id, bytes });
                 }
             }
@@ -912,6 +921,7 @@ mod tests {
             deadline: Duration::from_secs(1),
             min_complete: 1,
             extensions: true,
+            input_len: None,
         }
     }
 
@@ -1031,6 +1041,45 @@ mod tests {
         assert_eq!(s.stats().dropped.len(), 1);
         assert_eq!(s.stats().dropped[0].reason, want);
         assert_eq!(s.delivery(), Delivery::Failed);
+    }
+
+    /// What an extended receiver with `caps` gets in answer to its EXT_HELLO, the sender
+    /// knowing the input's length or not.
+    fn answer_to_hello(caps: u8, input_len: Option<u64>) -> Vec<u8> {
+        let t = Instant::now();
+        let mut c = cfg();
+        c.input_len = input_len;
+        let mut s = Sender::new(c, t).unwrap();
+        let id = s.handle_connect("127.0.0.1:1".parse().unwrap(), t).unwrap();
+        drain(&mut s);
+        s.buffer_mut()[..3].copy_from_slice(b"abc");
+        s.handle_filled(3, t);
+        drain(&mut s);
+        let hello = ExtHello {
+            version: EXT_VERSION,
+            caps,
+            max_payload: 1460,
+        };
+        s.handle_tcp(id, &hello.encode(), t);
+        drain(&mut s)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::SendTcp { to, bytes } if to == id => Some(bytes),
+                _ => None,
+            })
+            .expect("an answer to EXT_HELLO")
+    }
+
+    #[test]
+    fn the_size_goes_before_the_first_round_info_to_receivers_that_ask() {
+        let digest: [u8; 32] = Sha256::digest(b"abc").into();
+        let round = wire::encode_round(4, &digest);
+        let mut want = wire::encode_size(3).to_vec();
+        want.extend_from_slice(&round);
+        assert_eq!(answer_to_hello(CAP_CHECKS | CAP_SIZE, Some(3)), want);
+        // Not asked for, or not known: the round info alone.
+        assert_eq!(answer_to_hello(CAP_CHECKS, Some(3)), round);
+        assert_eq!(answer_to_hello(CAP_CHECKS | CAP_SIZE, None), round);
     }
 
     #[test]

@@ -272,8 +272,14 @@ fn a_lowered_bar_makes_a_dead_receiver_a_partial_success() {
 fn a_failed_receiver_removes_its_partial_output() {
     let port = 18_608;
     let (file, _) = input("cut.in", 8 << 20, 23);
-    // 2 MB/s: four seconds, cut short by killing the sender.
-    let mut s = sender(port, 1, &file, &["--rate", "2"]);
+    // 2 MB/s: four seconds, cut short by killing the sender. Rounds of 64 packets reach the
+    // output file as the transfer goes (the receiver's 1 MiB output buffer fills in 0.5 s).
+    let mut s = sender(
+        port,
+        1,
+        &file,
+        &["--rate", "2", "--packets-per-buffer", "64"],
+    );
     let out = tmp("cut.out");
     std::fs::write(&out, b"older file").expect("write old output");
     let r = receiver(port, &out, &[]);
@@ -292,6 +298,49 @@ fn a_failed_receiver_removes_its_partial_output() {
     assert!(er.contains("daisy-recv: error"), "{er}");
     assert!(!partial.exists(), "the failed receiver left {partial:?}");
     assert_eq!(std::fs::read(&out).unwrap(), b"older file");
+}
+
+#[test]
+fn a_file_size_is_announced_to_the_receiver_a_pipe_size_is_not() {
+    let port = 18_612;
+    let (file, data) = input("size.in", 1 << 20, 27);
+    // From the file: the receiver learns the length before the first round.
+    let s = sender(port, 1, &file, &[]);
+    let out = tmp("size.out");
+    let r = receiver_cmd(port, &out, &[])
+        .env("ARCA_LOG", "daisy=info")
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(
+        er.contains(&format!("transfer size announced bytes={}", data.len())),
+        "{er}"
+    );
+    // From a pipe the length is unknown until the end.
+    let mut s = sender_cmd(port + 100, 1, Path::new("-"), &[])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-send");
+    let mut stdin = s.stdin.take().expect("stdin");
+    let feed = {
+        let data = data.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        })
+    };
+    let r = receiver_cmd(port + 100, &out, &[])
+        .env("ARCA_LOG", "daisy=info")
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    let _ = feed.join();
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(!er.contains("transfer size announced"), "{er}");
 }
 
 /// A fake plain sender: accepts one receiver, sends the greeting (and optionally a round's

@@ -176,6 +176,7 @@ fn options(a: &Args) -> Result<SendOptions, String> {
         deadline: Duration::from_secs_f64(a.deadline),
         min_complete,
         extensions: true,
+        input_len: None,
     };
     core.check().map_err(|e| e.to_string())?;
     Ok(SendOptions {
@@ -188,7 +189,6 @@ fn options(a: &Args) -> Result<SendOptions, String> {
             interface: a.interface,
         },
         progress: !a.no_progress,
-        input_len: None,
     })
 }
 
@@ -197,14 +197,13 @@ fn run(a: &Args, opts: SendOptions) -> io::Result<SendReport> {
         None | Some("-") => (Box::new(io::stdin().lock()), None),
         Some(p) => {
             let f = File::open(p).map_err(|e| io::Error::new(e.kind(), format!("{p}: {e}")))?;
-            let len = f.metadata().ok().map(|m| m.len());
+            // Only a regular file's length is known in advance (not a FIFO's or a device's).
+            let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
             (Box::new(f), len)
         }
     };
-    let opts = SendOptions {
-        input_len: len,
-        ..opts
-    };
+    let mut opts = opts;
+    opts.core.input_len = len;
     let use_arca = match a.net {
         NetKind::Arca => true,
         NetKind::Std => false,
