@@ -269,6 +269,30 @@ fn a_lowered_bar_makes_a_dead_receiver_a_partial_success() {
 }
 
 #[test]
+fn bad_arguments_exit_with_status_2_and_one_line() {
+    let (file, _) = input("usage.in", 10, 29);
+    let file = file.to_str().expect("UTF-8 temp path");
+    let runs: [(&str, &[&str]); 4] = [
+        (SEND, &["--clients", "2", "--min-complete", "3", file]),
+        (SEND, &["--clients", "1", "--payload-size", "0", file]),
+        (SEND, &["--clients", "1", "--deadline", "0", file]),
+        (RECV, &["--deadline=-1", "127.0.0.1:9"]),
+    ];
+    for (bin, args) in runs {
+        let o = Command::new(bin)
+            .args(args)
+            .env_remove("ARCA_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(": error: "), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn a_failed_receiver_removes_its_partial_output() {
     let port = 18_608;
     let (file, _) = input("cut.in", 8 << 20, 23);

@@ -38,7 +38,7 @@ struct Args {
     local_ip: Ipv4Addr,
     /// Seconds of silence from the sender (no TCP bytes, no datagrams) before giving up
     /// while it owes this receiver an answer: repairs after SERVER_SENT, a round's checks or
-    /// size. While it may be waiting on other receivers instead (for each round's header, and
+    /// payload size. While it may be waiting on other receivers instead (for each round's header, and
     /// for a round's data after this receiver is ready) the limit is 2 × DEADLINE + 1 s,
     /// since the sender drops a stalled receiver only after its own --deadline. Connecting
     /// is retried for DEADLINE.
