@@ -169,15 +169,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn parse_grace(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
@@ -299,7 +290,7 @@ fn serve(socket: &std::path::Path, access: Access, mut config: Config) -> anyhow
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    cli_log::init("ARCA_LOG", "warn");
     let (sizes, policy) = match &cli.command {
         Command::Run { sizes, policy, .. } | Command::Serve { sizes, policy, .. } => {
             (sizes, policy)

@@ -370,3 +370,29 @@ fn policy_check_says_what_the_file_leaves_to_the_default_and_prints_the_effect()
         "the default's outbound rules"
     );
 }
+
+#[test]
+fn diagnostics_are_plain_on_a_pipe_and_a_bad_filter_is_reported() {
+    let out = Command::new(MONITOR)
+        .args(["run", "--", "true"])
+        .env("ARCA_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guest started"), "info lines shown: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes on a pipe: {err:?}"
+    );
+    let out = Command::new(MONITOR)
+        .args(["run", "--", "true"])
+        .env("ARCA_LOG", "arca_monitor=loud")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("ARCA_LOG").count(), 1, "one warning: {err}");
+    assert!(err.contains("ignored"), "{err}");
+}
