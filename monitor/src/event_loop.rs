@@ -77,6 +77,7 @@ pub struct Monitor {
     poll: Poll,
     events: Events,
     config: Config,
+    reuse: crate::udp::ReuseOwners,
     sessions: HashMap<SessionId, Session>,
     tokens: HashMap<Token, Src>,
     next_token: usize,
@@ -154,6 +155,7 @@ impl Monitor {
             poll,
             events: Events::with_capacity(1024),
             config,
+            reuse: crate::udp::ReuseOwners::default(),
             sessions: HashMap::new(),
             tokens: HashMap::new(),
             next_token: FIRST_DYNAMIC,
@@ -473,6 +475,7 @@ impl Monitor {
             tokens,
             next_token,
             config,
+            reuse,
             ..
         } = self;
         let mut released = Vec::new();
@@ -489,6 +492,7 @@ impl Monitor {
                 tokens: &mut alloc_token,
                 release: &mut release,
                 config,
+                reuse,
             };
             f(&mut ctx)
         };

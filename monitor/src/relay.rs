@@ -79,6 +79,58 @@ impl IdlePasses {
     }
 }
 
+/// What the session asks of a relay, TCP or UDP: readiness in, budgeted
+/// service, and the end of its socket. The socket's registration with the
+/// loop is the relay's to undo when it lets the socket go.
+pub trait Service {
+    /// Records readiness from the event loop.
+    fn on_event(&mut self, readable: bool, writable: bool);
+
+    /// Moves bytes both ways, at most `budget` per direction.
+    ///
+    /// # Errors
+    /// [`RelayFault`] when the guest broke the pipe; the caller aborts the
+    /// relay and logs it.
+    fn service(&mut self, budget: usize) -> Result<Progress, RelayFault>;
+
+    /// Ends the relay at once (the guest sees `ConnectionAborted`) and
+    /// deregisters its socket.
+    fn abort_with(&mut self, registry: &mio::Registry);
+
+    /// Deregisters and drops the socket once both directions are done with it.
+    fn release_finished(&mut self, registry: &mio::Registry);
+
+    /// True when the socket is gone and the pipe closed on both sides: the
+    /// relay can be forgotten and its block freed.
+    fn is_done(&self) -> bool;
+}
+
+/// Deregisters `sock` (if any) from `registry`; a socket already gone from
+/// epoll is no error here.
+pub(crate) fn deregister<S: mio::event::Source>(registry: &mio::Registry, sock: Option<S>) {
+    if let Some(mut s) = sock {
+        let _ = registry.deregister(&mut s);
+    }
+}
+
+impl Service for Relay {
+    fn on_event(&mut self, readable: bool, writable: bool) {
+        Relay::on_event(self, readable, writable);
+    }
+    fn service(&mut self, budget: usize) -> Result<Progress, RelayFault> {
+        Relay::service(self, budget)
+    }
+    fn abort_with(&mut self, registry: &mio::Registry) {
+        deregister(registry, self.abort());
+    }
+    fn release_finished(&mut self, registry: &mio::Registry) {
+        deregister(registry, self.take_finished_socket());
+    }
+    fn is_done(&self) -> bool {
+        Relay::is_done(self)
+    }
+}
+
 /// One connection's relay state.
 #[derive(Debug)]
 pub struct Relay {

@@ -8,8 +8,9 @@
 //!   umask's mode.
 //! - Owner-only (0600) unless widened ([`Access`]); each peer's credentials
 //!   (`SO_PEERCRED`) are checked against the same rules when it attaches.
-//! - Removed at exit only if the path still names this socket (same device
-//!   and inode): a monitor never unlinks a socket another one made.
+//! - Removed at exit only if the path still names this socket (same device,
+//!   inode and change time): a monitor never unlinks a socket another one
+//!   made.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -99,8 +100,9 @@ pub enum ServeSocketError {
 pub struct ServeSocket {
     fd: OwnedFd,
     path: PathBuf,
-    /// Device and inode of the socket file this process made.
-    made: (u64, u64),
+    /// Device, inode and change time of the socket file this process made
+    /// (inode numbers are reused at once; the change time tells files apart).
+    made: (u64, u64, i64, i64),
 }
 
 impl ServeSocket {
@@ -138,8 +140,7 @@ impl ServeSocket {
             if bind_at != path {
                 std::fs::rename(bind_at, path)?;
             }
-            let meta = std::fs::symlink_metadata(path)?;
-            Ok::<_, io::Error>((meta.dev(), meta.ino()))
+            Ok::<_, io::Error>(identity(&std::fs::symlink_metadata(path)?))
         })();
         match placed {
             Ok(made) => Ok(Self {
@@ -168,11 +169,15 @@ impl ServeSocket {
 impl Drop for ServeSocket {
     fn drop(&mut self) {
         let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.made);
+            .is_ok_and(|m| m.file_type().is_socket() && identity(&m) == self.made);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+fn identity(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
 }
 
 /// The credentials of the process at the other end of `sock`.

@@ -26,7 +26,6 @@ use std::io::{self, ErrorKind};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,61 +37,64 @@ use shm_ring::{BidirectionalPipe, RingError, Segments};
 
 use crate::policy::{Decision, DestCache, Policy};
 use crate::ratelimit::WarnLimiter;
-use crate::relay::{IdlePasses, Progress, RelayFault};
+use crate::relay::{deregister, IdlePasses, Progress, RelayFault, Service};
 
-/// Which owner (a session, by [`next_owner`]) holds `SO_REUSEADDR` UDP
-/// bindings on each `(is IPv4, port)`. Process-wide because the kernel's
-/// port space is: two guests of one monitor (or of two monitors in one
-/// process) must not share a port, or one would receive — steal — the
-/// other's unicast datagrams. Within one guest, sharing is allowed (several
-/// sockets of one multicast receiver).
-static REUSE_OWNERS: Mutex<BTreeMap<(bool, u16), (u64, usize)>> = Mutex::new(BTreeMap::new());
+/// Which session holds `SO_REUSEADDR` UDP bindings on each `(is IPv4,
+/// port)`, for one monitor. Two of its guests must not share a port, or one
+/// would receive — steal — the other's unicast datagrams; within one guest,
+/// sharing is allowed (several sockets of one multicast receiver). Cloning
+/// shares the table (it is the monitor's, lent to each session).
+#[derive(Debug, Clone, Default)]
+pub struct ReuseOwners(Arc<Mutex<ReuseTable>>);
 
-static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+/// `(is IPv4, port)` → (the holding session, its claims).
+type ReuseTable = BTreeMap<(bool, u16), (u64, usize)>;
 
-/// A process-unique owner id for [`claim_reuse`].
-pub fn next_owner() -> u64 {
-    NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+impl ReuseOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReuseTable> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when a session other than `owner` holds a reuse binding on
+    /// `addr`'s family and port.
+    pub fn held_by_other(&self, owner: u64, addr: SocketAddr) -> bool {
+        let key = (addr.is_ipv4(), addr.port());
+        addr.port() != 0 && self.lock().get(&key).is_some_and(|(o, _)| *o != owner)
+    }
+
+    /// Records that session `owner` holds a reuse binding on `local` (the
+    /// bound address).
+    ///
+    /// # Errors
+    /// `AddrInUse` when another session holds one on that port.
+    pub fn claim(&self, owner: u64, local: SocketAddr) -> io::Result<ReuseClaim> {
+        let key = (local.is_ipv4(), local.port());
+        let mut map = self.lock();
+        let entry = map.entry(key).or_insert((owner, 0));
+        if entry.0 != owner {
+            return Err(io::Error::new(
+                ErrorKind::AddrInUse,
+                "port held by another guest",
+            ));
+        }
+        entry.1 += 1;
+        Ok(ReuseClaim {
+            owners: self.clone(),
+            key,
+        })
+    }
 }
 
-fn reuse_owners() -> std::sync::MutexGuard<'static, BTreeMap<(bool, u16), (u64, usize)>> {
-    REUSE_OWNERS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// True when an owner other than `owner` holds a reuse binding on `addr`'s
-/// family and port.
-pub fn reuse_held_by_other(owner: u64, addr: SocketAddr) -> bool {
-    let key = (addr.is_ipv4(), addr.port());
-    addr.port() != 0 && reuse_owners().get(&key).is_some_and(|(o, _)| *o != owner)
-}
-
-/// `owner`'s share of a reuse-bound UDP port; released on drop.
+/// A session's share of a reuse-bound UDP port; released on drop.
 #[derive(Debug)]
 pub struct ReuseClaim {
+    owners: ReuseOwners,
     key: (bool, u16),
-}
-
-/// Records that `owner` holds a reuse binding on `local` (the bound address).
-///
-/// # Errors
-/// `AddrInUse` when another owner holds one on that port.
-pub fn claim_reuse(owner: u64, local: SocketAddr) -> io::Result<ReuseClaim> {
-    let key = (local.is_ipv4(), local.port());
-    let mut map = reuse_owners();
-    let entry = map.entry(key).or_insert((owner, 0));
-    if entry.0 != owner {
-        return Err(io::Error::new(
-            ErrorKind::AddrInUse,
-            "port held by another guest",
-        ));
-    }
-    entry.1 += 1;
-    Ok(ReuseClaim { key })
 }
 
 impl Drop for ReuseClaim {
     fn drop(&mut self) {
-        let mut map = reuse_owners();
+        let mut map = self.owners.lock();
         if let Some(entry) = map.get_mut(&self.key) {
             entry.1 = entry.1.saturating_sub(1);
             if entry.1 == 0 {
@@ -562,6 +564,24 @@ impl UdpRelay {
         self.sock
             .as_ref()
             .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))
+    }
+}
+
+impl Service for UdpRelay {
+    fn on_event(&mut self, readable: bool, writable: bool) {
+        UdpRelay::on_event(self, readable, writable);
+    }
+    fn service(&mut self, budget: usize) -> Result<Progress, RelayFault> {
+        UdpRelay::service(self, budget)
+    }
+    fn abort_with(&mut self, registry: &mio::Registry) {
+        deregister(registry, self.abort());
+    }
+    fn release_finished(&mut self, registry: &mio::Registry) {
+        deregister(registry, self.take_finished_socket());
+    }
+    fn is_done(&self) -> bool {
+        UdpRelay::is_done(self)
     }
 }
 

@@ -204,6 +204,7 @@ fn exit_statuses_follow_one_convention() {
 }
 
 fn serve(socket: &Path, extra: &[&str]) -> Reaped {
+    let before = inode(socket);
     let child = Reaped(
         Command::new(MONITOR)
             .args(["serve", "--socket"])
@@ -213,12 +214,22 @@ fn serve(socket: &Path, extra: &[&str]) -> Reaped {
             .spawn()
             .unwrap(),
     );
+    // Ready once the path names a new socket (a stale one may be there).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
+    while inode(socket) == before {
         assert!(Instant::now() < deadline, "serve never made its socket");
         std::thread::sleep(Duration::from_millis(10));
     }
     child
+}
+
+/// Which file `path` names: inode numbers are reused at once, so the
+/// change time goes with it.
+fn inode(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 #[test]

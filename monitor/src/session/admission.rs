@@ -30,12 +30,10 @@ pub(super) struct Admission {
     pub(super) udp_denied_closed: u64,
     /// Bounds the refusals logged (a guest can cause them at will).
     pub(super) logged: WarnLimiter,
-    /// Process-unique owner id for UDP port sharing (`udp::claim_reuse`).
-    pub(super) owner: u64,
 }
 
 impl Admission {
-    pub(super) fn new(session: SessionId, policy: Arc<Policy>, owner: u64) -> Self {
+    pub(super) fn new(session: SessionId, policy: Arc<Policy>) -> Self {
         let rate = ConnectRate::new(policy.limits.connect_rate, policy.limits.connect_burst);
         Self {
             policy,
@@ -47,7 +45,6 @@ impl Admission {
             counters: PolicyCounters::default(),
             udp_denied_closed: 0,
             logged: WarnLimiter::new(),
-            owner,
         }
     }
 
@@ -203,7 +200,7 @@ mod tests {
             "[limits]\nconnections = 2\nrequests_in_flight = 3\nconnect_rate = 1\nconnect_burst = 2\n\
              [[outbound]]\naction = \"deny\"\nnets = [\"10.0.0.0/8\"]\n{OPEN}"
         ));
-        let mut a = Admission::new(1, p, 1);
+        let mut a = Admission::new(1, p);
         let t0 = Instant::now();
         let rid = RequestId(1);
         let to = |s: &str| s.parse::<SocketAddr>().unwrap();
@@ -243,7 +240,7 @@ mod tests {
             "[limits]\nlisteners = 1\nudp_sockets = 1\nconnections = 1\n\
              [[listen]]\naction = \"allow\"\nnets = [\"127.0.0.1\"]\n",
         );
-        let mut a = Admission::new(1, p, 1);
+        let mut a = Admission::new(1, p);
         let rid = RequestId(9);
         let local = "127.0.0.1:0".parse().unwrap();
         let other = "192.0.2.1:0".parse().unwrap();
@@ -261,7 +258,7 @@ mod tests {
 
     #[test]
     fn pipe_memory_counts_whole_power_of_two_blocks() {
-        let mut a = Admission::new(1, policy("[limits]\npipe_memory = 1048576\n"), 1);
+        let mut a = Admission::new(1, policy("[limits]\npipe_memory = 1048576\n"));
         assert!(
             a.pipe_fits(0, 600 << 10),
             "rounds up to 1 MiB: fits exactly"

@@ -31,7 +31,7 @@ use shm_ring::{
 use crate::config::Config;
 use crate::policy::{PolicyCounters, Proto};
 use crate::ratelimit::WarnLimiter;
-use crate::relay::{Relay, RelayFault};
+use crate::relay::{Relay, RelayFault, Service};
 use crate::udp::UdpRelay;
 
 mod admission;
@@ -72,6 +72,8 @@ pub struct Ctx<'a> {
     pub release: &'a mut dyn FnMut(Token),
     /// Monitor settings.
     pub config: &'a Config,
+    /// Who holds reuse-bound UDP ports among the monitor's guests.
+    pub reuse: &'a crate::udp::ReuseOwners,
 }
 
 /// A snapshot of one session's resources, for tests and logs.
@@ -109,6 +111,18 @@ enum ConnState {
     Open(Box<Relay>),
     /// A UDP socket (its id is a `ConnId` too: it has a pipe and a slot).
     Udp(Box<UdpRelay>),
+}
+
+impl ConnState {
+    /// The relay of an open connection or a UDP socket; `None` while
+    /// connecting.
+    fn relay(&mut self) -> Option<&mut dyn Service> {
+        match self {
+            ConnState::Connecting { .. } => None,
+            ConnState::Open(r) => Some(r.as_mut()),
+            ConnState::Udp(r) => Some(r.as_mut()),
+        }
+    }
 }
 
 struct Conn {
@@ -331,7 +345,7 @@ impl Session {
             timers: BTreeMap::new(),
             futile: 0,
             ended: None,
-            admission: Admission::new(id, cfg.policy.clone(), crate::udp::next_owner()),
+            admission: Admission::new(id, cfg.policy.clone()),
             frame_warns: WarnLimiter::new(),
             fault_warns: WarnLimiter::new(),
         };
@@ -542,16 +556,12 @@ impl Session {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        match &mut c.state {
-            ConnState::Connecting { .. } => self.finish_connect(id, ctx),
-            ConnState::Open(relay) => {
+        match c.state.relay() {
+            Some(relay) => {
                 relay.on_event(readable, writable);
                 self.service_conn(id, ctx);
             }
-            ConnState::Udp(relay) => {
-                relay.on_event(readable, writable);
-                self.service_conn(id, ctx);
-            }
+            None => self.finish_connect(id, ctx),
         }
     }
 
@@ -559,34 +569,15 @@ impl Session {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let budget = ctx.config.relay_budget;
-        let (outcome, done) = match &mut c.state {
-            ConnState::Connecting { .. } => return,
-            ConnState::Open(relay) => {
-                let outcome = relay.service(budget);
-                if outcome.is_err() {
-                    if let Some(mut s) = relay.abort() {
-                        let _ = ctx.registry.deregister(&mut s);
-                    }
-                }
-                if let Some(mut s) = relay.take_finished_socket() {
-                    let _ = ctx.registry.deregister(&mut s);
-                }
-                (outcome, relay.is_done())
-            }
-            ConnState::Udp(relay) => {
-                let outcome = relay.service(budget);
-                if outcome.is_err() {
-                    if let Some(mut s) = relay.abort() {
-                        let _ = ctx.registry.deregister(&mut s);
-                    }
-                }
-                if let Some(mut s) = relay.take_finished_socket() {
-                    let _ = ctx.registry.deregister(&mut s);
-                }
-                (outcome, relay.is_done())
-            }
+        let Some(relay) = c.state.relay() else {
+            return; // still connecting
         };
+        let outcome = relay.service(ctx.config.relay_budget);
+        if outcome.is_err() {
+            relay.abort_with(ctx.registry);
+        }
+        relay.release_finished(ctx.registry);
+        let done = relay.is_done();
         let token = c.token;
         match outcome {
             Ok(p) => {
@@ -675,16 +666,8 @@ impl Session {
             let _ = ctx.registry.deregister(&mut s);
         }
         match state {
-            ConnState::Open(mut relay) => {
-                if let Some(mut s) = relay.abort() {
-                    let _ = ctx.registry.deregister(&mut s);
-                }
-            }
-            ConnState::Udp(mut relay) => {
-                if let Some(mut s) = relay.abort() {
-                    let _ = ctx.registry.deregister(&mut s);
-                }
-            }
+            ConnState::Open(mut relay) => relay.abort_with(ctx.registry),
+            ConnState::Udp(mut relay) => relay.abort_with(ctx.registry),
             ConnState::Connecting { request, .. } => {
                 self.reply(
                     request,

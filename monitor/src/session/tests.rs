@@ -21,6 +21,7 @@ struct Harness {
     tokens: HashMap<Token, SessionSource>,
     next_token: usize,
     config: Config,
+    reuse: crate::udp::ReuseOwners,
     session: Session,
     /// The guest's end of the control pipe.
     guest: BidirectionalPipe,
@@ -52,6 +53,7 @@ impl Harness {
         let poll = mio::Poll::new().unwrap();
         let mut tokens = HashMap::new();
         let mut next_token = 1;
+        let reuse = crate::udp::ReuseOwners::default();
         let session = {
             let mut alloc = |src| {
                 let t = Token(next_token);
@@ -64,6 +66,7 @@ impl Harness {
                 tokens: &mut alloc,
                 release: &mut |_| {},
                 config: &config,
+                reuse: &reuse,
             };
             Session::new(1, mine, &mut ctx).unwrap()
         };
@@ -79,6 +82,7 @@ impl Harness {
             tokens,
             next_token,
             config,
+            reuse,
             session,
             guest,
             decoder: FrameDecoder::new(),
@@ -95,6 +99,7 @@ impl Harness {
             tokens,
             next_token,
             config,
+            reuse,
             session,
             ..
         } = self;
@@ -112,6 +117,7 @@ impl Harness {
                 tokens: &mut alloc,
                 release: &mut release,
                 config,
+                reuse,
             };
             f(session, &mut ctx)
         };

@@ -47,8 +47,8 @@ impl Session {
             return Err(ErrorCode::InvalidInput);
         }
         let reuse = flags & arca_wire::UDP_REUSE_ADDR != 0;
-        let owner = self.admission.owner;
-        if reuse && crate::udp::reuse_held_by_other(owner, addr) {
+        let owner = self.id;
+        if reuse && ctx.reuse.held_by_other(owner, addr) {
             return Err(ErrorCode::AddrInUse);
         }
         let cap = ctx.config.udp_ring;
@@ -60,7 +60,7 @@ impl Session {
         }
         let mut sock = crate::udp::bind(addr, reuse).map_err(|e| ErrorCode::from_io(&e))?;
         let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
-        let claim = match reuse.then(|| crate::udp::claim_reuse(owner, local)) {
+        let claim = match reuse.then(|| ctx.reuse.claim(owner, local)) {
             Some(Err(e)) => return Err(ErrorCode::from_io(&e)),
             Some(Ok(c)) => Some(c),
             None => None,
