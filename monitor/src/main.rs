@@ -15,8 +15,8 @@ use arca_monitor::session::SetupError;
 use arca_monitor::{guest, Config, GuestOutcome, Monitor, Policy};
 use clap::{Args, Parser, Subcommand};
 
-/// Gives sandboxed guests TCP through shared memory: the guest asks, the
-/// monitor makes the real socket calls and relays the bytes.
+/// Gives sandboxed guests TCP and UDP through shared memory: the guest asks,
+/// the monitor makes the real socket calls and relays the bytes.
 #[derive(Debug, Parser)]
 #[command(name = "arca-monitor", version, about, long_about = None)]
 struct Cli {
@@ -47,6 +47,7 @@ enum Command {
         program: Vec<OsString>,
     },
     /// Serve guests that attach to a Unix socket, until SIGINT or SIGTERM.
+    #[command(after_help = SERVE_EXIT_STATUS)]
     Serve {
         /// Path of the Unix socket guests attach to (`ArcaSession::attach`).
         /// A stale socket there is replaced; anything else (a file, a socket
@@ -111,6 +112,12 @@ impl PolicyFile {
 
 /// Exit status for bad usage, bad configuration included (as clap's).
 const USAGE: u8 = 2;
+
+const SERVE_EXIT_STATUS: &str = "\
+Exit status:
+  0  stopped by SIGINT or SIGTERM
+  1  the monitor failed while serving
+  2  bad usage or configuration, or a socket path it refuses to replace";
 
 const EXIT_STATUS: &str = "\
 Exit status:
