@@ -1301,6 +1301,13 @@ fn end_cut_stream(
     what: &str,
 ) -> bool {
     let faults_before = s.record_faults();
+    let conns = |st: &MonitorStats| {
+        st.sessions
+            .iter()
+            .find(|(id, _)| *id == sid)
+            .map(|(_, ss)| ss.conns)
+    };
+    let conns_before = conns(&s.assert_alive()).expect("the guest's session");
     let mut faulted = false;
     match ending {
         Ending::Complete => {
@@ -1386,10 +1393,7 @@ fn end_cut_stream(
         "{what}"
     );
     s.wait_for("the cut stream's socket to be freed", |st| {
-        st.sessions
-            .iter()
-            .find(|(id, _)| *id == sid)
-            .is_some_and(|(_, ss)| ss.conns == 0)
+        conns(st) == Some(conns_before - 1)
     });
     faulted
 }
