@@ -1,8 +1,9 @@
 //! Driving real `daisy-send`, `daisy-recv` and `arca-monitor` processes from the end-to-end
-//! tests (`tests/daisy.rs`) and the Daisy benchmark (`benches/daisy.rs`).
+//! tests (`tests/daisy.rs`, and `tests/examples.rs` for the examples) and the Daisy benchmark
+//! (`benches/daisy.rs`).
 //!
 //! - [`Bins`]: the binaries next to the running test or bench executable, built with `$CARGO`
-//!   when missing.
+//!   ([`cargo_build`]) when missing.
 //! - [`Proc`]: a child in a process group of its own that dies with the process that started
 //!   it; dropping it kills the whole group (so a guest under `arca-monitor run` goes too) and
 //!   reaps it. Every wait takes a deadline.
@@ -76,40 +77,12 @@ impl Bins {
         if bins.exist() {
             return Ok(bins);
         }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let target = dir
-            .parent()
-            .ok_or_else(|| format!("{} has no target directory", dir.display()))?;
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "daisy",
-            "-p",
-            "arca-monitor",
-            "--bins",
-        ])
-        .arg("--target-dir")
-        .arg(target);
-        match dir.file_name().and_then(OsStr::to_str) {
-            Some("debug") => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(other) => {
-                cmd.args(["--profile", other]);
-            }
-            None => return Err(format!("cannot tell the profile of {}", dir.display())),
-        }
         eprintln!("daisy binaries missing in {}: building them", dir.display());
-        let mut build = Proc::spawn("cargo build", &mut cmd)?;
-        let status = build.wait(Instant::now() + limit)?;
-        if !status.success() {
-            return Err(format!(
-                "cargo build of daisy and arca-monitor failed: {status}"
-            ));
-        }
+        cargo_build(
+            &dir,
+            &["-p", "daisy", "-p", "arca-monitor", "--bins"],
+            limit,
+        )?;
         if bins.exist() {
             Ok(bins)
         } else {
@@ -118,6 +91,40 @@ impl Bins {
                 dir.display()
             ))
         }
+    }
+}
+
+/// Runs `$CARGO build --quiet ARGS` into the target directory and profile of `dir` (a
+/// [`profile_dir`]), bounded to `limit`.
+///
+/// # Errors
+/// The build failed or timed out, or `dir` does not name a profile directory.
+pub fn cargo_build(dir: &Path, args: &[&str], limit: Duration) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = dir
+        .parent()
+        .ok_or_else(|| format!("{} has no target directory", dir.display()))?;
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(target);
+    match dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+        None => return Err(format!("cannot tell the profile of {}", dir.display())),
+    }
+    let mut build = Proc::spawn("cargo build", &mut cmd)?;
+    let status = build.wait(Instant::now() + limit)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build {} failed: {status}", args.join(" ")))
     }
 }
 

@@ -8,9 +8,9 @@
 //!   through [`twoproc`].
 //! - [`pattern`]: deterministic byte streams with a checksum that can be
 //!   computed without generating the stream, and a reader-side tally.
-//! - [`daisy_run`]: the Daisy binaries as child processes for the Daisy end-to-end tests
-//!   and benchmark: locating or building them, process-group guards, summary lines,
-//!   `/proc` socket look-ups.
+//! - [`daisy_run`]: the Daisy binaries (and, for the examples' test, any workspace binary)
+//!   as child processes for the end-to-end tests and the Daisy benchmark: locating or
+//!   building them, process-group guards, summary lines, `/proc` socket look-ups.
 //! - [`servers`]: host-side echo and byte-counting servers on 127.0.0.1.
 
 pub mod daisy_run;

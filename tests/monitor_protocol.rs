@@ -236,6 +236,17 @@ fn desynchronising_frame_ends_only_that_session() {
     bad.hello();
     // payload_len far past the cap: the stream cannot be resynchronised.
     bad.send_raw(&[0x10, 0xff, 0xff, 1, 0, 0, 0]);
+    // PROTOCOL.md §7: Error(InvalidInput) for that request, then the close.
+    let told = bad.recv().expect("an Error reply before the close");
+    assert_eq!(told.request_id, RequestId(1));
+    assert_eq!(
+        told.message,
+        Message::Error {
+            code: ErrorCode::InvalidInput,
+            rejected_type: 0x10
+        }
+    );
+    assert!(bad.recv().is_none(), "then the session ends");
     assert!(
         bad.session_is_closed(),
         "monitor closes the desynchronised session"
@@ -345,4 +356,102 @@ fn request_burst_beyond_the_turn_budget_is_answered_in_full() {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// A listener whose accept queue is full, so that the kernel drops new SYNs
+/// and a connect to it stays in progress until the queue has room again.
+fn full_listener() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let l: std::net::TcpListener = s.into();
+    let addr = l.local_addr().unwrap();
+    // A backlog of 0 queues one connection; a second fills the SYN queue's
+    // view of it. Connects past that are left in SYN_SENT.
+    let fillers = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    (l, fillers)
+}
+
+/// A connect's deadline lives exactly as long as the connect: one that
+/// completes takes its timer with it (even a deadline 49 days out), so a guest
+/// looping connect-with-timeout cannot grow the monitor.
+#[test]
+fn connect_timers_end_with_their_connects() {
+    let s = serve("timers");
+    let mut g = RawGuest::attach(&s.path);
+    g.hello();
+    let (listener, _fillers) = full_listener();
+    let addr = listener.local_addr().unwrap();
+    let timers = |s: &Served| s.handle.stats().unwrap().sessions[0].1.timers;
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        pending.push(g.send(&Message::ConnectRequest {
+            addr,
+            timeout_ms: u32::MAX,
+        }));
+    }
+    // Each stays in progress: the listener's queue drops their SYNs.
+    let in_flight = || s.handle.stats().unwrap().sessions[0].1.requests_in_flight;
+    let until = Instant::now() + WAIT;
+    while in_flight() < 4 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(in_flight(), 4, "the connects wait for the full listener");
+    assert_eq!(timers(&s), 4, "one timer per pending connect");
+    // Make room: the kernel's SYN retransmits then complete the connects.
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = Vec::new();
+    let mut conns = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pending.is_empty() && Instant::now() < deadline {
+        while let Ok((c, _)) = listener.accept() {
+            accepted.push(c);
+        }
+        if let Some(f) = g.try_recv(Duration::from_millis(20)) {
+            let Message::ConnectOk { conn, .. } = f.message else {
+                panic!("unexpected reply {:?}", f.message);
+            };
+            pending.retain(|r| *r != f.request_id);
+            conns.push(conn);
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "connects completed once the queue had room"
+    );
+    assert_eq!(
+        timers(&s),
+        0,
+        "completed connects took their timers with them"
+    );
+    for c in conns {
+        assert_eq!(
+            g.call(&Message::Close {
+                handle: Handle::Connection(c)
+            }),
+            Message::CloseOk
+        );
+    }
+    // A deadline that passes still fires, and its timer is gone after.
+    let (slow, _more) = full_listener();
+    let r = g.call(&Message::ConnectRequest {
+        addr: slow.local_addr().unwrap(),
+        timeout_ms: 50,
+    });
+    assert!(
+        matches!(
+            r,
+            Message::ConnectErr {
+                code: ErrorCode::TimedOut
+            } | Message::ConnectOk { .. }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(timers(&s), 0);
 }

@@ -7,7 +7,7 @@ mod util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use arca::TcpStream;
@@ -72,6 +72,137 @@ fn a_denied_connect_is_permission_denied_and_others_go_through() {
     let st = only_session(&m);
     assert_eq!(st.policy.denied, 2);
     assert_eq!(st.conns, 1);
+}
+
+/// What the monitors of this test binary have logged (warnings and worse).
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends this process's warnings to [`LOGS`].
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .try_init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+/// The IPv6 spellings that carry `v4` (written `7f00:1` in `hex`) for a host with NAT64, 6to4,
+/// Teredo or ISATAP: IPv4-compatible, NAT64, 6to4, Teredo server, Teredo client, ISATAP.
+fn ipv6_spellings(v4: Ipv4Addr, hex: &str, port: u16) -> Vec<SocketAddr> {
+    let inv = !u32::from(v4);
+    let inv = format!("{:x}:{:x}", inv >> 16, inv & 0xffff);
+    [
+        format!("[::{v4}]:{port}"),
+        format!("[64:ff9b::{hex}]:{port}"),
+        format!("[2002:{hex}::1]:{port}"),
+        format!("[2001:0:{hex}:0:f227:5db8:d822]:{port}"),
+        format!("[2001:0:5db8:d822:8000:f227:{inv}]:{port}"),
+        format!("[2001:db8::200:5efe:{hex}]:{port}"),
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn an_ipv4_address_inside_an_ipv6_one_is_judged_as_ipv4() {
+    capture_logs();
+    let denied = echo_server();
+    let allowed = echo_server();
+    let host6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+    // Every IPv6 address is allowed, and allowed first: the IPv4 deny still wins for an IPv6
+    // address that carries the denied IPv4 address.
+    let m = monitor(&format!(
+        "[[outbound]]\naction = \"allow\"\nnets = [\"::/0\"]\n\
+         [[outbound]]\naction = \"deny\"\nnets = [\"127.0.0.1/32\"]\nports = [{}]\n\
+         [[outbound]]\naction = \"allow\"\nnets = [\"0.0.0.0/0\"]\n",
+        denied.port()
+    ));
+    let s = m.session();
+    let mut refused = 0;
+    for a in ipv6_spellings(Ipv4Addr::LOCALHOST, "7f00:1", denied.port()) {
+        let r = s.connect_timeout(&a, STEP);
+        assert_eq!(kind(r), ErrorKind::PermissionDenied, "{a}");
+        refused += 1;
+    }
+    // The local-use NAT64 prefix hides where its IPv4 address sits: refused on any port.
+    let local_use: SocketAddr = format!("[64:ff9b:1::7f00:1]:{}", allowed.port())
+        .parse()
+        .unwrap();
+    assert_eq!(
+        kind(s.connect_timeout(&local_use, STEP)),
+        ErrorKind::PermissionDenied
+    );
+    refused += 1;
+    // The plain addresses the policy allows still work: IPv4 and IPv6.
+    let mut ok = s.connect(allowed).unwrap();
+    verify(&mut ok, 10);
+    let mut c6 = s.connect(host6.local_addr().unwrap()).unwrap();
+    let (mut h6, _) = host6.accept().unwrap();
+    c6.write_all(b"over ::1").unwrap();
+    let mut buf = [0u8; 8];
+    h6.set_read_timeout(Some(STEP)).unwrap();
+    h6.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"over ::1");
+
+    // UDP: a connect is refused up front, a datagram is dropped and reported.
+    let u = s.bind_udp("[::1]:0").unwrap();
+    let nat64: SocketAddr = format!("[64:ff9b::7f00:1]:{}", denied.port())
+        .parse()
+        .unwrap();
+    assert_eq!(kind(u.connect(nat64)), ErrorKind::PermissionDenied);
+    refused += 1;
+    let six_to_four: SocketAddr = format!("[2002:7f00:1::1]:{}", denied.port())
+        .parse()
+        .unwrap();
+    u.send_to(b"not through 6to4", six_to_four).unwrap();
+    let deadline = Instant::now() + STEP;
+    let err = loop {
+        if let Some(e) = u.take_error().unwrap() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no error reported");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+
+    let st = only_session(&m);
+    assert_eq!((st.policy.denied, st.policy.udp_denied), (refused, 1));
+    // The two TCP connections and the UDP socket; nothing of the refused ones.
+    assert_eq!((st.conns, st.udp_sockets), (3, 1));
+    // Each refusal is logged with the IPv4 address inside and the rule that refused it.
+    let log = logs();
+    for needle in [
+        format!("addr=[64:ff9b::7f00:1]:{}", denied.port()),
+        "rule=outbound[1] (deny) for 127.0.0.1, the NAT64 (64:ff9b::/96) address inside".into(),
+        "rule=outbound[1] (deny) for 127.0.0.1, the 6to4 address inside".into(),
+        "rule=outbound[1] (deny) for 127.0.0.1, the Teredo client address inside".into(),
+        "local-use NAT64 (64:ff9b:1::/48) address: where its IPv4 address sits is unknown (deny)"
+            .into(),
+    ] {
+        assert!(log.contains(&needle), "{needle:?} not logged:\n{log}");
+    }
 }
 
 #[test]

@@ -107,6 +107,15 @@ impl FrameDecoder {
         taken
     }
 
+    /// The header that poisoned the decoder ([`FrameError::Desync`]), so that
+    /// its sender can be told which request ended the stream; `None` while the
+    /// decoder is in sync.
+    pub fn rejected_header(&self) -> Option<FrameHeader> {
+        self.poisoned.as_ref()?;
+        let raw = self.buf.get(self.start..)?.first_chunk::<HEADER_LEN>()?;
+        Some(FrameHeader::from_bytes(*raw))
+    }
+
     /// Returns the next complete frame, `Ok(None)` if more bytes are needed, or an error.
     ///
     /// # Errors
@@ -222,6 +231,8 @@ mod tests {
         };
         assert_eq!(decoder.next_frame(), Err(FrameError::Desync(want.clone())));
         assert!(decoder.is_poisoned());
+        let rejected = decoder.rejected_header().expect("the poisoning header");
+        assert_eq!(rejected, FrameHeader::new(0x14, 1025, RequestId(2)));
         assert_eq!(decoder.feed(&[1, 2, 3]), 0);
         assert_eq!(decoder.next_frame(), Err(FrameError::Desync(want)));
     }

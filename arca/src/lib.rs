@@ -1,23 +1,44 @@
-//! The arca guest library: `std::net`-shaped TCP for a guest with no network of its own.
+//! The arca guest library: `std::net`-shaped TCP and UDP for a guest with no network of its own.
 //!
 //! A guest shares a memory region with the **monitor**, a host process that makes the real
 //! socket calls on its behalf (see `PROTOCOL.md` and `DATAPIPE.md` at the workspace root).
 //! [`ArcaSession`] attaches to the monitor — through the inherited descriptor named by
-//! `ARCA_FD` ([`ArcaSession::from_env`]) or a Unix socket path ([`ArcaSession::attach`]) —
-//! and hands out [`TcpStream`]s and [`TcpListener`]s that behave like their `std::net`
-//! namesakes: blocking `Read`/`Write`, half-close with `shutdown`, timeouts, non-blocking
-//! mode, and errors with `std::net`'s `io::ErrorKind`s (`ConnectionRefused`, `AddrInUse`,
-//! `ConnectionReset`, `BrokenPipe`, …).
+//! `ARCA_FD` ([`ArcaSession::from_env`], for a guest started by `arca-monitor run`) or a Unix
+//! socket path ([`ArcaSession::attach`], for `arca-monitor serve --socket PATH`) — and hands
+//! out sockets that behave like their `std::net` namesakes:
 //!
-//! Application bytes never cross the control pipe: each connection has its own data pipe in
-//! the shared region, which the monitor relays to and from its kernel socket.
+//! - [`TcpStream`] ([`ArcaSession::connect`], [`connect_timeout`](ArcaSession::connect_timeout))
+//!   and [`TcpListener`] ([`ArcaSession::bind`]): blocking `Read`/`Write`, half-close with
+//!   `shutdown`, timeouts, non-blocking mode, `TCP_NODELAY`;
+//! - [`UdpSocket`] ([`ArcaSession::bind_udp`], [`bind_udp_reuse`](ArcaSession::bind_udp_reuse)
+//!   for several receivers on one port): `send_to`/`recv_from`, `connect` + `send`/`recv`,
+//!   every datagram whole, broadcast, TTL, and multicast — `join_multicast_v4`/`_v6`,
+//!   `leave_multicast_*`, `set_multicast_if_v4`, loop and TTL settings.
+//!
+//! Errors carry `std::net`'s `io::ErrorKind`s (`ConnectionRefused`, `AddrInUse`,
+//! `ConnectionReset`, `BrokenPipe`, …); what the monitor's policy refuses (an address, a
+//! listen port, a multicast group) is `PermissionDenied`, a spent quota `QuotaExceeded`.
+//! Names given as `ToSocketAddrs` are resolved in the guest, with `std`'s resolver.
+//!
+//! Application bytes never cross the control pipe: each connection and each UDP socket has
+//! its own data pipe in the shared region, which the monitor relays to and from its kernel
+//! socket.
 //!
 //! # Liveness
 //! The session socket stays open for the session's life. When the monitor goes away, every
 //! blocked call returns `ConnectionAborted` promptly (the library's dispatcher thread sees the
 //! socket hang up), and every later call fails the same way.
 //!
-//! # Example
+//! # Features
+//! - default: blocking sockets only. Dependencies: `shm-ring`, `arca-wire`, `nix`, `libc`.
+//! - `tokio`: the `arca::tokio` module, `AsyncRead`/`AsyncWrite` streams with an async
+//!   connect and accept. It adds tokio *with no features* (tokio and `pin-project-lite`):
+//!   tasks are woken by the session's dispatcher thread, not by tokio's reactor, so `mio` and
+//!   `socket2` stay out of the guest. The application enables the runtime features it runs on
+//!   (`rt-multi-thread`, `macros`, `io-util`, …).
+//!
+//! # Examples
+//! TCP, as a guest started by `arca-monitor run -- PROGRAM`:
 //! ```no_run
 //! use std::io::{Read, Write};
 //!
@@ -28,15 +49,38 @@
 //! stream.read_to_string(&mut reply)?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! UDP, as a guest of `arca-monitor serve --socket /run/arca.sock`: echo one datagram, then
+//! join a multicast group and receive from it on port 5000.
+//! ```no_run
+//! use std::net::Ipv4Addr;
+//!
+//! let session = arca::ArcaSession::attach("/run/arca.sock")?;
+//! let sock = session.bind_udp("127.0.0.1:0")?;
+//! let mut buf = [0u8; 65_536];
+//! let (n, from) = sock.recv_from(&mut buf)?;
+//! sock.send_to(&buf[..n], from)?;
+//!
+//! let group = Ipv4Addr::new(239, 1, 2, 3);
+//! let member = session.bind_udp_reuse((Ipv4Addr::UNSPECIFIED, 5000))?;
+//! member.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)?;
+//! let (n, from) = member.recv_from(&mut buf)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The workspace's `examples/` hold complete programs: `http_get`, `tokio_server`, `udp_echo`
+//! (with multicast) and `attach_guest`.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bootstrap;
 mod listener;
 mod session;
 mod stream;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 mod udp;
 

@@ -29,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod net;
+mod progress;
 pub mod receiver;
 pub mod recv_shell;
 pub mod send_shell;

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::wire::{
     self, BufferHeader, ExtHello, Greeting, PacketHeader, SenderMsg, WireError, CAP_CHECKS,
-    CHECK_LEN, CLIENT_DONE, CLIENT_READY, EXT_MAX_PAYLOAD, EXT_VERSION, GREET_FLAG_FULL,
+    CAP_SIZE, CHECK_LEN, CLIENT_DONE, CLIENT_READY, EXT_MAX_PAYLOAD, EXT_VERSION, GREET_FLAG_FULL,
     PACKET_HEADER_LEN, PLAIN_MAX_PAYLOAD,
 };
 
@@ -169,6 +169,10 @@ pub struct Receiver {
     failed: Option<RecvError>,
     /// Whether the sender may be waiting on other receivers (longer patience).
     patient: bool,
+    /// Whether EXT_SIZE may come now: from our EXT_HELLO to the first round's EXT_ROUND.
+    size_window: bool,
+    /// The transfer's length as the sender announced it (EXT_SIZE).
+    expected: Option<u64>,
     stats: RecvStats,
 }
 
@@ -204,6 +208,8 @@ impl Receiver {
             settled: false,
             failed: None,
             patient: true,
+            size_window: false,
+            expected: None,
             stats: RecvStats::default(),
         }
     }
@@ -226,6 +232,13 @@ impl Receiver {
     /// The round's payload to write on [`RecvAction::Deliver`], as slices in order.
     pub fn output(&self) -> impl Iterator<Item = &[u8]> {
         self.out.iter().filter_map(|r| self.data.get(r.clone()))
+    }
+
+    /// The transfer's length as an extended sender announced it before the first round, for
+    /// a progress display; `None` from a plain sender or for input of unknown length. Only
+    /// EXT_END's length is checked against what arrived.
+    pub fn expected_bytes(&self) -> Option<u64> {
+        self.expected
     }
 
     /// The largest payload this receiver may see in the current round.
@@ -401,11 +414,12 @@ impl Receiver {
             ready.extend_from_slice(
                 &ExtHello {
                     version: EXT_VERSION,
-                    caps: CAP_CHECKS,
+                    caps: CAP_CHECKS | CAP_SIZE,
                     max_payload: EXT_MAX_PAYLOAD as u32,
                 }
                 .encode(),
             );
+            self.size_window = true;
         }
         let wait_info = self.ext && !self.first_round && n > 0;
         self.first_round = false;
@@ -458,6 +472,7 @@ impl Receiver {
                     return Err(RecvError::Protocol("EXT_ROUND out of turn".into()));
                 }
                 self.round_digest = Some(digest);
+                self.size_window = false;
                 if self.state == State::RoundInfo {
                     self.slot = payload_size as usize;
                     self.ensure_room()?;
@@ -471,6 +486,14 @@ impl Receiver {
                         self.slot
                     )));
                 }
+            }
+            SenderMsg::Size { total } => {
+                if !self.size_window || self.expected.is_some() {
+                    return Err(RecvError::Protocol(
+                        "EXT_SIZE outside the first round's start".into(),
+                    ));
+                }
+                self.expected = Some(total);
             }
             SenderMsg::Checks(checks) => {
                 if self.state != State::AwaitChecks || checks.len() != self.round.pkt_count as usize
@@ -772,5 +795,75 @@ impl Receiver {
         let payload = payload.to_vec();
         self.store(i, &payload);
         self.stats.repaired += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{GreetingExt, EXT_HELLO_LEN};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    /// An extended receiver that has read the greeting and round 1's header (one packet of
+    /// three bytes), with the EXT_HELLO it answered.
+    fn at_round_one() -> (Receiver, ExtHello, Instant) {
+        let t = Instant::now();
+        let mut r = Receiver::new(ReceiverConfig::default(), t);
+        let g = Greeting {
+            group: SocketAddrV4::new(Ipv4Addr::new(224, 238, 0, 9), 18383),
+            ext: Some(GreetingExt {
+                version: EXT_VERSION,
+                flags: 0,
+            }),
+        };
+        let h = BufferHeader {
+            buffer_id: 1,
+            buffer_size: 3,
+            packet_id_base: 0,
+            pkt_count: 1,
+        };
+        let mut b = g.encode().to_vec();
+        b.extend_from_slice(&h.encode());
+        r.handle_tcp(&b, t).unwrap();
+        let sent = std::iter::from_fn(|| r.poll_action())
+            .find_map(|a| match a {
+                RecvAction::SendTcp(b) => Some(b),
+                _ => None,
+            })
+            .expect("EXT_HELLO and CLIENT_READY");
+        assert_eq!(sent.len(), EXT_HELLO_LEN + 1);
+        let hello = ExtHello {
+            version: sent[1],
+            caps: sent[2],
+            max_payload: u32::from_le_bytes([sent[4], sent[5], sent[6], sent[7]]),
+        };
+        (r, hello, t)
+    }
+
+    #[test]
+    fn the_announced_size_is_taken_before_the_first_round_info() {
+        let (mut r, hello, t) = at_round_one();
+        assert_eq!(hello.caps & (CAP_CHECKS | CAP_SIZE), CAP_CHECKS | CAP_SIZE);
+        assert_eq!(r.expected_bytes(), None);
+        let digest: [u8; 32] = Sha256::digest(b"abc").into();
+        let mut b = wire::encode_size(3).to_vec();
+        b.extend_from_slice(&wire::encode_round(3, &digest));
+        r.handle_tcp(&b, t).unwrap();
+        assert_eq!(r.expected_bytes(), Some(3));
+    }
+
+    #[test]
+    fn a_size_after_the_round_info_or_twice_is_a_protocol_error() {
+        let digest: [u8; 32] = Sha256::digest(b"abc").into();
+        let (mut r, _, t) = at_round_one();
+        r.handle_tcp(&wire::encode_round(3, &digest), t).unwrap();
+        assert!(matches!(
+            r.handle_tcp(&wire::encode_size(3), t),
+            Err(RecvError::Protocol(_))
+        ));
+        let (mut r, _, t) = at_round_one();
+        let mut b = wire::encode_size(3).to_vec();
+        b.extend_from_slice(&wire::encode_size(3));
+        assert!(matches!(r.handle_tcp(&b, t), Err(RecvError::Protocol(_))));
     }
 }

@@ -70,6 +70,7 @@ const RCVBUF: usize = 256 << 20;
 pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvReport, RecvShellError> {
     let start = Instant::now();
     let tcp = connect(opts.server, opts.core.deadline)?;
+    tracing::info!(server = %opts.server, "connected");
     tcp.set_nodelay(true).map_err(io_err("set_nodelay"))?;
     tcp.set_nonblocking(true)
         .map_err(io_err("set_nonblocking"))?;
@@ -82,12 +83,17 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
     let drop_threshold =
         (opts.test_drop_percent.clamp(0.0, 100.0) / 100.0 * u32::MAX as f64) as u64;
     let mut written = 0u64;
-    let bar = spinner(opts.progress);
+    // A spinner until an extended sender announces the size (EXT_SIZE), then a bar.
+    let bar = crate::progress::on_stderr(opts.progress, None);
+    let mut total_known = false;
     loop {
         // Actions first (the greeting's Join, replies, deliveries).
         while let Some(a) = core.poll_action() {
             match a {
-                RecvAction::Join(g) => udp = Some(join(g, opts.local_ip)?),
+                RecvAction::Join(g) => {
+                    tracing::info!(group = %g, local = %opts.local_ip, "joining the group");
+                    udp = Some(join(g, opts.local_ip)?);
+                }
                 RecvAction::SendTcp(b) => send_all(&mut tcp, &b, opts.core.deadline)?,
                 RecvAction::Deliver => {
                     for chunk in core.output() {
@@ -96,7 +102,7 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
                                 let k = (limit - written) as usize;
                                 let _ = out.write_all(&chunk[..k]);
                                 let _ = out.flush();
-                                eprintln!("daisy-recv: test hook: exiting after {limit} bytes");
+                                tracing::warn!("test hook: exiting after {limit} bytes");
                                 std::process::exit(3);
                             }
                             _ => chunk,
@@ -107,6 +113,7 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
                     if let Some(b) = &bar {
                         b.set_position(written);
                     }
+                    tracing::debug!(written, "round delivered");
                     core.handle_delivered(Instant::now());
                 }
                 RecvAction::Finished => {
@@ -155,6 +162,13 @@ pub fn run_receiver(opts: &RecvOptions, out: &mut dyn Write) -> Result<RecvRepor
             }
         }
         core.handle_timeout(Instant::now())?;
+        if let (Some(total), false) = (core.expected_bytes(), total_known) {
+            total_known = true;
+            tracing::info!(bytes = total, "transfer size announced");
+            if let Some(b) = &bar {
+                crate::progress::set_total(b, total);
+            }
+        }
     }
 }
 
@@ -245,21 +259,6 @@ fn send_all(s: &mut TcpStream, mut b: &[u8], deadline: Duration) -> Result<(), R
         }
     }
     Ok(())
-}
-
-fn spinner(on: bool) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !on || !io::stderr().is_terminal() {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new_spinner();
-    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec}")
-    {
-        b.set_style(style);
-    }
-    Some(b)
 }
 
 /// Formats the receiver's summary line.

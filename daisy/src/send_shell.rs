@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::net::{McastOptions, McastSender, NetListener, NetStream, SenderNet};
-use crate::sender::{Action, ReceiverId, Sender, SenderConfig, SenderStats};
+use crate::sender::{Action, Delivery, ReceiverId, Sender, SenderConfig, SenderStats};
 
 /// Shell settings beyond the core's.
 #[derive(Debug, Clone)]
@@ -21,10 +21,8 @@ pub struct SendOptions {
     pub bind: SocketAddr,
     /// Multicast options (group must equal `core.group`).
     pub mcast: McastOptions,
-    /// Progress bar on stderr.
+    /// Progress bar on stderr (its total is `core.input_len`).
     pub progress: bool,
-    /// Input length, when known (for the progress bar).
-    pub input_len: Option<u64>,
 }
 
 /// How a transfer ended.
@@ -32,8 +30,8 @@ pub struct SendOptions {
 pub struct SendReport {
     /// Core counters.
     pub stats: SenderStats,
-    /// Whether enough receivers completed.
-    pub success: bool,
+    /// How many of the expected receivers got the whole, verified transfer.
+    pub delivery: Delivery,
     /// Wall time from the first round to the end.
     pub seconds: f64,
 }
@@ -85,7 +83,7 @@ pub fn run_sender<N: SenderNet>(
                 }
             })?;
     }
-    let bar = progress_bar(opts.progress, opts.input_len);
+    let bar = crate::progress::on_stderr(opts.progress, opts.core.input_len);
     let mut conns: HashMap<ReceiverId, Conn<<N::Listener as NetListener>::Stream>> = HashMap::new();
     let mut first_round: Option<Instant> = None;
     'run: loop {
@@ -107,12 +105,18 @@ pub fn run_sender<N: SenderNet>(
                     first_round.get_or_insert_with(Instant::now);
                     let buf = core.buffer_mut();
                     let n = fill(&mut input, buf)?;
+                    tracing::debug!(bytes = n, "round filled from the input");
                     if let Some(b) = &bar {
                         b.inc(n as u64);
                     }
                     core.handle_filled(n, Instant::now());
                 }
                 Action::Close { who, reason } => {
+                    let addr = core.addr(who);
+                    match &reason {
+                        Some(r) => tracing::info!(receiver = who.0, ?addr, "dropped: {r}"),
+                        None => tracing::info!(receiver = who.0, ?addr, "completed"),
+                    }
                     if let Some(c) = conns.get_mut(&who) {
                         c.tx = None;
                         if reason.is_some() {
@@ -120,7 +124,15 @@ pub fn run_sender<N: SenderNet>(
                         }
                     }
                 }
-                Action::Finished => break 'run,
+                Action::Finished => {
+                    let st = core.stats();
+                    tracing::info!(
+                        bytes = st.bytes,
+                        completed = st.completed,
+                        "transfer finished"
+                    );
+                    break 'run;
+                }
             }
         }
         let now = Instant::now();
@@ -141,9 +153,13 @@ pub fn run_sender<N: SenderNet>(
             match e {
                 Event::Accepted(s, addr) => match core.handle_connect(addr, now) {
                     Ok(id) => {
+                        tracing::info!(receiver = id.0, %addr, "connected");
                         conns.insert(id, spawn_conn(id, s, ev_tx.clone())?);
                     }
-                    Err(_) => refuse(s, core.full_greeting()),
+                    Err(_) => {
+                        tracing::info!(%addr, "refused: the transfer is full");
+                        refuse(s, core.full_greeting());
+                    }
                 },
                 Event::Tcp(id, bytes) => core.handle_tcp(id, &bytes, now),
                 Event::Closed(id, why) => core.handle_closed(id, &why, now),
@@ -181,7 +197,7 @@ pub fn run_sender<N: SenderNet>(
     }
     let seconds = first_round.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok(SendReport {
-        success: core.succeeded(),
+        delivery: core.delivery(),
         stats: core.stats().clone(),
         seconds,
     })
@@ -269,37 +285,30 @@ fn refuse<S: NetStream>(mut s: S, greeting: [u8; 16]) {
         });
 }
 
-fn progress_bar(on: bool, len: Option<u64>) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !on || !io::stderr().is_terminal() {
-        return None;
-    }
-    let b = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        b.set_style(style);
-    }
-    Some(b)
-}
-
-/// Formats the sender's summary line.
+/// Formats the sender's summary line. `failed` lists the dropped receivers as `ID@ADDRESS`
+/// separated by commas (`-` for none); `missing` counts those that never connected.
 pub fn summary_line(r: &SendReport) -> String {
     let s = &r.stats;
     let mbps = crate::mbps(s.bytes, r.seconds);
+    let failed = if s.dropped.is_empty() {
+        "-".to_string()
+    } else {
+        s.dropped
+            .iter()
+            .map(|d| format!("{}@{}", d.id.0, d.addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     format!(
         "daisy-send: summary bytes={} packets={} repaired={} duplicates={} dropped_receivers={} \
-         completed_receivers={} seconds={:.3} mbps={:.1} sha256={}",
+         completed_receivers={} failed={failed} missing={} seconds={:.3} mbps={:.1} sha256={}",
         s.bytes,
         s.packets,
         s.repaired,
         s.duplicates,
         s.dropped.len(),
         s.completed,
+        s.missing,
         r.seconds,
         mbps,
         crate::wire::hex(&s.sha256)

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::wire::{
     self, BufferHeader, ExtHello, Greeting, GreetingExt, PacketHeader, ReceiverMsg, CAP_CHECKS,
-    CHECK_LEN, EXT_MAX_PAYLOAD, EXT_VERSION, GREET_FLAG_FULL, MAX_PACKETS_PER_BUFFER,
+    CAP_SIZE, CHECK_LEN, EXT_MAX_PAYLOAD, EXT_VERSION, GREET_FLAG_FULL, MAX_PACKETS_PER_BUFFER,
     PACKET_HEADER_LEN, PLAIN_MAX_PAYLOAD, SERVER_SENT,
 };
 
@@ -46,10 +46,37 @@ pub struct SenderConfig {
     pub rate: Option<f64>,
     /// Longest wait for any one receiver (and for the receivers to connect).
     pub deadline: Duration,
-    /// Completed receivers needed for success.
+    /// Completed receivers needed to start (of those connected by the deadline) and to count
+    /// as at least [`Delivery::Partial`]; the shells default it to `clients`.
     pub min_complete: usize,
     /// Offer the extensions (DAISY-EXT.md); `false` behaves exactly as a plain sender.
     pub extensions: bool,
+    /// The input's length when known in advance (a regular file): sent as EXT_SIZE to
+    /// extended receivers that ask for it, for their progress display.
+    pub input_len: Option<u64>,
+}
+
+impl SenderConfig {
+    /// Whether [`Sender::new`] accepts this configuration.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.payload_size == 0 || self.payload_size > EXT_MAX_PAYLOAD {
+            return Err(ConfigError::PayloadSize(self.payload_size));
+        }
+        if self.packets_per_buffer == 0 || self.packets_per_buffer > MAX_PACKETS_PER_BUFFER {
+            return Err(ConfigError::PacketsPerBuffer(self.packets_per_buffer));
+        }
+        if self.clients == 0 {
+            return Err(ConfigError::NoClients);
+        }
+        let round_max = self.payload_size as u64 * u64::from(self.packets_per_buffer);
+        if round_max > u64::from(u32::MAX) {
+            return Err(ConfigError::RoundTooBig(round_max));
+        }
+        Ok(())
+    }
 }
 
 /// A configuration the sender cannot run with.
@@ -132,6 +159,39 @@ pub enum DropReason {
         /// The deadline in seconds.
         secs: f64,
     },
+
+    /// The transfer never started: too few receivers connected within the deadline.
+    #[error("transfer not started: {connected} receivers connected, {required} required")]
+    NotStarted {
+        /// Receivers connected when the deadline passed.
+        connected: usize,
+        /// `min_complete`.
+        required: usize,
+    },
+}
+
+/// How many receivers got the whole, verified transfer, against what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every one of `clients` receivers completed.
+    All,
+    /// At least `min_complete` completed, but not all `clients`.
+    Partial,
+    /// Fewer than `min_complete` completed (or none at all).
+    Failed,
+}
+
+impl Delivery {
+    /// Classifies `completed` receivers out of `clients` expected, `min_complete` required.
+    pub fn classify(completed: usize, clients: usize, min_complete: usize) -> Delivery {
+        if completed >= clients && completed > 0 {
+            Delivery::All
+        } else if completed >= min_complete && completed > 0 {
+            Delivery::Partial
+        } else {
+            Delivery::Failed
+        }
+    }
 }
 
 /// A connection refused because the transfer already has its receivers.
@@ -237,19 +297,7 @@ impl Sender {
     /// # Errors
     /// A [`ConfigError`] for settings out of range.
     pub fn new(cfg: SenderConfig, now: Instant) -> Result<Sender, ConfigError> {
-        if cfg.payload_size == 0 || cfg.payload_size > EXT_MAX_PAYLOAD {
-            return Err(ConfigError::PayloadSize(cfg.payload_size));
-        }
-        if cfg.packets_per_buffer == 0 || cfg.packets_per_buffer > MAX_PACKETS_PER_BUFFER {
-            return Err(ConfigError::PacketsPerBuffer(cfg.packets_per_buffer));
-        }
-        if cfg.clients == 0 {
-            return Err(ConfigError::NoClients);
-        }
-        let round_max = cfg.payload_size as u64 * u64::from(cfg.packets_per_buffer);
-        if round_max > u64::from(u32::MAX) {
-            return Err(ConfigError::RoundTooBig(round_max));
-        }
+        cfg.check()?;
         let rate = cfg.rate.unwrap_or(RATE_START);
         Ok(Sender {
             accept_until: now + cfg.deadline,
@@ -460,6 +508,13 @@ impl Sender {
                 if n >= self.cfg.min_complete && n > 0 {
                     self.start_fill();
                 } else {
+                    let reason = DropReason::NotStarted {
+                        connected: n,
+                        required: self.cfg.min_complete,
+                    };
+                    for i in 0..self.rxs.len() {
+                        self.drop_rx(ReceiverId(i as u32), reason.clone());
+                    }
                     self.finish();
                 }
             }
@@ -545,6 +600,19 @@ impl Sender {
         self.is_finished() && self.stats.completed >= self.cfg.min_complete
     }
 
+    /// How the transfer ended; [`Delivery::Failed`] until it has.
+    pub fn delivery(&self) -> Delivery {
+        if self.is_finished() {
+            Delivery::classify(
+                self.stats.completed,
+                self.cfg.clients,
+                self.cfg.min_complete,
+            )
+        } else {
+            Delivery::Failed
+        }
+    }
+
     /// The address of receiver `id`.
     pub fn addr(&self, id: ReceiverId) -> Option<SocketAddr> {
         self.rxs.get(id.0 as usize).map(|r| r.addr)
@@ -611,8 +679,14 @@ impl Sender {
                 r.ext = Some(h);
                 self.stats.extended += 1;
                 if round.pkt_count > 0 {
-                    let bytes =
-                        wire::encode_round(self.round_payload as u32, &self.round_digest).to_vec();
+                    let mut bytes = Vec::with_capacity(wire::EXT_SIZE_LEN + wire::EXT_ROUND_LEN);
+                    if let Some(n) = self.cfg.input_len.filter(|_| h.caps & CAP_SIZE != 0) {
+                        bytes.extend_from_slice(&wire::encode_size(n));
+                    }
+                    bytes.extend_from_slice(&wire::encode_round(
+                        self.round_payload as u32,
+                        &self.round_digest,
+                    ));
                     self.actions.push_back(Action::SendTcp { to: id, bytes });
                 }
             }
@@ -847,6 +921,7 @@ mod tests {
             deadline: Duration::from_secs(1),
             min_complete: 1,
             extensions: true,
+            input_len: None,
         }
     }
 
@@ -931,6 +1006,80 @@ mod tests {
             })
         ));
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn delivery_is_all_only_when_every_expected_receiver_completed() {
+        assert_eq!(Delivery::classify(2, 2, 2), Delivery::All);
+        assert_eq!(Delivery::classify(1, 2, 2), Delivery::Failed);
+        assert_eq!(Delivery::classify(1, 2, 1), Delivery::Partial);
+        assert_eq!(Delivery::classify(0, 2, 0), Delivery::Failed);
+        assert_eq!(Delivery::classify(3, 3, 1), Delivery::All);
+    }
+
+    #[test]
+    fn too_few_receivers_by_the_deadline_are_dropped_as_not_started() {
+        let t = Instant::now();
+        let mut c = cfg();
+        c.clients = 3;
+        c.min_complete = 2;
+        let mut s = Sender::new(c, t).unwrap();
+        let id = s.handle_connect("127.0.0.1:7".parse().unwrap(), t).unwrap();
+        drain(&mut s);
+        s.handle_timeout(t + Duration::from_secs(1));
+        let acts = drain(&mut s);
+        let want = DropReason::NotStarted {
+            connected: 1,
+            required: 2,
+        };
+        assert!(acts.contains(&Action::Close {
+            who: id,
+            reason: Some(want.clone())
+        }));
+        assert!(acts.contains(&Action::Finished));
+        assert_eq!(s.stats().missing, 2);
+        assert_eq!(s.stats().dropped.len(), 1);
+        assert_eq!(s.stats().dropped[0].reason, want);
+        assert_eq!(s.delivery(), Delivery::Failed);
+    }
+
+    /// What an extended receiver with `caps` gets in answer to its EXT_HELLO, the sender
+    /// knowing the input's length or not.
+    fn answer_to_hello(caps: u8, input_len: Option<u64>) -> Vec<u8> {
+        let t = Instant::now();
+        let mut c = cfg();
+        c.input_len = input_len;
+        let mut s = Sender::new(c, t).unwrap();
+        let id = s.handle_connect("127.0.0.1:1".parse().unwrap(), t).unwrap();
+        drain(&mut s);
+        s.buffer_mut()[..3].copy_from_slice(b"abc");
+        s.handle_filled(3, t);
+        drain(&mut s);
+        let hello = ExtHello {
+            version: EXT_VERSION,
+            caps,
+            max_payload: 1460,
+        };
+        s.handle_tcp(id, &hello.encode(), t);
+        drain(&mut s)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::SendTcp { to, bytes } if to == id => Some(bytes),
+                _ => None,
+            })
+            .expect("an answer to EXT_HELLO")
+    }
+
+    #[test]
+    fn the_size_goes_before_the_first_round_info_to_receivers_that_ask() {
+        let digest: [u8; 32] = Sha256::digest(b"abc").into();
+        let round = wire::encode_round(4, &digest);
+        let mut want = wire::encode_size(3).to_vec();
+        want.extend_from_slice(&round);
+        assert_eq!(answer_to_hello(CAP_CHECKS | CAP_SIZE, Some(3)), want);
+        // Not asked for, or not known: the round info alone.
+        assert_eq!(answer_to_hello(CAP_CHECKS, Some(3)), round);
+        assert_eq!(answer_to_hello(CAP_CHECKS | CAP_SIZE, None), round);
     }
 
     #[test]

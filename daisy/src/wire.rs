@@ -48,6 +48,10 @@ pub const EXT_NEED_CHECKS: u8 = 0x13;
 /// Sender → extended receiver: per-packet strong checks of the round (DAISY-EXT.md §5).
 pub const EXT_CHECKS: u8 = 0x14;
 
+/// Sender → extended receiver that asked with [`CAP_SIZE`]: the transfer's length, known in
+/// advance (DAISY-EXT.md §4a).
+pub const EXT_SIZE: u8 = 0x15;
+
 /// Greeting trailer magic of an extended sender.
 pub const EXT_MAGIC: [u8; 3] = *b"DZX";
 /// Extension version this crate speaks.
@@ -56,6 +60,10 @@ pub const EXT_VERSION: u8 = 1;
 pub const GREET_FLAG_FULL: u8 = 0x01;
 /// EXT_HELLO capability: verifies EXT_ROUND, EXT_CHECKS and EXT_END.
 pub const CAP_CHECKS: u8 = 0x01;
+/// EXT_HELLO capability: takes EXT_SIZE before the first EXT_ROUND.
+pub const CAP_SIZE: u8 = 0x02;
+/// Length of an EXT_SIZE message, type byte included.
+pub const EXT_SIZE_LEN: usize = 9;
 /// Length of an EXT_HELLO message, type byte included.
 pub const EXT_HELLO_LEN: usize = 8;
 /// Length of an EXT_END message, type byte included.
@@ -491,6 +499,14 @@ pub fn encode_end(sha256: &[u8; 32], total: u64) -> [u8; EXT_END_LEN] {
     b
 }
 
+/// Encodes EXT_SIZE: type, the transfer's length in bytes (u64 LE).
+pub fn encode_size(total: u64) -> [u8; EXT_SIZE_LEN] {
+    let mut b = [0u8; EXT_SIZE_LEN];
+    b[0] = EXT_SIZE;
+    b[1..9].copy_from_slice(&total.to_le_bytes());
+    b
+}
+
 /// A typed message from the sender (after the greeting; the buffer header and repair packets
 /// are untyped and parsed by state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,6 +527,11 @@ pub enum SenderMsg {
         /// SHA-256 of the whole transfer.
         sha256: [u8; 32],
         /// Bytes in the whole transfer.
+        total: u64,
+    },
+    /// EXT_SIZE: the transfer's length, announced before it starts.
+    Size {
+        /// Bytes the sender expects to send.
         total: u64,
     },
 }
@@ -588,6 +609,19 @@ impl SenderMsg {
                         total: u64::from_le_bytes(t),
                     },
                     EXT_END_LEN,
+                )))
+            }
+            EXT_SIZE => {
+                let Some(m) = b.get(..EXT_SIZE_LEN) else {
+                    return Ok(None);
+                };
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&m[1..9]);
+                Ok(Some((
+                    SenderMsg::Size {
+                        total: u64::from_le_bytes(t),
+                    },
+                    EXT_SIZE_LEN,
                 )))
             }
             other => Err(WireError::Unknown(other)),
@@ -776,6 +810,18 @@ mod tests {
                 41
             ))
         );
+        let z = encode_size(0x0102_0304_0506_0708);
+        assert_eq!(z, [0x15, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(
+            SenderMsg::parse(&z).unwrap(),
+            Some((
+                SenderMsg::Size {
+                    total: 0x0102_0304_0506_0708
+                },
+                9
+            ))
+        );
+        assert_eq!(SenderMsg::parse(&z[..8]).unwrap(), None);
         // The strong check binds the sequence number.
         assert_ne!(strong_check(1, b"x"), strong_check(2, b"x"));
         assert_eq!(hex(&[0x0f, 0xa0]), "0fa0");

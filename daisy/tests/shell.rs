@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -35,7 +35,13 @@ fn input(name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
 }
 
 /// Waits for `c` (killing it past `LIMIT`); returns (success, stderr).
-fn finish(mut c: Child, what: &str) -> (bool, String) {
+fn finish(c: Child, what: &str) -> (bool, String) {
+    let (status, err) = finish_status(c, what);
+    (status.success(), err)
+}
+
+/// Waits for `c` (killing it past `LIMIT`); returns its exit status and stderr.
+fn finish_status(mut c: Child, what: &str) -> (ExitStatus, String) {
     let end = Instant::now() + LIMIT;
     let status = loop {
         if let Some(s) = c.try_wait().expect("try_wait") {
@@ -52,34 +58,48 @@ fn finish(mut c: Child, what: &str) -> (bool, String) {
     if let Some(mut e) = c.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    (status.success(), err)
+    (status, err)
+}
+
+/// A `daisy-send` command; `ARCA_LOG` is cleared so only a test that sets it sees diagnostics.
+fn sender_cmd(port: u16, clients: usize, file: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(SEND);
+    c.args([
+        "--clients",
+        &clients.to_string(),
+        "--port",
+        &port.to_string(),
+    ])
+    .args(["--no-progress", "--deadline", "20"])
+    .args(extra)
+    .arg(file)
+    .env_remove("ARCA_LOG")
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped());
+    c
 }
 
 fn sender(port: u16, clients: usize, file: &Path, extra: &[&str]) -> Child {
-    Command::new(SEND)
-        .args([
-            "--clients",
-            &clients.to_string(),
-            "--port",
-            &port.to_string(),
-        ])
-        .args(["--no-progress", "--deadline", "20"])
-        .args(extra)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
+    sender_cmd(port, clients, file, extra)
         .spawn()
         .expect("spawn daisy-send")
 }
 
-fn receiver(port: u16, out: &Path, extra: &[&str]) -> Child {
-    Command::new(RECV)
-        .args(["--no-progress", "--deadline", "20", "-o"])
+/// A `daisy-recv` command writing to `out`, with `ARCA_LOG` cleared.
+fn receiver_cmd(port: u16, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(RECV);
+    c.args(["--no-progress", "--deadline", "20", "-o"])
         .arg(out)
         .args(extra)
         .arg(format!("127.0.0.1:{port}"))
+        .env_remove("ARCA_LOG")
         .stdin(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn receiver(port: u16, out: &Path, extra: &[&str]) -> Child {
+    receiver_cmd(port, out, extra)
         .spawn()
         .expect("spawn daisy-recv")
 }
@@ -141,6 +161,284 @@ fn native_transfer_to_two_receivers() {
     assert_eq!(field(&es, "daisy-send", "completed_receivers"), "2");
     assert_eq!(field(&es, "daisy-send", "bytes"), data.len().to_string());
     assert!(field(&e2, "daisy-recv", "repaired").parse::<u64>().unwrap() > 0);
+    // Without ARCA_LOG only warnings and errors are diagnostics; a clean run has none.
+    for e in [&es, &e1, &e2] {
+        assert!(!e.contains(" INFO ") && !e.contains(" WARN "), "{e}");
+    }
+}
+
+#[test]
+fn arca_log_filters_diagnostics_and_a_bad_value_is_reported() {
+    let port = 18_609;
+    let (file, data) = input("log.in", 1 << 20, 25);
+    let s = sender_cmd(port, 1, &file, &[])
+        .env("ARCA_LOG", "daisy=debug")
+        .env_remove("NO_COLOR")
+        .spawn()
+        .expect("spawn daisy-send");
+    let out = tmp("log.out");
+    let r = receiver_cmd(port, &out, &[])
+        .env("ARCA_LOG", "daisy=loud")
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(std::fs::read(&out).unwrap() == data);
+    // The sender's filter took: its receiver's connection and the rounds are logged, without
+    // colour since stderr is a pipe.
+    assert!(es.contains(" INFO daisy::send_shell: connected"), "{es}");
+    assert!(
+        es.contains(" DEBUG daisy::send_shell: round filled"),
+        "{es}"
+    );
+    assert!(!es.contains('\x1b'), "colour on a pipe:\n{es}");
+    // The receiver's value does not parse: one line says so, and the default applies.
+    let warned: Vec<&str> = er
+        .lines()
+        .filter(|l| l.starts_with("daisy-recv: warning: ARCA_LOG=\"daisy=loud\" ignored ("))
+        .collect();
+    assert_eq!(warned.len(), 1, "{er}");
+    assert!(warned[0].ends_with("using \"warn\""), "{er}");
+    assert!(!er.contains(" INFO "), "{er}");
+}
+
+/// `partial` next to `out`, as daisy-recv names its unverified output.
+fn partial_of(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".partial");
+    PathBuf::from(p)
+}
+
+/// Two receivers, one exiting abruptly after 1 MiB; returns the sender's exit status and
+/// stderr after checking the survivor's and the victim's outputs.
+fn one_of_two_receivers_dies(port: u16, name: &str, extra: &[&str]) -> (ExitStatus, String) {
+    let (file, data) = input(&format!("{name}.in"), 4 << 20, 21);
+    // Paced at 8 MB/s the transfer lasts about half a second: the victim dies during it.
+    let mut args = vec!["--rate", "8"];
+    args.extend_from_slice(extra);
+    let s = sender(port, 2, &file, &args);
+    let (good, bad) = (tmp(&format!("{name}.good")), tmp(&format!("{name}.bad")));
+    std::fs::write(&bad, b"older file").expect("write old output");
+    let _ = std::fs::remove_file(&good);
+    let rg = receiver(port, &good, &[]);
+    let rb = receiver(port, &bad, &["--test-exit-after-bytes", "1048576"]);
+    let (okb, eb) = finish(rb, "dying receiver");
+    let (okg, eg) = finish(rg, "receiver");
+    let (status, es) = finish_status(s, "sender");
+    assert!(!okb, "the dying receiver exited 0:\n{eb}");
+    assert!(okg, "{eg}\n{es}");
+    assert!(std::fs::read(&good).expect("output") == data);
+    assert!(
+        !partial_of(&good).exists(),
+        "a verified output keeps .partial"
+    );
+    // The killed receiver never renamed: NAME is the old file, NAME.partial what it had.
+    assert_eq!(std::fs::read(&bad).expect("old output"), b"older file");
+    assert_eq!(
+        std::fs::read(partial_of(&bad)).expect("partial output"),
+        &data[..1 << 20]
+    );
+    assert_eq!(field(&es, "daisy-send", "completed_receivers"), "1", "{es}");
+    let failed = field(&es, "daisy-send", "failed");
+    let (id, addr) = failed
+        .split_once('@')
+        .unwrap_or_else(|| panic!("failed={failed} is not ID@ADDRESS"));
+    assert!(id == "0" || id == "1", "failed={failed}");
+    let addr: std::net::SocketAddr = addr.parse().expect("failed= address");
+    assert!(addr.ip().is_loopback(), "failed={failed}");
+    assert!(
+        es.contains(&format!("receiver {id} ({addr}) failed")),
+        "no line naming the failed receiver:\n{es}"
+    );
+    (status, es)
+}
+
+#[test]
+fn a_dead_receiver_fails_the_transfer_by_default() {
+    let (status, es) = one_of_two_receivers_dies(18_606, "dead", &[]);
+    assert_eq!(status.code(), Some(1), "sender: {status}\n{es}");
+    assert!(es.contains("1 of 2 receivers got the transfer"), "{es}");
+}
+
+#[test]
+fn a_lowered_bar_makes_a_dead_receiver_a_partial_success() {
+    let (status, es) = one_of_two_receivers_dies(18_607, "lowered", &["--min-complete", "1"]);
+    assert_eq!(status.code(), Some(3), "sender: {status}\n{es}");
+    assert!(es.contains("daisy-send: partial: 1 of 2"), "{es}");
+}
+
+#[test]
+fn bad_arguments_exit_with_status_2_and_one_line() {
+    let (file, _) = input("usage.in", 10, 29);
+    let file = file.to_str().expect("UTF-8 temp path");
+    let runs: [(&str, &[&str]); 4] = [
+        (SEND, &["--clients", "2", "--min-complete", "3", file]),
+        (SEND, &["--clients", "1", "--payload-size", "0", file]),
+        (SEND, &["--clients", "1", "--deadline", "0", file]),
+        (RECV, &["--deadline=-1", "127.0.0.1:9"]),
+    ];
+    for (bin, args) in runs {
+        let o = Command::new(bin)
+            .args(args)
+            .env_remove("ARCA_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(": error: "), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_failed_receiver_removes_its_partial_output() {
+    let port = 18_608;
+    let (file, _) = input("cut.in", 8 << 20, 23);
+    // 2 MB/s: four seconds, cut short by killing the sender. Rounds of 64 packets reach the
+    // output file as the transfer goes (the receiver's 1 MiB output buffer fills in 0.5 s).
+    let mut s = sender(
+        port,
+        1,
+        &file,
+        &["--rate", "2", "--packets-per-buffer", "64"],
+    );
+    let out = tmp("cut.out");
+    std::fs::write(&out, b"older file").expect("write old output");
+    let r = receiver(port, &out, &[]);
+    let partial = partial_of(&out);
+    let mut waited = 0;
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) == 0 {
+        waited += 1;
+        assert!(waited < 400, "no data in {partial:?} within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&out).unwrap(), b"older file");
+    s.kill().expect("kill sender");
+    let _ = s.wait();
+    let (ok, er) = finish(r, "receiver");
+    assert!(!ok, "the receiver exited 0 without its sender:\n{er}");
+    assert!(er.contains("daisy-recv: error"), "{er}");
+    assert!(!partial.exists(), "the failed receiver left {partial:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"older file");
+}
+
+#[test]
+fn a_file_size_is_announced_to_the_receiver_a_pipe_size_is_not() {
+    let port = 18_612;
+    let (file, data) = input("size.in", 1 << 20, 27);
+    // From the file: the receiver learns the length before the first round.
+    let s = sender(port, 1, &file, &[]);
+    let out = tmp("size.out");
+    let r = receiver_cmd(port, &out, &[])
+        .env("ARCA_LOG", "daisy=info")
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(
+        er.contains(&format!("transfer size announced bytes={}", data.len())),
+        "{er}"
+    );
+    // From a pipe the length is unknown until the end.
+    let mut s = sender_cmd(port + 100, 1, Path::new("-"), &[])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-send");
+    let mut stdin = s.stdin.take().expect("stdin");
+    let feed = {
+        let data = data.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        })
+    };
+    let r = receiver_cmd(port + 100, &out, &[])
+        .env("ARCA_LOG", "daisy=info")
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    let _ = feed.join();
+    assert!(okr && oks, "{er}\n{es}");
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(!er.contains("transfer size announced"), "{er}");
+}
+
+/// A fake plain sender: accepts one receiver, sends the greeting (and optionally a round's
+/// header, then SERVER_SENT with no data), then stays silent. Returns how long the receiver
+/// took to give up after the last thing sent, and its stderr.
+fn silent_sender(port: u16, group_octet: u8, round: bool) -> (Duration, String) {
+    use daisy::wire::{BufferHeader, Greeting, CLIENT_READY, SERVER_SENT};
+    use std::io::Write;
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    let r = Command::new(RECV)
+        .args(["--no-progress", "--deadline", "1", "-o"])
+        .arg(tmp(&format!("silent{group_octet}.out")))
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("ARCA_LOG")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-recv");
+    let (mut c, _) = l.accept().expect("accept");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let group = SocketAddrV4::new(Ipv4Addr::new(224, 238, 91, group_octet), port);
+    c.write_all(&Greeting { group, ext: None }.encode())
+        .expect("greeting");
+    if round {
+        let h = BufferHeader {
+            buffer_id: 1,
+            buffer_size: 100,
+            packet_id_base: 0,
+            pkt_count: 1,
+        };
+        c.write_all(&h.encode()).expect("header");
+        let mut ready = [0u8; 1];
+        c.read_exact(&mut ready).expect("CLIENT_READY");
+        assert_eq!(ready[0], CLIENT_READY);
+        c.write_all(&[SERVER_SENT]).expect("SERVER_SENT");
+    }
+    let silent_from = Instant::now();
+    let (ok, err) = finish(r, "receiver");
+    let took = silent_from.elapsed();
+    assert!(!ok, "the receiver exited 0 with a silent sender:\n{err}");
+    drop(c);
+    (took, err)
+}
+
+#[test]
+fn the_receiver_gives_up_when_its_help_says() {
+    let help = Command::new(RECV)
+        .arg("--help")
+        .output()
+        .expect("daisy-recv --help");
+    let help = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("while it owes this receiver an answer: repairs after SERVER_SENT")
+            && help.contains("the limit is 2 × DEADLINE + 1 s"),
+        "--help does not state the give-up rule:\n{help}"
+    );
+    // Waiting for a round's header, the sender may be waiting on others: 2 × 1 + 1 = 3 s.
+    let (took, err) = silent_sender(18_610, 1, false);
+    assert!(err.contains("nothing from the sender for 3.0 s"), "{err}");
+    assert!(
+        took >= Duration::from_millis(2_700) && took < Duration::from_millis(4_500),
+        "gave up after {took:?}"
+    );
+    // Missing packets after SERVER_SENT: the sender owes repairs, 1 s.
+    let (took, err) = silent_sender(18_611, 2, true);
+    assert!(err.contains("nothing from the sender for 1.0 s"), "{err}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),
+        "gave up after {took:?}"
+    );
 }
 
 #[test]

@@ -83,6 +83,7 @@ fn sender_cfg(clients: usize) -> SenderConfig {
         deadline: Duration::from_millis(300),
         min_complete: 1,
         extensions: true,
+        input_len: None,
     }
 }
 

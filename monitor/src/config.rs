@@ -5,6 +5,38 @@ use std::time::Duration;
 
 use crate::policy::Policy;
 
+/// Why a [`Config`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The region size is not a power of two of at least 1 MiB.
+    #[error("region size {0} must be a power of two of at least 1 MiB")]
+    RegionSize(u64),
+    /// A ring's capacity is out of range.
+    #[error("{ring} capacity {cap} must be a power of two between 4096 and 2^{max_log2}")]
+    RingSize {
+        /// Which ring.
+        ring: &'static str,
+        /// The capacity asked for.
+        cap: u64,
+        /// Its largest allowed power of two.
+        max_log2: u32,
+    },
+    /// The UDP ring's capacity is out of range.
+    #[error("udp ring capacity {0} must be a power of two between 128 KiB and 2^30")]
+    UdpRingSize(u64),
+    /// The region cannot hold the fixed structures and one data pipe.
+    #[error("region size {region} cannot hold the control pipe, the bitmap and one data pipe ({need} bytes)")]
+    RegionTooSmall {
+        /// The region size.
+        region: u64,
+        /// What it must hold.
+        need: u64,
+    },
+    /// A count or budget that must be non-zero is zero.
+    #[error("{0} must be non-zero")]
+    Zero(&'static str),
+}
+
 /// How the monitor sizes each guest's resources. Defaults suit a guest with
 /// up to a few thousand connections.
 #[derive(Debug, Clone)]
@@ -38,6 +70,10 @@ pub struct Config {
     pub default_backlog: u32,
     /// What guests may reach and hold (POLICY.md); shared by every session.
     pub policy: Arc<Policy>,
+    /// Sessions served at once; an attach beyond it is refused.
+    pub max_sessions: usize,
+    /// Sessions one user (by the attaching peer's uid) may hold at once.
+    pub max_sessions_per_uid: usize,
 }
 
 impl Default for Config {
@@ -54,6 +90,8 @@ impl Default for Config {
             busy_poll: Duration::from_micros(50),
             default_backlog: 1024,
             policy: Arc::new(Policy::default()),
+            max_sessions: 1024,
+            max_sessions_per_uid: 64,
         }
     }
 }
@@ -64,8 +102,7 @@ impl Config {
     /// 4 × `data_ring`, so with equal rings a quarter of it would lie unused; the
     /// guest → host ring takes it, at no cost in region space. Uploads gain most from it: a
     /// guest fills its ring far faster than the monitor can send, so the larger ring halves
-    /// how often the guest must sleep and be woken (64 KiB writes through the monitor went
-    /// from 2.6–3.0 to 3.6–3.7 GB/s on the benchmark machine).
+    /// how often the guest must sleep and be woken (BENCHMARKS.md).
     pub fn upload_ring(&self) -> u64 {
         self.data_ring.saturating_mul(2)
     }
@@ -78,42 +115,43 @@ impl Config {
     /// Checks the sizes fit together.
     ///
     /// # Errors
-    /// A message naming the bad value.
-    pub fn validate(&self) -> Result<(), String> {
+    /// [`ConfigError`] naming the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.region_size.is_power_of_two() || self.region_size < (1 << 20) {
-            return Err(format!(
-                "region size {} must be a power of two of at least 1 MiB",
-                self.region_size
-            ));
+            return Err(ConfigError::RegionSize(self.region_size));
         }
         // The data ring's guest → host twin is twice it, and no ring exceeds 2^30.
-        for (name, cap, max) in [
+        for (ring, cap, max_log2) in [
             ("control ring", self.control_ring, 30),
             ("data ring", self.data_ring, 29),
         ] {
-            if !cap.is_power_of_two() || !(4096..=(1 << max)).contains(&cap) {
-                return Err(format!(
-                    "{name} capacity {cap} must be a power of two between 4096 and 2^{max}"
-                ));
+            if !cap.is_power_of_two() || !(4096..=(1 << max_log2)).contains(&cap) {
+                return Err(ConfigError::RingSize {
+                    ring,
+                    cap,
+                    max_log2,
+                });
             }
         }
         if !self.udp_ring.is_power_of_two() || !((128 << 10)..=(1 << 30)).contains(&self.udp_ring) {
-            return Err(format!(
-                "udp ring capacity {} must be a power of two between 128 KiB and 2^30",
-                self.udp_ring
-            ));
+            return Err(ConfigError::UdpRingSize(self.udp_ring));
         }
         let need = shm_ring::BidirectionalPipe::block_size(self.control_ring, self.control_ring)
             + shm_ring::NotifyBitmap::bytes_for(self.max_conns)
             + self.data_pipe_block();
         if need > self.region_size {
-            return Err(format!(
-                "region size {} cannot hold the control pipe, the bitmap and one data pipe ({need} bytes)",
-                self.region_size
-            ));
+            return Err(ConfigError::RegionTooSmall {
+                region: self.region_size,
+                need,
+            });
         }
         if self.max_conns == 0 || self.relay_budget == 0 || self.control_budget == 0 {
-            return Err("max_conns, relay_budget and control_budget must be non-zero".into());
+            return Err(ConfigError::Zero(
+                "max_conns, relay_budget and control_budget",
+            ));
+        }
+        if self.max_sessions == 0 || self.max_sessions_per_uid == 0 {
+            return Err(ConfigError::Zero("the session limits"));
         }
         Ok(())
     }

@@ -7,19 +7,20 @@
 //! connect timeouts, give queued connections their next budgeted slice, and
 //! tear down sessions that ended.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use arca_wire::{ConnId, RequestId};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
+use crate::ratelimit::WarnLimiter;
+use crate::serve_socket::{Access, Peer, ServeSocket, ServeSocketError};
 use crate::session::{Ctx, Session, SessionId, SessionSource, SessionStats};
 
 const WAKER: Token = Token(0);
@@ -79,13 +80,19 @@ pub struct Monitor {
     sessions: HashMap<SessionId, Session>,
     tokens: HashMap<Token, Src>,
     next_token: usize,
-    timers: BTreeMap<(Instant, u64), (SessionId, ConnId, RequestId)>,
-    timer_seq: u64,
     next_session: SessionId,
     ended: u64,
     unreclaimed: u64,
-    server: Option<OwnedFd>,
+    server: Option<ServeSocket>,
+    access: Access,
+    /// The attaching peer's user of each session that came through the
+    /// serve socket (for the per-user session limit).
+    session_uids: HashMap<SessionId, u32>,
+    /// Bounds the warnings refused attaches can cause.
+    refusals_logged: WarnLimiter,
     signals: Option<nix::sys::signalfd::SignalFd>,
+    /// Stop signals read and not yet acted on by [`Monitor::run_guest`].
+    stop_signals: Vec<StopSignal>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     stats_tx: mpsc::Sender<mpsc::Sender<MonitorStats>>,
@@ -98,6 +105,29 @@ impl std::fmt::Debug for Monitor {
         f.debug_struct("Monitor")
             .field("sessions", &self.sessions.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A stop signal as the monitor received it.
+#[derive(Debug, Clone, Copy)]
+struct StopSignal {
+    signo: i32,
+    /// `si_code`: `SI_KERNEL` for one the terminal sent to the whole
+    /// foreground process group.
+    code: i32,
+}
+
+impl StopSignal {
+    /// [`MonitorHandle::stop`], as a SIGTERM sent to the monitor alone.
+    fn from_handle() -> Self {
+        Self {
+            signo: libc::SIGTERM,
+            code: libc::SI_USER,
+        }
+    }
+
+    fn sent_by_terminal(self) -> bool {
+        self.code == libc::SI_KERNEL
     }
 }
 
@@ -127,13 +157,15 @@ impl Monitor {
             sessions: HashMap::new(),
             tokens: HashMap::new(),
             next_token: FIRST_DYNAMIC,
-            timers: BTreeMap::new(),
-            timer_seq: 0,
             next_session: 1,
             ended: 0,
             unreclaimed: 0,
             server: None,
+            access: Access::default(),
+            session_uids: HashMap::new(),
+            refusals_logged: WarnLimiter::new(),
             signals: None,
+            stop_signals: Vec::new(),
             waker,
             stop: Arc::new(AtomicBool::new(false)),
             stats_tx,
@@ -151,68 +183,41 @@ impl Monitor {
         }
     }
 
-    /// Accepts guests on a `SOCK_SEQPACKET` Unix socket at `path` (replacing a
-    /// stale socket file).
+    /// Accepts guests on a `SOCK_SEQPACKET` Unix socket at `path`, with the
+    /// default [`Access`] (the monitor's own user and root).
     ///
     /// # Errors
-    /// The socket calls' errors, with the path.
-    pub fn listen_unix(&mut self, path: &Path) -> io::Result<()> {
-        use nix::sys::socket::{self as s, AddressFamily, SockFlag, SockType, UnixAddr};
-        let ctx = |e: nix::Error| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("{}: {e}", path.display()),
+    /// See [`listen_unix_with`](Self::listen_unix_with).
+    pub fn listen_unix(&mut self, path: &Path) -> Result<(), ServeSocketError> {
+        self.listen_unix_with(path, Access::default())
+    }
+
+    /// Accepts guests on a `SOCK_SEQPACKET` Unix socket at `path` (see
+    /// [`ServeSocket`]: a live or non-socket path is refused), admitting the
+    /// peers `access` names.
+    ///
+    /// # Errors
+    /// [`ServeSocketError`], or registering the socket with epoll failing.
+    pub fn listen_unix_with(
+        &mut self,
+        path: &Path,
+        access: Access,
+    ) -> Result<(), ServeSocketError> {
+        let server = ServeSocket::bind(path, &access)?;
+        self.poll
+            .registry()
+            .register(
+                &mut mio::unix::SourceFd(&server.fd().as_raw_fd()),
+                SERVER,
+                Interest::READABLE,
             )
-        };
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let fd = s::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(ctx)?;
-        // Bound under a temporary name and renamed once listening, so the
-        // path never names a socket that refuses connections (a guest that
-        // attaches as soon as the file appears would get ECONNREFUSED). The
-        // socket's own address (getsockname, /proc/net/unix) stays the
-        // temporary name.
-        let tmp = path.file_name().map(|name| {
-            let mut t = std::ffi::OsString::from(".");
-            t.push(name);
-            t.push(format!(".{}.tmp", std::process::id()));
-            path.with_file_name(t)
-        });
-        let bind_at = match &tmp {
-            Some(t) if UnixAddr::new(t.as_path()).is_ok() => t.as_path(),
-            _ => path,
-        };
-        s::bind(fd.as_raw_fd(), &UnixAddr::new(bind_at).map_err(ctx)?).map_err(ctx)?;
-        let listening = s::listen(&fd, s::Backlog::new(128).unwrap_or(s::Backlog::MAXCONN))
-            .map_err(ctx)
-            .and_then(|()| {
-                if bind_at == path {
-                    return Ok(());
-                }
-                std::fs::rename(bind_at, path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-            });
-        if let Err(e) = listening {
-            let _ = std::fs::remove_file(bind_at);
-            return Err(e);
-        }
-        self.poll.registry().register(
-            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
-            SERVER,
-            Interest::READABLE,
-        )?;
-        self.server = Some(fd);
-        tracing::info!(path = %path.display(), "serving guests");
+            .map_err(|source| ServeSocketError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        tracing::info!(path = %path.display(), mode = format!("{:o}", access.mode()), "serving guests");
+        self.server = Some(server);
+        self.access = access;
         Ok(())
     }
 
@@ -267,7 +272,14 @@ impl Monitor {
     }
 
     /// Serves `guest` (already added with its socket) until it exits; returns
-    /// its status. A SIGINT/SIGTERM is passed on to the guest as SIGTERM.
+    /// its status. Stopping it works as with `timeout(1)`:
+    /// - the first SIGINT or SIGTERM is passed on to the guest (one that came
+    ///   from the terminal reached the guest already, as it shares the
+    ///   monitor's process group, and is not sent twice); so is a
+    ///   [`MonitorHandle::stop`], as SIGTERM;
+    /// - a second one, or `grace` passing after the first, kills the guest
+    ///   (SIGKILL).
+    ///
     /// Without a `pidfd` (no `pidfd_open` on this kernel, or under valgrind)
     /// the loop wakes every [`CHILD_POLL`] to check whether the guest exited.
     ///
@@ -277,7 +289,9 @@ impl Monitor {
         &mut self,
         child: &mut Child,
         pidfd: Option<&OwnedFd>,
+        grace: Duration,
     ) -> io::Result<GuestOutcome> {
+        use nix::sys::signal::{kill, Signal};
         if let Some(pidfd) = pidfd {
             self.poll.registry().register(
                 &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
@@ -287,15 +301,49 @@ impl Monitor {
         }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
         let mut exited = false;
+        let mut kill_at: Option<Instant> = None;
+        let mut killed = false;
         while !exited {
-            if self.stop.swap(false, Ordering::SeqCst) {
-                tracing::info!("passing the stop signal on to the guest");
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let mut signals = std::mem::take(&mut self.stop_signals);
+            if self.stop.swap(false, Ordering::SeqCst) && signals.is_empty() {
+                signals.push(StopSignal::from_handle());
             }
+            for sig in signals {
+                if kill_at.is_none() {
+                    kill_at = Some(Instant::now() + grace);
+                    if sig.sent_by_terminal() {
+                        tracing::info!(
+                            signal = sig.signo,
+                            "the guest got the stop signal from the terminal"
+                        );
+                    } else if let Ok(signal) = Signal::try_from(sig.signo) {
+                        tracing::info!(%signal, "passing the stop signal on to the guest");
+                        let _ = kill(pid, signal);
+                    }
+                } else if !killed {
+                    tracing::warn!("second stop signal: killing the guest");
+                    let _ = kill(pid, Signal::SIGKILL);
+                    killed = true;
+                }
+            }
+            if let Some(at) = kill_at.filter(|_| !killed) {
+                if Instant::now() >= at {
+                    tracing::warn!(
+                        ?grace,
+                        "the guest did not stop in its grace period: killing it"
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                    killed = true;
+                }
+            }
+            let until_kill = kill_at
+                .filter(|_| !killed)
+                .map(|at| at.saturating_duration_since(Instant::now()));
             if pidfd.is_some() {
-                self.turn(None, Some(&mut exited))?;
+                self.turn(until_kill, Some(&mut exited))?;
             } else {
-                self.turn(Some(CHILD_POLL), None)?;
+                let wait = until_kill.map_or(CHILD_POLL, |d| d.min(CHILD_POLL));
+                self.turn(Some(wait), None)?;
                 exited = child.try_wait()?.is_some();
             }
         }
@@ -334,7 +382,12 @@ impl Monitor {
             } else {
                 max_wait
             };
-        if let Some((&(at, _), _)) = self.timers.iter().next() {
+        if let Some(at) = self
+            .sessions
+            .values()
+            .filter_map(Session::next_deadline)
+            .min()
+        {
             // Round up to the next millisecond so a timer never spins at 0.
             let until = at.saturating_duration_since(now) + Duration::from_millis(1);
             timeout = Some(timeout.map_or(until, |t| t.min(until)));
@@ -419,8 +472,6 @@ impl Monitor {
             poll,
             tokens,
             next_token,
-            timers,
-            timer_seq,
             config,
             ..
         } = self;
@@ -433,15 +484,10 @@ impl Monitor {
                 t
             };
             let mut release = |t: Token| released.push(t);
-            let mut set_timer = |at, id, rid| {
-                *timer_seq += 1;
-                timers.insert((at, *timer_seq), (sid, id, rid));
-            };
             let mut ctx = Ctx {
                 registry: poll.registry(),
                 tokens: &mut alloc_token,
                 release: &mut release,
-                set_timer: &mut set_timer,
                 config,
             };
             f(&mut ctx)
@@ -454,12 +500,14 @@ impl Monitor {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some((&key, &(sid, id, rid))) = self.timers.iter().next() {
-            if key.0 > now {
-                break;
-            }
-            self.timers.remove(&key);
-            self.with_session(sid, |s, ctx| s.on_timer(id, rid, ctx));
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.next_deadline().is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for sid in due {
+            self.with_session(sid, |s, ctx| s.fire_timers(now, ctx));
         }
     }
 
@@ -472,14 +520,14 @@ impl Monitor {
                 tracing::warn!(session = sid, alloc = ?st.alloc, fixed = st.fixed_bytes, "teardown left data-pipe blocks allocated");
             }
             tracing::info!(session = sid, reason = ?s.ended(), "session closed");
+            self.session_uids.remove(&sid);
             self.ended += 1;
         }
-        self.timers.retain(|_, (s, _, _)| *s != sid);
         self.tokens.retain(|_, Src::Session(s, _)| *s != sid);
     }
 
     fn accept_guests(&mut self) {
-        let Some(server) = self.server.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(server) = self.server.as_ref().map(|s| s.fd().as_raw_fd()) else {
             return;
         };
         for _ in 0..64 {
@@ -495,11 +543,78 @@ impl Monitor {
                 };
             // SAFETY: `accept4` returned a fresh descriptor nobody else owns.
             let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let peer = match crate::serve_socket::peer_of(sock.as_fd()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read an attaching guest's credentials; refused");
+                    continue;
+                }
+            };
+            if let Err(why) = self.admit(peer) {
+                let v = self.refusals_logged.handle_warning(Instant::now());
+                if v.suppressed_before > 0 {
+                    tracing::warn!("{} more refused attaches not logged", v.suppressed_before);
+                }
+                if v.log {
+                    tracing::warn!(
+                        pid = peer.pid,
+                        uid = peer.uid,
+                        gid = peer.gid,
+                        "guest refused: {why}"
+                    );
+                }
+                continue; // dropping the socket tells the guest: no bootstrap
+            }
             match self.add_guest(sock) {
-                Ok(sid) => tracing::info!(session = sid, "guest attached"),
+                Ok(sid) => {
+                    self.session_uids.insert(sid, peer.uid);
+                    tracing::info!(
+                        session = sid,
+                        pid = peer.pid,
+                        uid = peer.uid,
+                        "guest attached"
+                    );
+                }
+                Err(crate::session::SetupError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    tracing::debug!(pid = peer.pid, "the guest left before its bootstrap");
+                }
                 Err(e) => tracing::warn!(error = %e, "could not set up a guest session"),
             }
         }
+    }
+
+    /// May `peer` attach now: allowed by the serve socket's access rules,
+    /// and within the session limits?
+    fn admit(&self, peer: Peer) -> Result<(), String> {
+        let own = nix::unistd::geteuid().as_raw();
+        if !self.access.admits(own, peer) {
+            return Err(format!(
+                "user {} is not allowed to attach (--allow-uid, --allow-gid)",
+                peer.uid
+            ));
+        }
+        let total = self.config.max_sessions;
+        if self.sessions.len() >= total {
+            return Err(format!("the monitor serves its limit of {total} sessions"));
+        }
+        let per_uid = self.config.max_sessions_per_uid;
+        let held = self
+            .session_uids
+            .values()
+            .filter(|&&u| u == peer.uid)
+            .count();
+        if held >= per_uid {
+            return Err(format!(
+                "user {} holds its limit of {per_uid} sessions",
+                peer.uid
+            ));
+        }
+        Ok(())
     }
 
     fn read_signals(&mut self) {
@@ -508,6 +623,10 @@ impl Monitor {
         };
         while let Ok(Some(info)) = sfd.read_signal() {
             tracing::info!(signal = info.ssi_signo, "stop requested");
+            self.stop_signals.push(StopSignal {
+                signo: i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM),
+                code: info.ssi_code,
+            });
             self.stop.store(true, Ordering::SeqCst);
         }
     }

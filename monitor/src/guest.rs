@@ -19,16 +19,16 @@ pub const GUEST_FD_ENV: &str = "ARCA_FD";
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// Creating the session socket failed.
-    #[error("cannot create the session socket: {0}")]
+    #[error("cannot create the session socket")]
     Socket(#[source] io::Error),
     /// Isolation was asked for and the system refused it.
     #[error(
-        "cannot isolate the guest in a network namespace: {0} \
+        "cannot isolate the guest in a network namespace \
          (needs root, or unprivileged user namespaces enabled: sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0)"
     )]
     Isolate(#[source] io::Error),
     /// The program could not be executed.
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}")]
     Exec {
         /// The program.
         program: String,
@@ -37,8 +37,21 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// `pidfd_open` failed.
-    #[error("cannot watch the guest process: {0}")]
+    #[error("cannot watch the guest process")]
     Pidfd(#[source] io::Error),
+}
+
+impl SpawnError {
+    /// The exit status `run` gives for this failure, as shells and
+    /// `timeout(1)` do: 127 when the program is not found, 126 when it cannot
+    /// be executed, 1 for any other failure to start it.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            SpawnError::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => 127,
+            SpawnError::Exec { .. } => 126,
+            _ => 1,
+        }
+    }
 }
 
 /// A running guest and the monitor's ends of its session.
@@ -102,10 +115,21 @@ pub fn spawn(
     cmd.args(args).env(GUEST_FD_ENV, GUEST_FD.to_string());
     let guest_raw = guest.as_raw_fd();
     // SAFETY: the closure runs in the child between fork and exec. It only
-    // calls async-signal-safe functions (dup2, fcntl, unshare, open, write,
-    // close) on data prepared before the fork, and allocates nothing.
+    // calls async-signal-safe functions (sigemptyset, sigprocmask, signal,
+    // dup2, fcntl, unshare, open, write, close) on data prepared before the
+    // fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The guest starts as from a shell: no signal blocked (the monitor
+            // blocks SIGINT and SIGTERM for its signalfd) and SIGPIPE at its
+            // default (the Rust runtime ignores it).
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            if libc::sigemptyset(none.as_mut_ptr()) != 0
+                || libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0
+                || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
+            {
+                return Err(io::Error::last_os_error());
+            }
             if guest_raw == GUEST_FD {
                 let flags = libc::fcntl(GUEST_FD, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(GUEST_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0

@@ -22,10 +22,11 @@ pub mod handoff;
 pub mod policy;
 pub mod ratelimit;
 pub mod relay;
+pub mod serve_socket;
 pub mod session;
 pub mod udp;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats};
 pub use policy::Policy;
 pub use session::{SessionId, SessionStats};

@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::io;
+use std::time::Duration;
+
 use anyhow::Context as _;
+use arca_monitor::serve_socket::Access;
+use arca_monitor::session::SetupError;
 use arca_monitor::{guest, Config, GuestOutcome, Monitor, Policy};
 use clap::{Args, Parser, Subcommand};
 
@@ -22,11 +27,17 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start PROGRAM as a guest, serve it, and exit with its exit status.
+    #[command(after_help = EXIT_STATUS)]
     Run {
         /// Start the guest in a network namespace of its own, so the monitor
         /// is its only way to the network.
         #[arg(long)]
         isolate: bool,
+        /// After passing a stop signal (SIGINT, SIGTERM) on to the guest,
+        /// wait this many seconds for it to exit, then kill it (SIGKILL). A
+        /// second stop signal kills it at once.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_grace)]
+        grace: f64,
         #[command(flatten)]
         sizes: Sizes,
         #[command(flatten)]
@@ -38,8 +49,28 @@ enum Command {
     /// Serve guests that attach to a Unix socket, until SIGINT or SIGTERM.
     Serve {
         /// Path of the Unix socket guests attach to (`ArcaSession::attach`).
+        /// A stale socket there is replaced; anything else (a file, a socket
+        /// another monitor serves on) is refused.
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// Mode of the socket file, in octal (default: 600, or 660 with
+        /// --allow-gid, 666 with --allow-uid; peers are checked either way).
+        #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+        socket_mode: Option<u32>,
+        /// A user (numeric uid) who may attach besides the monitor's own and
+        /// root. Repeatable.
+        #[arg(long, value_name = "UID")]
+        allow_uid: Vec<u32>,
+        /// A group (numeric gid) whose members may attach. Repeatable.
+        #[arg(long, value_name = "GID")]
+        allow_gid: Vec<u32>,
+        /// Sessions served at once (further attaches are refused); lowered to
+        /// fit the descriptor limit.
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        max_sessions: usize,
+        /// Sessions one user may hold at once.
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        max_sessions_per_uid: usize,
         #[command(flatten)]
         sizes: Sizes,
         #[command(flatten)]
@@ -50,9 +81,14 @@ enum Command {
         /// Print the policy used when no `--policy` is given, as TOML.
         #[arg(long, conflicts_with = "check")]
         print_default: bool,
-        /// Parse FILE and report the first problem, as `--policy` would.
+        /// Parse FILE and report the first problem, as `--policy` would; say
+        /// which sections it leaves to the default.
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+        /// With --check: print the effective policy (the file with the
+        /// default's sections filled in), as TOML.
+        #[arg(long, requires = "check")]
+        print: bool,
     },
 }
 
@@ -75,6 +111,17 @@ impl PolicyFile {
 
 /// Exit status for bad usage, bad configuration included (as clap's).
 const USAGE: u8 = 2;
+
+const EXIT_STATUS: &str = "\
+Exit status:
+  the guest's own status; 128+N when a signal N ended it
+  1    the monitor failed while serving (the guest is killed)
+  2    bad usage or configuration (arguments, sizes, policy file)
+  126  PROGRAM could not be executed
+  127  PROGRAM was not found
+
+Stopping: the first SIGINT or SIGTERM is passed on to the guest; a second one,
+or --grace seconds without the guest exiting, kills it (SIGKILL).";
 
 const DEFAULT_HEADER: &str = "\
 # arca-monitor's default policy (POLICY.md). Rules are tried in order, the
@@ -101,7 +148,7 @@ impl Sizes {
             policy,
             ..Config::default()
         };
-        config.validate().map_err(anyhow::Error::msg)?;
+        config.validate()?;
         Ok(config)
     }
 }
@@ -122,28 +169,55 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+fn parse_grace(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
-fn run(isolate: bool, config: Config, program: &[OsString]) -> anyhow::Result<ExitCode> {
+fn run(
+    isolate: bool,
+    grace: Duration,
+    config: Config,
+    program: &[OsString],
+) -> anyhow::Result<ExitCode> {
     let (prog, args) = program.split_first().context("no guest program given")?;
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
         .context("installing signal handlers")?;
-    let (mut spawned, isolation) = guest::spawn(prog, args, isolate)?;
+    let (mut spawned, isolation) = match guest::spawn(prog, args, isolate) {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            let status = e.exit_status();
+            eprintln!("arca-monitor: {:#}", anyhow::Error::new(e));
+            return Ok(ExitCode::from(status));
+        }
+    };
     tracing::info!(pid = spawned.child.id(), ?isolation, "guest started");
-    monitor
-        .add_guest(spawned.sock)
-        .context("setting up the guest's session")?;
+    match monitor.add_guest(spawned.sock) {
+        Ok(_) => {}
+        // A guest may exit (or close fd 3) before its session is set up: a
+        // program that never uses the network is served by waiting for it.
+        Err(SetupError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            tracing::debug!(error = %e, "the guest closed its session socket before the bootstrap");
+        }
+        Err(e) => {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+            return Err(anyhow::Error::new(e).context("setting up the guest's session"));
+        }
+    }
     let GuestOutcome::Exited(status) = monitor
-        .run_guest(&mut spawned.child, spawned.pidfd.as_ref())
+        .run_guest(&mut spawned.child, spawned.pidfd.as_ref(), grace)
         .context("serving the guest")?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -155,22 +229,68 @@ fn run(isolate: bool, config: Config, program: &[OsString]) -> anyhow::Result<Ex
     })
 }
 
-fn serve(socket: &std::path::Path, config: Config) -> anyhow::Result<ExitCode> {
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not a file mode in octal (examples: 600, 660)"))
+}
+
+/// Descriptors each session holds however idle: its socket, region and two
+/// doorbells.
+const FDS_PER_SESSION: u64 = 4;
+/// Descriptors kept for the monitor itself (epoll, signals, logs, ...).
+const FDS_RESERVED: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard one and lowers
+/// `max_sessions` so that every session's fixed descriptors fit.
+fn fit_descriptor_limit(config: &mut Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let fits = usize::try_from(limit.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if config.max_sessions > fits {
+        tracing::warn!(
+            descriptors = limit,
+            sessions = fits,
+            "the descriptor limit caps the sessions served at once"
+        );
+        config.max_sessions = fits;
+    }
+    tracing::info!(
+        descriptors = limit,
+        sessions = config.max_sessions,
+        "descriptor limit"
+    );
+}
+
+fn serve(socket: &std::path::Path, access: Access, mut config: Config) -> anyhow::Result<ExitCode> {
+    fit_descriptor_limit(&mut config);
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
         .context("installing signal handlers")?;
-    monitor
-        .listen_unix(socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
+    // Refusals here (a live socket, a file in the way) are configuration
+    // errors; the socket is removed when `monitor` drops, if still ours.
+    if let Err(e) = monitor.listen_unix_with(socket, access) {
+        eprintln!("arca-monitor: {e}");
+        return Ok(ExitCode::from(USAGE));
+    }
     monitor.run().context("serving guests")?;
-    let _ = std::fs::remove_file(socket);
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    cli_log::init("ARCA_LOG", "warn");
     let (sizes, policy) = match &cli.command {
         Command::Run { sizes, policy, .. } | Command::Serve { sizes, policy, .. } => {
             (sizes, policy)
@@ -178,22 +298,57 @@ fn main() -> ExitCode {
         Command::Policy {
             print_default,
             check,
-        } => return policy_command(*print_default, check.as_deref()),
+            print,
+        } => return policy_command(*print_default, check.as_deref(), *print),
     };
-    let config = match policy.load() {
-        Ok(p) => sizes.config(p),
+    // Bad configuration is a usage error (2), like clap's own.
+    let config = match policy
+        .load()
+        .map_err(anyhow::Error::new)
+        .and_then(|p| sizes.config(p))
+    {
+        Ok(config) => config,
         Err(e) => {
-            eprintln!("arca-monitor: {e}");
+            eprintln!("arca-monitor: {e:#}");
             return ExitCode::from(USAGE);
         }
     };
-    let result = config.and_then(|config| match &cli.command {
+    let result = match &cli.command {
         Command::Run {
-            isolate, program, ..
-        } => run(*isolate, config, program),
-        Command::Serve { socket, .. } => serve(socket, config),
+            isolate,
+            grace,
+            program,
+            ..
+        } => run(*isolate, Duration::from_secs_f64(*grace), config, program),
+        Command::Serve {
+            socket,
+            socket_mode,
+            allow_uid,
+            allow_gid,
+            max_sessions,
+            max_sessions_per_uid,
+            ..
+        } => {
+            let access = Access {
+                mode: *socket_mode,
+                uids: allow_uid.clone(),
+                gids: allow_gid.clone(),
+            };
+            let config = Config {
+                max_sessions: *max_sessions,
+                max_sessions_per_uid: *max_sessions_per_uid,
+                ..config
+            };
+            match config.validate() {
+                Ok(()) => serve(socket, access, config),
+                Err(e) => {
+                    eprintln!("arca-monitor: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            }
+        }
         Command::Policy { .. } => Ok(ExitCode::SUCCESS),
-    });
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -203,11 +358,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn policy_command(print_default: bool, check: Option<&std::path::Path>) -> ExitCode {
+/// The policy file's sections that `path` leaves out (they keep the
+/// default's rules, POLICY.md §1).
+fn defaulted_sections(path: &std::path::Path) -> Vec<&'static str> {
+    let table = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .unwrap_or_default();
+    ["limits", "outbound", "listen", "multicast"]
+        .into_iter()
+        .filter(|s| !table.contains_key(*s))
+        .collect()
+}
+
+fn policy_command(print_default: bool, check: Option<&std::path::Path>, print: bool) -> ExitCode {
     match (print_default, check) {
         (_, Some(path)) => match Policy::load(path) {
-            Ok(_) => {
-                println!("{}: ok", path.display());
+            Ok(policy) => {
+                let defaulted = defaulted_sections(path);
+                if defaulted.is_empty() {
+                    eprintln!("{}: ok", path.display());
+                } else {
+                    eprintln!(
+                        "{}: ok; sections taken from the default policy: {} (--print shows the effective policy)",
+                        path.display(),
+                        defaulted.join(", ")
+                    );
+                }
+                if print {
+                    print!("{}", policy.to_toml());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -7,7 +7,11 @@
 //! order and the first match wins; an address no rule matches is denied.
 //! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are matched as the IPv4
 //! address they carry, in requests and in rules alike, so a guest cannot slip
-//! past an IPv4 rule by writing the mapped form.
+//! past an IPv4 rule by writing the mapped form. The other IPv6 forms that
+//! carry an IPv4 address (IPv4-compatible, NAT64, 6to4, Teredo, ISATAP: see
+//! [`embedded_ipv4`]) are matched twice, as the IPv6 address and as each
+//! IPv4 address inside it, and are allowed only when every one of those is:
+//! an IPv4 deny cannot be sidestepped by tunnelling or translating to it.
 //!
 //! This module does no I/O: [`Policy`] answers questions, [`ConnectRate`]
 //! takes the time as an argument, and [`DestCache`] remembers the last
@@ -159,6 +163,116 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// How an IPv6 address carries an IPv4 address that traffic to it reaches
+/// (by translation or by a tunnel). IPv4-mapped addresses are not among these:
+/// [`canonical`] turns them into IPv4 outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedding {
+    /// IPv4-compatible `::a.b.c.d` (RFC 4291 §2.5.5.1, deprecated): the last
+    /// 32 bits. `::` and `::1` are IPv6's own unspecified and loopback
+    /// addresses, not this form.
+    Compatible,
+    /// NAT64 under the well-known prefix `64:ff9b::/96` (RFC 6052): the last
+    /// 32 bits.
+    Nat64,
+    /// NAT64 under the local-use prefix `64:ff9b:1::/48` (RFC 8215). Where
+    /// the IPv4 address sits depends on the length of the prefix the operator
+    /// carved out of the /48 (RFC 6052 §2.2), which the monitor cannot know:
+    /// its [`Embedded::v4`] is `None` and the address is denied.
+    Nat64LocalUse,
+    /// 6to4 `2002::/16` (RFC 3056): bits 16..48, the IPv4 tunnel endpoint.
+    SixToFour,
+    /// Teredo `2001::/32` (RFC 4380): the server, bits 32..64.
+    TeredoServer,
+    /// Teredo `2001::/32`: the client's public address, bits 96..128
+    /// inverted.
+    TeredoClient,
+    /// An ISATAP interface identifier (RFC 5214), `0:5efe:a.b.c.d` or
+    /// `200:5efe:a.b.c.d` under any unicast prefix: the last 32 bits, the
+    /// IPv4 tunnel endpoint.
+    Isatap,
+}
+
+impl fmt::Display for Embedding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Embedding::Compatible => "IPv4-compatible",
+            Embedding::Nat64 => "NAT64 (64:ff9b::/96)",
+            Embedding::Nat64LocalUse => "local-use NAT64 (64:ff9b:1::/48)",
+            Embedding::SixToFour => "6to4",
+            Embedding::TeredoServer => "Teredo server",
+            Embedding::TeredoClient => "Teredo client",
+            Embedding::Isatap => "ISATAP",
+        })
+    }
+}
+
+/// An IPv4 address found inside an IPv6 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded {
+    /// The form that carries it.
+    pub form: Embedding,
+    /// The IPv4 address; `None` when the form carries one at a place the
+    /// monitor cannot know ([`Embedding::Nat64LocalUse`]).
+    pub v4: Option<Ipv4Addr>,
+}
+
+/// The IPv4 addresses that traffic to `ip` may reach besides `ip` itself
+/// (POLICY.md, "IPv4 inside IPv6"): at most three (a Teredo address carries
+/// two, and its interface identifier may also read as ISATAP's). None for an
+/// IPv4 address, an IPv4-mapped one (that *is* IPv4, see [`canonical`]) or a
+/// multicast group.
+pub fn embedded_ipv4(ip: IpAddr) -> impl Iterator<Item = Embedded> {
+    let v6 = match ip {
+        IpAddr::V6(v6) if !v6.is_multicast() && v6.to_ipv4_mapped().is_none() => Some(v6),
+        _ => None,
+    };
+    let (prefixed, teredo_client, isatap) = v6.map_or((None, None, None), embedded_in);
+    [prefixed, teredo_client, isatap].into_iter().flatten()
+}
+
+/// [`embedded_ipv4`] for a unicast, unmapped IPv6 address: the form named by
+/// the prefix, the Teredo client, the ISATAP endpoint.
+fn embedded_in(v6: Ipv6Addr) -> (Option<Embedded>, Option<Embedded>, Option<Embedded>) {
+    let bits = u128::from(v6);
+    let o = v6.octets();
+    let at = |i: usize| {
+        <[u8; 4]>::try_from(o.get(i..i + 4)?)
+            .ok()
+            .map(Ipv4Addr::from)
+    };
+    let found = |form, v4| Some(Embedded { form, v4 });
+    let last = at(12);
+    let prefixed = if bits >> 32 == 0 && bits > 1 {
+        found(Embedding::Compatible, last)
+    } else if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        found(Embedding::Nat64, last)
+    } else if bits >> 80 == 0x0064_ff9b_0001 {
+        found(Embedding::Nat64LocalUse, None)
+    } else if bits >> 112 == 0x2002 {
+        found(Embedding::SixToFour, at(2))
+    } else if bits >> 96 == 0x2001_0000 {
+        found(Embedding::TeredoServer, at(4))
+    } else {
+        None
+    };
+    let teredo_client = if bits >> 96 == 0x2001_0000 {
+        found(Embedding::TeredoClient, last.map(|a| !a))
+    } else {
+        None
+    };
+    // The identifier's first octet holds the universal/local bit, which
+    // ISATAP sets for a global IPv4 address (RFC 5214 §6.1), and the group
+    // bit; any value of the two counts, which can only make a check stricter.
+    let iid_high = (bits >> 32) & 0xffff_ffff;
+    let isatap = if iid_high & 0xfcff_ffff == 0x0000_5efe {
+        found(Embedding::Isatap, last)
+    } else {
+        None
+    };
+    (prefixed, teredo_client, isatap)
 }
 
 impl FromStr for Cidr {
@@ -512,6 +626,9 @@ pub struct Decision {
     pub section: Section,
     /// The index of the rule that matched, `None` when none did (denied).
     pub rule: Option<usize>,
+    /// The IPv4 address inside the IPv6 address asked about that decided
+    /// (denied), `None` when the address itself decided.
+    pub embedded: Option<Embedded>,
 }
 
 impl Decision {
@@ -520,6 +637,7 @@ impl Decision {
         allowed: true,
         section: Section::Outbound,
         rule: None,
+        embedded: None,
     };
 }
 
@@ -531,10 +649,22 @@ impl fmt::Display for Decision {
             Section::Multicast => "multicast",
         };
         let verdict = if self.allowed { "allow" } else { "deny" };
-        match self.rule {
-            Some(i) => write!(f, "{section}[{i}] ({verdict})"),
-            None if self.allowed => f.write_str("no policy"),
-            None => write!(f, "no {section} rule matched (deny)"),
+        match (self.rule, self.embedded) {
+            (_, Some(Embedded { form, v4: None })) => write!(
+                f,
+                "{form} address: where its IPv4 address sits is unknown (deny)"
+            ),
+            (Some(i), Some(Embedded { form, v4: Some(v4) })) => write!(
+                f,
+                "{section}[{i}] ({verdict}) for {v4}, the {form} address inside"
+            ),
+            (None, Some(Embedded { form, v4: Some(v4) })) => write!(
+                f,
+                "no {section} rule matched {v4}, the {form} address inside (deny)"
+            ),
+            (Some(i), None) => write!(f, "{section}[{i}] ({verdict})"),
+            (None, None) if self.allowed => f.write_str("no policy"),
+            (None, None) => write!(f, "no {section} rule matched (deny)"),
         }
     }
 }
@@ -570,17 +700,20 @@ impl Policy {
         toml::to_string(self).unwrap_or_default()
     }
 
-    /// May a guest connect (TCP) or send (UDP) to `addr`?
+    /// May a guest connect (TCP) or send (UDP) to `addr`? An IPv6 address
+    /// that carries an IPv4 address is allowed only when both are.
     pub fn outbound(&self, addr: SocketAddr, proto: Proto) -> Decision {
-        first_match(&self.outbound, Section::Outbound, addr, proto)
+        decide(&self.outbound, Section::Outbound, addr, proto)
     }
 
-    /// May a guest listen (TCP) or bind (UDP) on `addr`?
+    /// May a guest listen (TCP) or bind (UDP) on `addr`? Judged like
+    /// [`Policy::outbound`], embedded IPv4 addresses included.
     pub fn listen(&self, addr: SocketAddr, proto: Proto) -> Decision {
-        first_match(&self.listen, Section::Listen, addr, proto)
+        decide(&self.listen, Section::Listen, addr, proto)
     }
 
-    /// May a guest join `group`?
+    /// May a guest join `group`? A group (`224.0.0.0/4`, `ff00::/8`, or the
+    /// IPv4-mapped form of the first) carries no other IPv4 address.
     pub fn multicast(&self, group: IpAddr) -> Decision {
         let ip = canonical(group);
         let rule = self
@@ -593,19 +726,53 @@ impl Policy {
                 .is_some_and(|r| r.action == Action::Allow),
             section: Section::Multicast,
             rule,
+            embedded: None,
         }
     }
 }
 
-fn first_match(rules: &[AddrRule], section: Section, addr: SocketAddr, proto: Proto) -> Decision {
+/// The decision of `rules` for `addr`: the IPv6 address and every IPv4
+/// address inside it ([`embedded_ipv4`]) must each be allowed, with the same
+/// port and transport. The first refusal is the answer (an inside address
+/// is tried first, so the log names it); when all are allowed, the answer is
+/// the address's own.
+fn decide(rules: &[AddrRule], section: Section, addr: SocketAddr, proto: Proto) -> Decision {
     let ip = canonical(addr.ip());
-    let rule = rules.iter().position(|r| r.matches(ip, addr.port(), proto));
+    for e in embedded_ipv4(ip) {
+        let inside = match e.v4 {
+            Some(v4) => first_match(rules, section, IpAddr::V4(v4), addr.port(), proto),
+            None => Decision {
+                allowed: false,
+                section,
+                rule: None,
+                embedded: None,
+            },
+        };
+        if !inside.allowed {
+            return Decision {
+                embedded: Some(e),
+                ..inside
+            };
+        }
+    }
+    first_match(rules, section, ip, addr.port(), proto)
+}
+
+fn first_match(
+    rules: &[AddrRule],
+    section: Section,
+    ip: IpAddr,
+    port: u16,
+    proto: Proto,
+) -> Decision {
+    let rule = rules.iter().position(|r| r.matches(ip, port, proto));
     Decision {
         allowed: rule
             .and_then(|i| rules.get(i))
             .is_some_and(|r| r.action == Action::Allow),
         section,
         rule,
+        embedded: None,
     }
 }
 
@@ -769,6 +936,212 @@ mod tests {
         assert!(!p.multicast("::ffff:224.0.0.1".parse().unwrap()).allowed);
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn inside(s: &str) -> Vec<(Embedding, Option<Ipv4Addr>)> {
+        embedded_ipv4(ip(s)).map(|e| (e.form, e.v4)).collect()
+    }
+
+    #[test]
+    fn ipv4_addresses_inside_ipv6_are_found() {
+        let metadata = Some(Ipv4Addr::new(169, 254, 169, 254));
+        use Embedding::*;
+        assert_eq!(inside("::169.254.169.254"), [(Compatible, metadata)]);
+        assert_eq!(inside("::a9fe:a9fe"), [(Compatible, metadata)]);
+        assert_eq!(inside("64:ff9b::a9fe:a9fe"), [(Nat64, metadata)]);
+        assert_eq!(inside("64:ff9b::169.254.169.254"), [(Nat64, metadata)]);
+        assert_eq!(inside("64:ff9b:1::a9fe:a9fe"), [(Nat64LocalUse, None)]);
+        assert_eq!(inside("64:ff9b:1:ab::1"), [(Nat64LocalUse, None)]);
+        assert_eq!(inside("2002:a9fe:a9fe::1"), [(SixToFour, metadata)]);
+        assert_eq!(inside("2002:a9fe:a9fe:5:6:7:8:9"), [(SixToFour, metadata)]);
+        // Teredo: server 93.184.216.34, client 169.254.169.254 (inverted: 5601:5601).
+        assert_eq!(
+            inside("2001:0:5db8:d822:8000:f227:5601:5601"),
+            [
+                (TeredoServer, Some(Ipv4Addr::new(93, 184, 216, 34))),
+                (TeredoClient, metadata)
+            ]
+        );
+        assert_eq!(inside("2001:db8::200:5efe:a9fe:a9fe"), [(Isatap, metadata)]);
+        assert_eq!(inside("fe80::5efe:169.254.169.254"), [(Isatap, metadata)]);
+        assert_eq!(
+            inside("2002:a00:1::5efe:a9fe:a9fe"),
+            [
+                (SixToFour, Some(Ipv4Addr::new(10, 0, 0, 1))),
+                (Isatap, metadata)
+            ]
+        );
+        // Addresses that carry no other IPv4 address.
+        for none in [
+            "::",
+            "::1",
+            "::ffff:169.254.169.254",
+            "169.254.169.254",
+            "2001:db8::a9fe:a9fe",
+            "2001:db8::400:5efe:a9fe:a9fe",
+            "64:ff9b:2::a9fe:a9fe",
+            "64:ff9a::a9fe:a9fe",
+            "2003:a9fe:a9fe::1",
+            "2001:1::a9fe:a9fe",
+            "fe80::1",
+            "ff0e::5efe:a9fe:a9fe",
+            "ff0e::a9fe:a9fe",
+        ] {
+            assert_eq!(inside(none), [], "{none}");
+        }
+    }
+
+    /// Every spelling of `v4` (`a9fe:a9fe` style hex in `hex`) that carries it.
+    fn spellings(v4: &str, hex: &str) -> Vec<String> {
+        let inv: u32 = !u32::from(v4.parse::<Ipv4Addr>().unwrap());
+        let inv = format!("{:x}:{:x}", inv >> 16, inv & 0xffff);
+        vec![
+            format!("[::ffff:{v4}]"),
+            format!("[::{v4}]"),
+            format!("[64:ff9b::{hex}]"),
+            format!("[2002:{hex}::1]"),
+            format!("[2001:0:{hex}:0:f227:5db8:d822]"),
+            format!("[2001:0:5db8:d822:8000:f227:{inv}]"),
+            format!("[2001:db8::200:5efe:{hex}]"),
+        ]
+    }
+
+    #[test]
+    fn the_default_denies_every_ipv6_spelling_of_a_denied_ipv4_address() {
+        let p = Policy::default();
+        for port in [80, 443] {
+            for a in spellings("169.254.169.254", "a9fe:a9fe")
+                .into_iter()
+                .chain(spellings("255.255.255.255", "ffff:ffff"))
+                .chain(["[64:ff9b:1::a9fe:a9fe]".into()])
+            {
+                let addr = sa(&format!("{a}:{port}"));
+                for proto in [Proto::Tcp, Proto::Udp] {
+                    let d = p.outbound(addr, proto);
+                    assert!(!d.allowed, "{addr} {proto:?}: {d}");
+                }
+            }
+        }
+        let d = p.outbound(sa("[64:ff9b::a9fe:a9fe]:80"), Proto::Tcp);
+        assert_eq!(d.rule, Some(0));
+        assert_eq!(
+            d.embedded,
+            Some(Embedded {
+                form: Embedding::Nat64,
+                v4: Some(Ipv4Addr::new(169, 254, 169, 254))
+            })
+        );
+        assert_eq!(
+            d.to_string(),
+            "outbound[0] (deny) for 169.254.169.254, the NAT64 (64:ff9b::/96) address inside"
+        );
+        let d = p.outbound(sa("[64:ff9b:1::5db8:d822]:443"), Proto::Tcp);
+        assert_eq!((d.allowed, d.rule), (false, None));
+        assert_eq!(
+            d.to_string(),
+            "local-use NAT64 (64:ff9b:1::/48) address: where its IPv4 address sits is unknown (deny)"
+        );
+        // The same forms carrying an allowed address are allowed, by the address's own rule.
+        for a in spellings("93.184.216.34", "5db8:d822") {
+            let d = p.outbound(sa(&format!("{a}:443")), Proto::Tcp);
+            assert!(d.allowed, "{a}: {d}");
+            assert_eq!((d.rule, d.embedded), (Some(1), None), "{a}");
+        }
+    }
+
+    #[test]
+    fn an_ipv4_deny_wins_over_an_ipv6_allow() {
+        // The IPv6 allow comes first: rules of one family never match the other, so the
+        // order cannot matter.
+        let p = Policy::from_toml(
+            r#"
+            [[outbound]]
+            action = "allow"
+            nets = ["::/0"]
+            [[outbound]]
+            action = "deny"
+            nets = ["10.0.0.0/8"]
+            [[outbound]]
+            action = "deny"
+            nets = ["192.0.2.7"]
+            ports = [22]
+            proto = "tcp"
+            [[outbound]]
+            action = "allow"
+            nets = ["0.0.0.0/0"]
+            "#,
+            "t",
+        )
+        .unwrap();
+        for a in spellings("10.1.2.3", "a01:203") {
+            let d = p.outbound(sa(&format!("{a}:443")), Proto::Udp);
+            assert!(!d.allowed, "{a}: {d}");
+            assert_eq!(d.rule, Some(1), "{a}");
+        }
+        let d = p.outbound(sa("[2002:a01:203::1]:443"), Proto::Tcp);
+        assert_eq!(
+            d.to_string(),
+            "outbound[1] (deny) for 10.1.2.3, the 6to4 address inside"
+        );
+        // The inside address is judged with the request's port and transport.
+        for a in spellings("192.0.2.7", "c000:207") {
+            assert!(
+                !p.outbound(sa(&format!("{a}:22")), Proto::Tcp).allowed,
+                "{a}"
+            );
+            assert!(
+                p.outbound(sa(&format!("{a}:22")), Proto::Udp).allowed,
+                "{a}"
+            );
+            assert!(
+                p.outbound(sa(&format!("{a}:80")), Proto::Tcp).allowed,
+                "{a}"
+            );
+        }
+        // Plain IPv6 and forms carrying an allowed IPv4 address go through.
+        for ok in ["[2001:db8::1]:443", "[64:ff9b::808:808]:53", "[::1]:80"] {
+            assert!(p.outbound(sa(ok), Proto::Udp).allowed, "{ok}");
+        }
+        // The local-use NAT64 prefix is refused even where every address is allowed.
+        let d = p.outbound(sa("[64:ff9b:1::808:808]:53"), Proto::Udp);
+        assert!(!d.allowed, "{d}");
+
+        // No IPv4 rule at all: an address inside is denied like any unmatched address.
+        let v6_only =
+            Policy::from_toml("[[outbound]]\naction = \"allow\"\nnets = [\"::/0\"]\n", "t")
+                .unwrap();
+        let d = v6_only.outbound(sa("[64:ff9b::808:808]:53"), Proto::Udp);
+        assert_eq!((d.allowed, d.rule), (false, None));
+        assert_eq!(
+            d.to_string(),
+            "no outbound rule matched 8.8.8.8, the NAT64 (64:ff9b::/96) address inside (deny)"
+        );
+        assert!(v6_only.outbound(sa("[2001:db8::1]:53"), Proto::Udp).allowed);
+    }
+
+    #[test]
+    fn listen_addresses_are_judged_with_the_ipv4_inside_them() {
+        let p = Policy::from_toml(
+            "[[listen]]\naction = \"deny\"\nnets = [\"127.0.0.0/8\"]\n\
+             [[listen]]\naction = \"allow\"\nnets = [\"::/0\"]\n",
+            "t",
+        )
+        .unwrap();
+        for a in spellings("127.0.0.1", "7f00:1") {
+            let d = p.listen(sa(&format!("{a}:8080")), Proto::Tcp);
+            assert!(!d.allowed, "{a}: {d}");
+        }
+        // The unspecified and loopback addresses are IPv6's own, not IPv4-compatible.
+        assert!(p.listen(sa("[::1]:8080"), Proto::Tcp).allowed);
+        assert!(p.listen(sa("[::]:8080"), Proto::Udp).allowed);
+        // The default allows IPv6 loopback only: the compatible spelling of 127.0.0.1 is
+        // some other IPv6 address.
+        let d = Policy::default().listen(sa("[::127.0.0.1]:8080"), Proto::Tcp);
+        assert!(!d.allowed, "{d}");
+    }
+
     #[test]
     fn the_default_is_what_policy_md_says() {
         let p = Policy::default();
@@ -820,6 +1193,21 @@ mod tests {
         assert_eq!(Policy::from_toml(&text, "default").unwrap(), p, "{text}");
         // An empty file is the default too.
         assert_eq!(Policy::from_toml("", "empty").unwrap(), p);
+    }
+
+    #[test]
+    fn the_default_in_policy_md_is_the_default() {
+        let doc = include_str!("../../POLICY.md");
+        let block = doc
+            .split_once("## 2. The default")
+            .and_then(|(_, rest)| rest.split_once("```toml\n"))
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(toml, _)| toml)
+            .expect("POLICY.md §2 holds a TOML block");
+        assert_eq!(
+            Policy::from_toml(block, "POLICY.md").unwrap(),
+            Policy::default()
+        );
     }
 
     #[test]
@@ -890,9 +1278,18 @@ mod tests {
             "1.2.3.4:5",
             "169.254.1.1:5",
             "169.254.1.1:5",
+            "[64:ff9b::a9fe:101]:5",
+            "[64:ff9b::a9fe:101]:5",
+            "[2002:a9fe:101::1]:5",
+            "[::169.254.1.1]:5",
+            "[2001:db8::1]:5",
             "1.2.3.4:5",
         ] {
             assert_eq!(c.check(&p, sa(a)), p.outbound(sa(a), Proto::Udp), "{a}");
         }
+        // A cached allow for one spelling is not an answer for another.
+        assert!(c.check(&p, sa("[2001:db8::1]:5")).allowed);
+        assert!(!c.check(&p, sa("[2002:a9fe:101::1]:5")).allowed);
+        assert!(!c.check(&p, sa("[2002:a9fe:101::1]:5")).allowed);
     }
 }

@@ -48,6 +48,35 @@ pub struct Progress {
     pub down: usize,
     /// The budget ran out with work left: service again next turn.
     pub more: bool,
+    /// A loop ran out of idle passes ([`IDLE_PASSES`]): it went round
+    /// without moving a byte until it was cut off. Never so for an honest
+    /// guest; counted by the session.
+    pub futile: bool,
+}
+
+/// Most passes one direction's loop makes in one service call without
+/// moving a byte (a ring found ready on re-arming that then holds nothing
+/// new, an interrupted system call). Passes that move bytes are bounded by
+/// the byte budget; this bounds the others, so that no state a guest can set
+/// up in shared memory keeps a service call from returning to the event loop.
+pub const IDLE_PASSES: u32 = 32;
+
+/// Counts one loop's idle passes against [`IDLE_PASSES`].
+#[derive(Debug, Default)]
+pub(crate) struct IdlePasses(u32);
+
+impl IdlePasses {
+    /// Counts an idle pass. False once the limit is reached: the caller
+    /// returns, and `p` says to come back next turn.
+    pub(crate) fn another(&mut self, p: &mut Progress) -> bool {
+        self.0 += 1;
+        if self.0 < IDLE_PASSES {
+            return true;
+        }
+        p.more = true;
+        p.futile = true;
+        false
+    }
 }
 
 /// One connection's relay state.
@@ -80,8 +109,7 @@ pub struct Relay {
 /// the MSS while data is unacknowledged. The relay's writes are batches of
 /// whatever the guest's ring holds, so in a bulk transfer the only segment
 /// Nagle holds is each batch's tail — which then waits for an ACK instead of
-/// leaving with its batch (64 KiB guest writes through the monitor: 3.0–3.7
-/// GB/s with the tail held, 3.4–7.0 without, `benches/tcp.rs`). So for a
+/// leaving with its batch (BENCHMARKS.md measures the difference). So for a
 /// guest that has not asked for `TCP_NODELAY`, a batch of at least this many
 /// bytes turns it on — at most one short segment per batch goes out early —
 /// and a batch under [`SMALL_BATCH`] turns it off again, giving small writes
@@ -175,6 +203,7 @@ impl Relay {
         let Some(sock) = self.sock.as_ref() else {
             return Ok(());
         };
+        let mut idle = IdlePasses::default();
         loop {
             if !self.writable {
                 return Ok(());
@@ -196,13 +225,17 @@ impl Relay {
                                 self.up_shut = true;
                                 return Ok(());
                             }
-                            Ok(_) => continue,
+                            Ok(_) if idle.another(p) => continue,
+                            Ok(_) => return Ok(()),
                             Err(e) => return Err(RelayFault::Corrupt(e)),
                         }
                     }
                     if self.pipe.rx().arm() {
                         self.pipe.rx().disarm();
-                        continue;
+                        if idle.another(p) {
+                            continue;
+                        }
+                        return Ok(());
                     }
                     return Ok(()); // armed: the guest's next write rings us
                 }
@@ -224,7 +257,11 @@ impl Relay {
                     self.writable = false;
                     return Ok(());
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {
+                    if !idle.another(p) {
+                        return Ok(());
+                    }
+                }
                 Err(e) => {
                     if let Some(r) = ring_error(&e) {
                         return Err(RelayFault::Corrupt(r));
@@ -252,6 +289,7 @@ impl Relay {
             self.pipe.close_write();
             return Ok(());
         }
+        let mut idle = IdlePasses::default();
         loop {
             if !self.readable {
                 return Ok(());
@@ -271,7 +309,10 @@ impl Relay {
                     if self.pipe.is_peer_read_closed() {
                         return self.down(budget, p);
                     }
-                    continue;
+                    if idle.another(p) {
+                        continue;
+                    }
+                    return Ok(());
                 }
                 return Ok(()); // armed: the guest's next read rings us
             }
@@ -287,7 +328,11 @@ impl Relay {
                     self.readable = false;
                     return Ok(());
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {
+                    if !idle.another(p) {
+                        return Ok(());
+                    }
+                }
                 Err(e) => match ring_error(&e) {
                     Some(RingError::BrokenPipe | RingError::Closed) => return self.down(budget, p),
                     Some(r) => return Err(RelayFault::Corrupt(r)),

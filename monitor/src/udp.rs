@@ -38,7 +38,7 @@ use shm_ring::{BidirectionalPipe, RingError, Segments};
 
 use crate::policy::{Decision, DestCache, Policy};
 use crate::ratelimit::WarnLimiter;
-use crate::relay::{Progress, RelayFault};
+use crate::relay::{IdlePasses, Progress, RelayFault};
 
 /// Which owner (a session, by [`next_owner`]) holds `SO_REUSEADDR` UDP
 /// bindings on each `(is IPv4, port)`. Process-wide because the kernel's
@@ -276,6 +276,7 @@ impl UdpRelay {
             return Ok(());
         };
         let fd = sock.as_fd();
+        let mut idle = IdlePasses::default();
         loop {
             if !self.writable {
                 return Ok(());
@@ -295,7 +296,11 @@ impl UdpRelay {
                 Some(p) => dests.check(p, addr),
                 None => Decision::ALLOW,
             };
-            let (batch, denied) = parse_records(&mut self.pipe, &segs, closed, &mut allowed)?;
+            let Parsed {
+                batch,
+                denied,
+                need,
+            } = parse_records(&mut self.pipe, &segs, closed, &mut allowed)?;
             if let Some((len, to, decision)) = denied {
                 // The first record's destination is denied: drop it.
                 self.pipe.rx().consume(len).map_err(RelayFault::Corrupt)?;
@@ -326,11 +331,17 @@ impl UdpRelay {
                 if self.pipe.is_peer_write_closed() {
                     return Ok(()); // drained; `take_finished_socket` ends it
                 }
-                if self.pipe.rx().arm() {
+                // Armed for the whole first record, not for any byte: a
+                // record cut short waits for its rest (or the writer's
+                // close) without being parsed again.
+                if self.pipe.rx().arm_for(need) {
                     self.pipe.rx().disarm();
-                    continue;
+                    if idle.another(p) {
+                        continue;
+                    }
+                    return Ok(());
                 }
-                return Ok(()); // armed: the guest's next record rings us
+                return Ok(()); // armed: the rest of the record rings us
             }
             match send_batch(fd, &batch, self.gso) {
                 Err((e, true))
@@ -341,6 +352,9 @@ impl UdpRelay {
                     // by one from now on; each then gets its own verdict.
                     tracing::debug!(error = %e, "UDP segmentation offload refused; sending datagrams singly");
                     self.gso = false;
+                    if !idle.another(p) {
+                        return Ok(());
+                    }
                 }
                 Ok(sent) => {
                     let bytes: usize = batch.iter().take(sent).map(|r| r.record_len).sum();
@@ -352,7 +366,11 @@ impl UdpRelay {
                     self.writable = false;
                     return Ok(());
                 }
-                Err((e, _)) if e.kind() == ErrorKind::Interrupted => {}
+                Err((e, _)) if e.kind() == ErrorKind::Interrupted => {
+                    if !idle.another(p) {
+                        return Ok(());
+                    }
+                }
                 Err((e, _)) => {
                     // The first record was refused: drop it, tell the guest.
                     let first = batch.first().map_or(0, |r| r.record_len);
@@ -374,6 +392,7 @@ impl UdpRelay {
         };
         let fd = sock.as_fd();
         let mut received = 0usize;
+        let mut idle = IdlePasses::default();
         loop {
             if !self.readable {
                 return Ok(());
@@ -441,6 +460,9 @@ impl UdpRelay {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {
                     let _ = self.pipe.tx().commit(0);
+                    if !idle.another(p) {
+                        return Ok(());
+                    }
                 }
                 Err(e) => {
                     // An asynchronous error (an ICMP "port unreachable" on a
@@ -566,6 +588,17 @@ struct Outgoing {
 /// A record the policy refuses: its length, destination and the decision.
 type Denied = (usize, SocketAddr, Decision);
 
+/// The front of the guest's ring, as [`parse_records`] found it.
+struct Parsed {
+    /// Whole, allowed records, in order.
+    batch: Vec<Outgoing>,
+    /// The first record, when the policy refuses it.
+    denied: Option<Denied>,
+    /// With an empty batch and nothing denied: the bytes the ring must hold
+    /// before its first record is whole (a record cut short waits for this).
+    need: usize,
+}
+
 /// Reads the headers of up to [`SEND_BATCH`] whole records from the front of
 /// the guest's ring. Each header is copied once into private memory and
 /// checked before anything else is derived from it.
@@ -577,10 +610,11 @@ fn parse_records(
     segs: &Segments,
     writer_closed: bool,
     allowed: &mut dyn FnMut(SocketAddr) -> Decision,
-) -> Result<(Vec<Outgoing>, Option<Denied>), RelayFault> {
+) -> Result<Parsed, RelayFault> {
     let avail = segs.total();
     let mut out = Vec::with_capacity(SEND_BATCH.min(avail / DATAGRAM_HEADER_LEN + 1));
     let mut off = 0usize;
+    let mut need = DATAGRAM_HEADER_LEN;
     while out.len() < SEND_BATCH && off < avail {
         let mut raw = [0u8; DATAGRAM_HEADER_LEN];
         let got = pipe.rx().peek(off, &mut raw).map_err(RelayFault::Corrupt)?;
@@ -595,6 +629,7 @@ fn parse_records(
         let header = DatagramHeader::parse(&raw)
             .map_err(|e| RelayFault::BadRecord(format!("record header at +{off}: {e}")))?;
         let end = off + header.record_len();
+        need = header.record_len();
         if end > avail {
             if writer_closed {
                 return Err(RelayFault::BadRecord(format!(
@@ -608,7 +643,12 @@ fn parse_records(
         let decision = allowed(header.addr);
         if !decision.allowed {
             if out.is_empty() {
-                return Ok((out, Some((header.record_len(), header.addr, decision))));
+                let denied = Some((header.record_len(), header.addr, decision));
+                return Ok(Parsed {
+                    batch: out,
+                    denied,
+                    need,
+                });
             }
             break;
         }
@@ -620,7 +660,11 @@ fn parse_records(
         });
         off = end;
     }
-    Ok((out, None))
+    Ok(Parsed {
+        batch: out,
+        denied: None,
+        need,
+    })
 }
 
 /// Most payload bytes in one GSO send (a UDP datagram's limit, less headers).
@@ -816,5 +860,101 @@ fn copy_into(at: &Segments, src: &[u8]) {
         // over it.
         unsafe { std::ptr::copy_nonoverlapping(now.as_ptr(), seg.as_ptr(), now.len()) };
         rest = later;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use shm_ring::{BuddyAllocator, NoNotify, PeerWakers, ShmAllocator, ShmRegion};
+
+    struct Fixture {
+        relay: UdpRelay,
+        guest: BidirectionalPipe,
+        far: std::net::UdpSocket,
+        _alloc: ShmAllocator,
+    }
+
+    /// A relay for a loopback UDP socket, the guest's end of its pipe, and a
+    /// host socket the guest's datagrams go to.
+    fn fixture() -> Fixture {
+        let region = Arc::new(ShmRegion::create("udp-relay-test", 1 << 20).unwrap());
+        let alloc = ShmAllocator::new(BuddyAllocator::new(region.size(), 4096).unwrap());
+        let cap = 64 << 10;
+        let block = alloc
+            .alloc(BidirectionalPipe::block_size(cap, cap))
+            .unwrap();
+        let quiet = || PeerWakers::single(Arc::new(NoNotify));
+        let owner = BidirectionalPipe::create(&region, block, cap, cap, quiet()).unwrap();
+        let guest = BidirectionalPipe::attach(&region, owner.layout(), quiet()).unwrap();
+        let sock = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Fixture {
+            relay: UdpRelay::new(sock, owner),
+            guest,
+            far,
+            _alloc: alloc,
+        }
+    }
+
+    fn record(to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        let mut r = DatagramHeader::new(payload.len(), to)
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        r.extend_from_slice(payload);
+        r
+    }
+
+    /// Every way a guest can cut a record short: the service returns at
+    /// once, idle and armed (not asking to be called again), however often
+    /// it is called; the rest of the record then goes out whole.
+    #[test]
+    fn a_record_cut_short_waits_without_spinning_and_goes_out_when_whole() {
+        let payload = [0x5a; 200];
+        let mut f = fixture();
+        let to = f.far.local_addr().unwrap();
+        let whole = record(to, &payload);
+        for cut in [
+            1,
+            2,
+            DATAGRAM_HEADER_LEN - 1,
+            DATAGRAM_HEADER_LEN,
+            DATAGRAM_HEADER_LEN + 10,
+        ] {
+            assert_eq!(f.guest.write(&whole[..cut]).unwrap(), cut);
+            for _ in 0..3 {
+                let p = f.relay.service(1 << 20).unwrap();
+                assert_eq!(
+                    p,
+                    Progress::default(),
+                    "cut at {cut}: nothing to do, nothing to redo"
+                );
+            }
+            assert_eq!(f.guest.write(&whole[cut..]).unwrap(), whole.len() - cut);
+            let p = f.relay.service(1 << 20).unwrap();
+            assert_eq!(p.up, whole.len());
+            let mut buf = [0u8; 512];
+            let (n, _) = f.far.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &payload[..], "cut at {cut}");
+        }
+    }
+
+    /// The writer closing with a record cut short breaks the pipe's format:
+    /// a fault for this socket, reported once.
+    #[test]
+    fn a_record_cut_short_at_close_is_a_fault() {
+        let mut f = fixture();
+        let whole = record(f.far.local_addr().unwrap(), &[1; 50]);
+        f.guest.write(&whole[..DATAGRAM_HEADER_LEN + 3]).unwrap();
+        assert_eq!(f.relay.service(1 << 20).unwrap(), Progress::default());
+        f.guest.close_write();
+        assert!(matches!(
+            f.relay.service(1 << 20),
+            Err(RelayFault::BadRecord(_))
+        ));
     }
 }

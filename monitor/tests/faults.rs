@@ -664,8 +664,8 @@ fn running_out_of_connection_slots_says_quota_exceeded() {
 #[test]
 fn a_guest_attaching_the_moment_the_socket_appears_is_served() {
     let _serial = serial();
-    // The socket file must not exist before the monitor listens on it
-    // (before the fix, about one attach in 50 here was refused).
+    // The socket file must not exist before the monitor listens on it: an
+    // attach that finds the file must find a listening socket behind it.
     for round in 0..200 {
         let path = common::socket_path("faults-early");
         let child = std::process::Command::new(common::monitor_bin())
@@ -704,7 +704,7 @@ fn run_guest_without_a_pidfd_sees_the_guest_exit() {
         let mut m = arca_monitor::Monitor::new(Config::default()).expect("monitor");
         m.add_guest(spawned.sock).expect("session");
         let t = Instant::now();
-        let out = m.run_guest(&mut spawned.child, None);
+        let out = m.run_guest(&mut spawned.child, None, Duration::from_secs(10));
         let _ = tx.send((out.map_err(|e| e.to_string()), t.elapsed()));
     });
     let (out, took) = rx

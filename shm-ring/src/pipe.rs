@@ -520,6 +520,51 @@ mod tests {
         unsafe { p.as_ptr().cast::<u64>().write_volatile(v) };
     }
 
+    struct Counting(std::sync::atomic::AtomicUsize);
+    impl Notify for Counting {
+        fn notify(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_reader_armed_for_a_whole_record_waits_for_its_rest_and_is_rung() {
+        let f = fixture();
+        let rings = Arc::new(Counting(Default::default()));
+        let block = f
+            .alloc
+            .alloc(BidirectionalPipe::block_size(64, 64))
+            .unwrap();
+        let mut owner = BidirectionalPipe::create(&f.region, block, 64, 64, nowake()).unwrap();
+        let wake: Arc<dyn Notify> = rings.clone();
+        let mut peer =
+            BidirectionalPipe::attach(&f.region, owner.layout(), PeerWakers::single(wake)).unwrap();
+        let count = || rings.0.load(std::sync::atomic::Ordering::SeqCst);
+        // Ten bytes of a twenty-byte record: not ready, and stays armed.
+        peer.write(&[7; 10]).unwrap();
+        assert!(!owner.rx().arm_for(20));
+        assert!(!owner.rx().poll_readable_for(20));
+        assert!(owner.rx().poll_readable_for(10));
+        let before = count();
+        peer.write(&[7; 10]).unwrap();
+        assert!(
+            count() > before,
+            "the publish that completes the record rings"
+        );
+        assert!(owner.rx().arm_for(20));
+        owner.rx().disarm();
+        // More than the ring holds is clamped to its capacity.
+        let mut buf = [0u8; 64];
+        assert_eq!(owner.read(&mut buf).unwrap(), 20);
+        peer.write(&[1; 64]).unwrap();
+        assert!(owner.rx().poll_readable_for(1 << 20));
+        assert_eq!(owner.read(&mut buf).unwrap(), 64);
+        // A writer that closes with a record cut short: ready (EOF decides).
+        peer.write(&[1; 3]).unwrap();
+        peer.close_write();
+        assert!(owner.rx().arm_for(20));
+    }
+
     #[test]
     fn bytes_cross_both_ways_with_wraparound() {
         let f = fixture();

@@ -725,7 +725,7 @@ impl Producer {
         fence(Ordering::SeqCst);
         // The flag stays set until the sleeper clears it, so every publish
         // while it sleeps rings. (Claiming it with a swap, to ring once per
-        // sleep, was tried: loom's arm/disarm model found a lost wakeup.)
+        // sleep, loses a wakeup: loom's arm/disarm model shows how.)
         if self.mem.header().reader_waiting.v.load(Ordering::Relaxed) != 0 {
             self.wake_reader.notify();
         }
@@ -1111,7 +1111,7 @@ impl Consumer {
         fence(Ordering::SeqCst);
         // The flag stays set until the sleeper clears it, so every publish
         // while it sleeps rings. (Claiming it with a swap, to ring once per
-        // sleep, was tried: loom's arm/disarm model found a lost wakeup.)
+        // sleep, loses a wakeup: loom's arm/disarm model shows how.)
         if self.mem.header().writer_waiting.v.load(Ordering::Relaxed) != 0 {
             self.wake_writer.notify();
         }
@@ -1224,6 +1224,15 @@ impl Consumer {
     /// re-checks. Returns true if the ring is already readable (or at EOF, or
     /// failing) — service it now. Call [`disarm`](Self::disarm) once serviced.
     pub fn arm(&mut self) -> bool {
+        self.arm_for(1)
+    }
+
+    /// [`arm`](Self::arm) for a reader that needs `n` bytes at once (a
+    /// record whose front is already readable): true when at least `n` bytes
+    /// are available (`n` clamped to `1..=capacity`), at EOF, or failing.
+    /// With fewer bytes the flag stays set, so the producer's next publish
+    /// rings: a record cut short waits for its rest without being re-read.
+    pub fn arm_for(&mut self, n: usize) -> bool {
         self.mem
             .header()
             .reader_waiting
@@ -1231,7 +1240,7 @@ impl Consumer {
             .store(1, Ordering::Release);
         // Pairs with the fence in `Producer::wake_reader_if_waiting`.
         fence(Ordering::SeqCst);
-        self.poll_readable()
+        self.poll_readable_for(n)
     }
 
     /// Clears the need-wakeup flag set by [`arm`](Self::arm).
@@ -1246,13 +1255,19 @@ impl Consumer {
     /// Ready to read: bytes are available, EOF is reached, or a read would
     /// fail at once. Loads the producer's index.
     pub fn poll_readable(&mut self) -> bool {
+        self.poll_readable_for(1)
+    }
+
+    /// Ready to read `n` bytes at once (a record): that many are available
+    /// (`n` clamped to `1..=capacity`), EOF is reached, or a read would fail
+    /// at once.
+    pub fn poll_readable_for(&mut self, n: usize) -> bool {
         if self.check_usable().is_err() {
             return true;
         }
         match self.refresh() {
             Err(_) => true,
-            Ok(0) => self.is_peer_closed(),
-            Ok(_) => true,
+            Ok(avail) => avail >= n.clamp(1, self.mem.cap()) || self.is_peer_closed(),
         }
     }
 

@@ -139,12 +139,20 @@ impl RawGuest {
 
     /// The next frame from the monitor, or `None` if the session ended.
     pub fn recv(&mut self) -> Option<Frame> {
-        self.recv_until(Instant::now() + WAIT)
-            .unwrap_or_else(|e| panic!("{e}"))
+        match self.recv_until(Instant::now() + WAIT) {
+            Ok(f) => f,
+            Err(e) => panic!("no reply within {WAIT:?}: {e}"),
+        }
+    }
+
+    /// The next frame from the monitor within `wait`; `None` when none came
+    /// in time or the session ended.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Frame> {
+        self.recv_until(Instant::now() + wait).ok().flatten()
     }
 
     /// As [`recv`](Self::recv), or why no frame came by `deadline`.
-    pub fn recv_until(&mut self, deadline: Instant) -> Result<Option<Frame>, String> {
+    pub fn recv_until(&mut self, deadline: Instant) -> Result<Option<Frame>, shm_ring::WaitError> {
         let mut buf = [0u8; 2048];
         loop {
             if let Some(f) = self.decoder.next_frame().unwrap() {
@@ -163,7 +171,7 @@ impl RawGuest {
                     {
                         Ok(()) => {}
                         Err(shm_ring::WaitError::PeerGone) => return Ok(None),
-                        Err(e) => return Err(format!("no reply by the deadline: {e}")),
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => panic!("control read: {e}"),
@@ -175,7 +183,8 @@ impl RawGuest {
     pub fn call_within(&mut self, msg: &Message, timeout: Duration) -> Result<Message, String> {
         let id = self.send(msg);
         let f = self
-            .recv_until(Instant::now() + timeout)?
+            .recv_until(Instant::now() + timeout)
+            .map_err(|e| format!("no reply within {timeout:?}: {e}"))?
             .ok_or("session ended")?;
         assert_eq!(f.request_id, id, "reply matches request");
         Ok(f.message)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use daisy::net::{ArcaNet, McastOptions, StdNet};
 use daisy::send_shell::{run_sender, summary_line, SendOptions, SendReport};
-use daisy::sender::SenderConfig;
+use daisy::sender::{Delivery, SenderConfig};
 use daisy::wire::{DEFAULT_GROUP, DEFAULT_PORT, MAX_PACKETS_PER_BUFFER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -23,9 +23,27 @@ enum NetKind {
     Arca,
 }
 
+/// Exit status when at least `--min-complete` but not all receivers completed.
+const EXIT_PARTIAL: u8 = 3;
+/// Exit status for bad arguments (clap uses it for its own errors too).
+const EXIT_USAGE: u8 = 2;
+
 /// Multicast a file (or stdin) reliably to N Daisy receivers.
+///
+/// Diagnostics: ARCA_LOG sets their filter (default warn; e.g. info, daisy=debug); colour
+/// only on a terminal without NO_COLOR.
 #[derive(Debug, Parser)]
-#[command(name = "daisy-send", version)]
+#[command(
+    name = "daisy-send",
+    version,
+    after_help = "Exit status:\n  \
+        0  every one of --clients receivers got the whole transfer (extended receivers verify \
+        its SHA-256)\n  \
+        1  failure: fewer than --min-complete receivers did, or an error (input, network)\n  \
+        2  usage: bad arguments\n  \
+        3  partial: at least --min-complete (set below --clients) did, but not all; the \
+        summary's failed= field lists the others as ID@ADDRESS"
+)]
 struct Args {
     /// Receivers to wait for before sending.
     #[arg(long)]
@@ -59,9 +77,11 @@ struct Args {
     /// Seconds to wait for receivers to connect, and for any one receiver's answer.
     #[arg(long, default_value_t = 10.0)]
     deadline: f64,
-    /// Receivers that must complete for success.
-    #[arg(long, default_value_t = 1)]
-    min_complete: usize,
+    /// Receivers that must complete for a partial success (exit status 3) rather than a
+    /// failure (1). Also the fewest connected receivers the transfer starts with once
+    /// --deadline passes. Default: --clients (anything short of every receiver fails).
+    #[arg(long)]
+    min_complete: Option<usize>,
     /// Network: arca (the monitor's relay), std (host sockets), auto.
     #[arg(long, value_enum, default_value_t = NetKind::Auto)]
     net: NetKind,
@@ -74,11 +94,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    cli_log::init("ARCA_LOG", "warn");
+    let opts = match options(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("daisy-send: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let min_complete = opts.core.min_complete;
+    match run(&args, opts) {
         Ok(r) => {
             for d in &r.stats.dropped {
                 eprintln!(
-                    "daisy-send: dropped receiver {} ({}): {}",
+                    "daisy-send: receiver {} ({}) failed: {}",
                     d.id.0, d.addr, d.reason
                 );
             }
@@ -89,14 +118,24 @@ fn main() -> ExitCode {
                 );
             }
             eprintln!("{}", summary_line(&r));
-            if r.success {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!(
-                    "daisy-send: error: {} receivers completed, {} required",
-                    r.stats.completed, args.min_complete
-                );
-                ExitCode::FAILURE
+            match r.delivery {
+                Delivery::All => ExitCode::SUCCESS,
+                Delivery::Partial => {
+                    eprintln!(
+                        "daisy-send: partial: {} of {} receivers got the transfer \
+                         (--min-complete {min_complete})",
+                        r.stats.completed, args.clients
+                    );
+                    ExitCode::from(EXIT_PARTIAL)
+                }
+                Delivery::Failed => {
+                    eprintln!(
+                        "daisy-send: error: {} of {} receivers got the transfer, {min_complete} \
+                         required",
+                        r.stats.completed, args.clients
+                    );
+                    ExitCode::FAILURE
+                }
             }
         }
         Err(e) => {
@@ -106,38 +145,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(a: &Args) -> io::Result<SendReport> {
-    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+/// Checks the arguments; every error here is a usage error.
+fn options(a: &Args) -> Result<SendOptions, String> {
     if a.packets_per_buffer == 0 || a.packets_per_buffer > MAX_PACKETS_PER_BUFFER {
-        return Err(bad(format!(
+        return Err(format!(
             "--packets-per-buffer {} outside 1..={MAX_PACKETS_PER_BUFFER}",
             a.packets_per_buffer
-        )));
+        ));
     }
     if !(a.deadline > 0.0 && a.deadline < 1e6) {
-        return Err(bad(format!("--deadline {} must be positive", a.deadline)));
+        return Err(format!("--deadline {} must be positive", a.deadline));
     }
     if !(a.rate >= 0.0 && a.rate.is_finite()) {
-        return Err(bad(format!("--rate {} must be 0 or positive", a.rate)));
+        return Err(format!("--rate {} must be 0 or positive", a.rate));
     }
-    if a.min_complete > a.clients {
-        return Err(bad(format!(
-            "--min-complete {} exceeds --clients {}",
-            a.min_complete, a.clients
-        )));
+    let min_complete = a.min_complete.unwrap_or(a.clients);
+    if min_complete > a.clients {
+        return Err(format!(
+            "--min-complete {min_complete} exceeds --clients {}",
+            a.clients
+        ));
     }
     let group = SocketAddrV4::new(a.group, a.port);
-    let opts = SendOptions {
-        core: SenderConfig {
-            clients: a.clients,
-            group,
-            payload_size: a.payload_size,
-            packets_per_buffer: a.packets_per_buffer,
-            rate: (a.rate > 0.0).then_some(a.rate * 1e6),
-            deadline: Duration::from_secs_f64(a.deadline),
-            min_complete: a.min_complete,
-            extensions: true,
-        },
+    let core = SenderConfig {
+        clients: a.clients,
+        group,
+        payload_size: a.payload_size,
+        packets_per_buffer: a.packets_per_buffer,
+        rate: (a.rate > 0.0).then_some(a.rate * 1e6),
+        deadline: Duration::from_secs_f64(a.deadline),
+        min_complete,
+        extensions: true,
+        input_len: None,
+    };
+    core.check().map_err(|e| e.to_string())?;
+    Ok(SendOptions {
+        core,
         bind: SocketAddr::new(a.bind, a.port),
         mcast: McastOptions {
             group,
@@ -146,20 +189,21 @@ fn run(a: &Args) -> io::Result<SendReport> {
             interface: a.interface,
         },
         progress: !a.no_progress,
-        input_len: None,
-    };
+    })
+}
+
+fn run(a: &Args, opts: SendOptions) -> io::Result<SendReport> {
     let (input, len): (Box<dyn Read>, Option<u64>) = match a.file.as_deref() {
         None | Some("-") => (Box::new(io::stdin().lock()), None),
         Some(p) => {
             let f = File::open(p).map_err(|e| io::Error::new(e.kind(), format!("{p}: {e}")))?;
-            let len = f.metadata().ok().map(|m| m.len());
+            // Only a regular file's length is known in advance (not a FIFO's or a device's).
+            let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
             (Box::new(f), len)
         }
     };
-    let opts = SendOptions {
-        input_len: len,
-        ..opts
-    };
+    let mut opts = opts;
+    opts.core.input_len = len;
     let use_arca = match a.net {
         NetKind::Arca => true,
         NetKind::Std => false,
