@@ -13,8 +13,10 @@ use arca_wire::{
     Bootstrap, ConnId, Frame, FrameDecoder, Message, PipeInfo, RequestId, BOOTSTRAP_LEN,
 };
 use nix::sys::socket::{
-    self as sock, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    self as sock, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixAddr,
 };
+use nix::sys::time::TimeVal;
 use shm_ring::{
     BidirectionalPipe, Doorbell, NotifyBitmap, PeerWakers, PipeLayout, RingError, ShmOffset,
     ShmRegion,
@@ -37,14 +39,27 @@ pub struct RawGuest {
 
 impl RawGuest {
     pub fn attach(path: &Path) -> RawGuest {
+        RawGuest::attach_within(path, WAIT).unwrap_or_else(|e| panic!("attach: {e}"))
+    }
+
+    /// Attaches, or says why not within `timeout` (a monitor that does not
+    /// answer leaves the bootstrap unsent: the receive times out).
+    pub fn attach_within(path: &Path, timeout: Duration) -> Result<RawGuest, String> {
         let fd = sock::socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
             SockFlag::SOCK_CLOEXEC,
             None,
         )
-        .unwrap();
-        sock::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+        .map_err(|e| format!("socket: {e}"))?;
+        sock::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap())
+            .map_err(|e| format!("connect: {e}"))?;
+        let bound = TimeVal::new(
+            i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            timeout.subsec_micros().into(),
+        );
+        sock::setsockopt(&fd, sockopt::ReceiveTimeout, &bound)
+            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
         let mut buf = [0u8; 64];
         let mut cmsg = nix::cmsg_space!([RawFd; 3]);
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -54,7 +69,7 @@ impl RawGuest {
             Some(&mut cmsg),
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
-        .unwrap();
+        .map_err(|e| format!("no bootstrap within {timeout:?}: {e}"))?;
         let mut fds = Vec::new();
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(r) = c {
@@ -84,7 +99,9 @@ impl RawGuest {
         .unwrap();
         let wake = PeerWakers::single(Arc::new(bitmap.notifier(0, monitor_bell.clone())));
         let control = BidirectionalPipe::attach(&region, layout, wake).unwrap();
-        RawGuest {
+        sock::setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 0))
+            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        Ok(RawGuest {
             sock: fd,
             region,
             control,
@@ -93,7 +110,7 @@ impl RawGuest {
             monitor_bell,
             decoder: FrameDecoder::new(),
             next: RequestId(1),
-        }
+        })
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -134,7 +151,8 @@ impl RawGuest {
         self.recv_until(Instant::now() + wait).ok().flatten()
     }
 
-    fn recv_until(&mut self, deadline: Instant) -> Result<Option<Frame>, shm_ring::WaitError> {
+    /// As [`recv`](Self::recv), or why no frame came by `deadline`.
+    pub fn recv_until(&mut self, deadline: Instant) -> Result<Option<Frame>, shm_ring::WaitError> {
         let mut buf = [0u8; 2048];
         loop {
             if let Some(f) = self.decoder.next_frame().unwrap() {
@@ -159,6 +177,17 @@ impl RawGuest {
                 Err(e) => panic!("control read: {e}"),
             }
         }
+    }
+
+    /// Sends `msg` and waits at most `timeout` for its reply.
+    pub fn call_within(&mut self, msg: &Message, timeout: Duration) -> Result<Message, String> {
+        let id = self.send(msg);
+        let f = self
+            .recv_until(Instant::now() + timeout)
+            .map_err(|e| format!("no reply within {timeout:?}: {e}"))?
+            .ok_or("session ended")?;
+        assert_eq!(f.request_id, id, "reply matches request");
+        Ok(f.message)
     }
 
     pub fn call(&mut self, msg: &Message) -> Message {
