@@ -1,29 +1,51 @@
-//! A guest's session with the monitor: the mapped region, the control pipe, the request table
-//! and the dispatcher thread that answers requests.
+//! A guest's session with the monitor: the mapped region, the control pipe, and the wait
+//! machinery around two sans-IO cores: the request table ([`table::RequestTable`]: ids,
+//! requests in flight, which one a reply completes) and the async waker registry
+//! ([`wakers::WakerRegistry`]: which task waits for what).
+//!
+//! # Requests
+//! Every request is registered in the table (which picks its id) with how its requester
+//! waits ([`Waiter`]), then sent. Whoever drains the control pipe — the dispatcher thread,
+//! or a thread blocked in [`Shared::request`] — feeds each decoded reply to the table and
+//! hands it over as the table says: to the requester's channel, waking the requester as its
+//! `Waiter` needs; a reply that answers nothing (unknown id, a second reply, or the wrong
+//! type, which also fails its request) gives back what it holds (a connection, a listener).
 //!
 //! # Waking
 //! The monitor rings one doorbell (the *guest bell*) for every pipe of the session. Every
 //! sleeper watches it **edge-triggered** in an epoll set of its own ([`shm_ring::WaitSet`]),
 //! so one ring wakes each of them directly and nobody drains the eventfd:
+//! - a thread blocked in a request polls the control pipe itself for up to
+//!   [`REQUEST_SPIN`], draining it when it can, then sleeps on the guest bell and drains
+//!   again on each wake; whoever else completes its request rings the *wake bell* too;
 //! - the dispatcher (with the session socket, the liveness fd, and its stop bell) drains the
-//!   control pipe, completes the requests whose replies arrived, and wakes async tasks. It
-//!   watches the guest bell only while a request is in flight or async tasks use the
-//!   session ([`Shared::update_interest`]), so rings for data pipes do not wake it;
+//!   control pipe and, for async tasks, probes the pipes they wait on. It watches the guest
+//!   bell only while a reply is due to someone who does not drain for themselves (an
+//!   accept, a fired close, an async task) or async tasks use the session
+//!   ([`Shared::update_interest`]), so rings for data pipes do not wake it otherwise;
 //! - a blocked stream or socket call ([`SessionWait`]) takes a set from the session's pool
 //!   in `prepare`, before it arms its ring's need-wakeup flag, and sleeps on it in `wait`; a
 //!   ring after `prepare` stays on that set's ready list, so no wake-up is lost. Its set also
-//!   watches the session socket and a *wake bell* that `shutdown` and the session's end ring.
+//!   watches the session socket and the wake bell that `shutdown` and the session's end ring.
 //!
-//! A wake is therefore one hop, monitor → the blocked thread, not monitor → dispatcher →
-//! thread.
+//! A wake of a blocked thread is therefore one hop, monitor → the thread, not monitor →
+//! dispatcher → thread.
+//!
+//! An async task that would block registers its waker under a [`WakeKey`] — its
+//! connection's read or write side with a probe of that pipe, or its request's id — before
+//! it arms the ring (or checks its reply). On each wake the dispatcher probes the registered
+//! pipes (`poll_readable` / `poll_writable`: O(registered tasks) loads of shared indices)
+//! and wakes only those ready; a reply wakes only its request's task. The session's end and
+//! `shutdown` wake every task, so no condition the probes do not cover can strand one.
 
-use std::collections::HashMap;
+mod table;
+mod wakers;
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arca_wire::{ConnId, Frame, FrameDecoder, FrameError, Handle, Message, PipeInfo, RequestId};
@@ -34,6 +56,10 @@ use shm_ring::{
 };
 
 use crate::bootstrap;
+pub(crate) use table::Waiter;
+use table::{Delivery, Pending, RequestTable};
+pub(crate) use wakers::WakeKey;
+use wakers::WakerRegistry;
 
 /// Locks a mutex, ignoring poisoning (every critical section here leaves its data valid).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,6 +80,18 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 
 type Reply = io::Result<Message>;
 
+/// Where a request's reply goes: `None` for a request nobody waits for.
+type Sink = Option<mpsc::Sender<Reply>>;
+
+/// Readiness of a connection's pipe, for the dispatcher's probe of async tasks' pipes.
+/// Must not block (a side that is busy may report ready: a spurious wake is harmless).
+pub(crate) trait PipeProbe: Send + Sync {
+    /// Bytes, EOF or an error to read (or the read side shut down).
+    fn is_readable(&self) -> bool;
+    /// Room or an error to write (or the write side shut down).
+    fn is_writable(&self) -> bool;
+}
+
 /// Everything the dispatcher and the handles share.
 pub(crate) struct Shared {
     /// The session socket: liveness both ways.
@@ -69,18 +107,16 @@ pub(crate) struct Shared {
     /// The control pipe's reading half: drained by the dispatcher, and by a thread blocked
     /// in [`request`](Shared::request) while it waits for its reply.
     control_rx: Mutex<ControlRx>,
-    next_id: AtomicU32,
-    /// Requests in flight, each with whether its reply is due promptly (see
-    /// [`Pending`]); `None` once the session is dead.
-    pending: Mutex<Option<HashMap<u32, Pending>>>,
+    /// Requests in flight; closed once the session is dead.
+    requests: Mutex<RequestTable<Sink>>,
     /// Rung to wake every blocked call at once (shutdown, the session's end).
     wake_bell: Doorbell,
     /// Idle wait sets of blocked calls, each watching the guest bell, the wake bell and the
     /// session socket; one per thread that has slept at once, reused.
     sleep_sets: Mutex<Vec<WaitSet>>,
     dead: AtomicBool,
-    /// Async tasks to wake on the next bump.
-    wakers: Mutex<Vec<Waker>>,
+    /// Async tasks waiting, by what they wait for.
+    wakers: Mutex<WakerRegistry<Weak<dyn PipeProbe>>>,
     /// Set once an async task has waited here: from then on the dispatcher always watches
     /// the guest bell (re-enabling it per wait would report at once, every time).
     async_used: AtomicBool,
@@ -93,9 +129,14 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `try_lock`: formatting never waits for (or deadlocks with) a lock holder.
+        let in_flight = self.requests.try_lock().ok().map(|t| t.in_flight());
+        let tasks_waiting = self.wakers.try_lock().ok().map(|w| w.len());
         f.debug_struct("Session")
             .field("sock", &self.sock.as_raw_fd())
             .field("dead", &self.dead.load(Ordering::Relaxed))
+            .field("in_flight", &in_flight)
+            .field("tasks_waiting", &tasks_waiting)
             .finish_non_exhaustive()
     }
 }
@@ -217,19 +258,26 @@ impl Shared {
         }
     }
 
-    /// Wakes every async task waiting on this session so it re-checks its condition.
-    pub(crate) fn bump(&self) {
-        let wakers = std::mem::take(&mut *lock(&self.wakers));
-        for w in wakers {
-            w.wake();
-        }
+    /// Wakes the async tasks whose pipe is ready now (see the module documentation).
+    fn wake_ready_pipes(&self) {
+        let woken = lock(&self.wakers).take_ready(|key, probe| match probe.upgrade() {
+            // The pipe is gone: nobody can be waiting on it; dropping the entry is all.
+            None => true,
+            Some(p) => match key {
+                WakeKey::Readable(_) => p.is_readable(),
+                WakeKey::Writable(_) => p.is_writable(),
+                WakeKey::Reply(_) => false,
+            },
+        });
+        wakers::wake(woken);
     }
 
     /// Wakes every blocked call, threads and tasks, so each re-checks its condition (and
     /// its shutdown flag).
     pub(crate) fn wake_all(&self) {
         self.wake_bell.ring();
-        self.bump();
+        let all = lock(&self.wakers).take_all();
+        wakers::wake(all);
     }
 
     /// A wait set for one blocked call: an idle one from the pool, or a new one.
@@ -247,18 +295,26 @@ impl Shared {
         Some(set)
     }
 
-    /// Registers a task to wake on the next bump.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn register_waker(&self, waker: &Waker) {
-        {
-            let mut ws = lock(&self.wakers);
-            if !ws.iter().any(|w| w.will_wake(waker)) {
-                ws.push(waker.clone());
-            }
-        }
+    /// Registers a task to wake when `key`'s condition may hold: a pipe key with the probe
+    /// of its pipe, a reply key without. Call it *before* arming the ring or checking the
+    /// reply, so that a change after that check wakes the task.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register_waker(
+        &self,
+        key: WakeKey,
+        waker: &std::task::Waker,
+        probe: Option<Weak<dyn PipeProbe>>,
+    ) {
+        lock(&self.wakers).register(key, waker, probe);
         if !self.async_used.swap(true, Ordering::AcqRel) {
             self.update_interest();
         }
+    }
+
+    /// Drops the task registered under `key` (its wait ended otherwise).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn forget_waker(&self, key: WakeKey) {
+        lock(&self.wakers).forget(key);
     }
 
     /// Makes the dispatcher watch the guest bell exactly while it has a reason to: a reply
@@ -271,10 +327,8 @@ impl Shared {
         let mut watched = lock(&self.bell_watched);
         // A blocking request's own thread takes its reply (see `request`): only the
         // others need the dispatcher.
-        let want = self.async_used.load(Ordering::Acquire)
-            || lock(&self.pending)
-                .as_ref()
-                .is_some_and(|m| m.values().any(|p| !p.wake));
+        let want =
+            self.async_used.load(Ordering::Acquire) || lock(&self.requests).needs_dispatcher();
         if want != *watched {
             let how = want.then_some(Trigger::Edge);
             // MOD fails only without kernel memory; the state then stays as it was, and a
@@ -293,18 +347,10 @@ impl Shared {
     fn kill(&self) {
         self.dead.store(true, Ordering::Release);
         // Dropping the senders fails every waiting request with "monitor gone".
-        drop(lock(&self.pending).take());
+        let failed = lock(&self.requests).handle_death();
+        drop(failed);
         self.update_interest();
         self.wake_all();
-    }
-
-    fn next_request_id(&self) -> RequestId {
-        loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return RequestId(id);
-            }
-        }
     }
 
     /// Writes one whole frame to the control pipe, blocking while it is full.
@@ -335,35 +381,38 @@ impl Shared {
         Ok(())
     }
 
-    /// Sends a request and returns the receiver its reply will arrive on. The dispatcher
-    /// polls for the reply a short while before it sleeps (see [`REPLY_SPIN`]) — for an
-    /// async caller, which cannot poll itself; an accept, answered whenever a peer connects,
-    /// is never polled for.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn start_request(&self, msg: &Message) -> io::Result<mpsc::Receiver<Reply>> {
-        let prompt = !matches!(msg, Message::AcceptRequest { .. });
-        Ok(self.send_request(msg, prompt, false)?.1)
+    /// Sends an async task's request and returns its id (the task registers its waker
+    /// under [`WakeKey::Reply`] of it) and the receiver its reply will arrive on. The
+    /// dispatcher polls for the reply a short while before it sleeps (see [`REPLY_SPIN`]),
+    /// since a task cannot poll itself; an accept, answered whenever a peer connects, is
+    /// never polled for.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn start_request(
+        &self,
+        msg: &Message,
+    ) -> io::Result<(RequestId, mpsc::Receiver<Reply>)> {
+        self.send_request(msg, Waiter::Task)
     }
 
     fn send_request(
         &self,
         msg: &Message,
-        prompt: bool,
-        wake: bool,
+        waiter: Waiter,
     ) -> io::Result<(RequestId, mpsc::Receiver<Reply>)> {
-        let id = self.next_request_id();
+        let request = msg.kind().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "arca: a frame of unknown type is no request",
+            )
+        })?;
         let (tx, rx) = mpsc::channel();
-        match lock(&self.pending).as_mut() {
-            None => return Err(gone()),
-            Some(map) => {
-                map.insert(id.0, Pending { tx, prompt, wake });
-            }
-        }
+        let sink = (waiter != Waiter::Detached).then_some(tx);
+        let id = lock(&self.requests)
+            .register(request, waiter, sink)
+            .map_err(|_| gone())?;
         self.update_interest();
         if let Err(e) = self.send_frame(id, msg) {
-            if let Some(map) = lock(&self.pending).as_mut() {
-                map.remove(&id.0);
-            }
+            lock(&self.requests).remove(id);
             self.update_interest();
             return Err(e);
         }
@@ -379,10 +428,10 @@ impl Shared {
     pub(crate) fn request(&self, msg: &Message) -> io::Result<Message> {
         if matches!(msg, Message::AcceptRequest { .. }) {
             // Answered whenever a peer connects: sleep until the dispatcher delivers.
-            let (_, rx) = self.send_request(msg, false, false)?;
+            let (_, rx) = self.send_request(msg, Waiter::Channel)?;
             return rx.recv().unwrap_or_else(|_| Err(gone()));
         }
-        let (id, rx) = self.send_request(msg, false, true)?;
+        let (id, rx) = self.send_request(msg, Waiter::Thread)?;
         // Its own reply, if this thread drains it, needs no wake.
         let _own = OwnRequest::enter(id);
         let start = Instant::now();
@@ -392,7 +441,7 @@ impl Shared {
         };
         loop {
             // Past the spin, take a wait set *before* the last look: a reply delivered
-            // after it rings the wake bell (see `Pending::wake`) or the guest bell, and
+            // after it rings the wake bell (see `Waiter::Thread`) or the guest bell, and
             // either stays on the set's ready list.
             let token = (start.elapsed() >= REQUEST_SPIN).then(|| waiter.prepare());
             match rx.try_recv() {
@@ -429,8 +478,6 @@ impl Shared {
         if !live {
             self.kill();
         }
-        // Replies to async callers may have been among them.
-        self.bump();
         true
     }
 
@@ -439,7 +486,7 @@ impl Shared {
     /// pile up unread.
     pub(crate) fn fire(&self, msg: &Message) {
         if !self.is_dead() {
-            let _ = self.send_request(msg, false, false);
+            let _ = self.send_request(msg, Waiter::Detached);
         }
     }
 
@@ -501,56 +548,85 @@ impl Shared {
     /// Like [`fire`](Self::fire) but never blocks (the dispatcher must not): the frame is
     /// dropped if the control ring lacks room for all of it.
     fn fire_nonblocking(&self, msg: &Message) {
-        let id = self.next_request_id();
-        let bytes = msg.to_frame(id);
+        let Some(request) = msg.kind() else {
+            return;
+        };
         let mut tx = lock(&self.control_tx);
+        // In flight like a `fire` (see there); only the dispatcher or a draining requester
+        // calls this, and either takes the reply. Registered first for the id the frame
+        // carries, withdrawn if the ring lacks room.
+        let Ok(id) = lock(&self.requests).register(request, Waiter::Detached, None) else {
+            return;
+        };
+        let bytes = msg.to_frame(id);
         if tx.free().is_ok_and(|f| f >= bytes.len()) {
-            // In flight like a `fire` (see there); only the dispatcher calls this, so it
-            // is awake to take the reply.
-            if let Some(map) = lock(&self.pending).as_mut() {
-                let (reply_tx, _) = mpsc::channel();
-                map.insert(
-                    id.0,
-                    Pending {
-                        tx: reply_tx,
-                        prompt: false,
-                        wake: false,
-                    },
-                );
-            }
             let _ = tx.write(&bytes);
             drop(tx);
             self.update_interest();
+        } else {
+            drop(tx);
+            lock(&self.requests).remove(id);
         }
     }
 
+    /// Feeds one decoded reply to the request table and acts on what it says.
     fn complete(&self, frame: Frame) {
-        let pending = lock(&self.pending)
-            .as_mut()
-            .and_then(|m| m.remove(&frame.request_id.0));
-        self.update_interest();
-        let (frame_id, msg) = (frame.request_id, frame.message);
-        match pending {
-            Some(p) => {
-                if let Err(mpsc::SendError(Ok(msg))) = p.tx.send(Ok(msg)) {
+        let delivery = lock(&self.requests).handle_reply(frame);
+        match delivery {
+            Delivery::Completed { id, pending, reply } => {
+                self.update_interest();
+                self.hand_over(id, pending, Ok(reply));
+            }
+            Delivery::WrongType { id, pending, reply } => {
+                self.update_interest();
+                let err = invalid(format!(
+                    "arca: the monitor answered a {} request with {reply:?}",
+                    pending.request.name()
+                ));
+                self.discard(reply);
+                self.hand_over(id, pending, Err(err));
+            }
+            // Answers nothing in flight (PROTOCOL.md §6): give back what it holds.
+            Delivery::Duplicate { reply, .. } | Delivery::Unknown { reply, .. } => {
+                self.discard(reply);
+            }
+        }
+    }
+
+    /// Fails request `id` (its reply could not be decoded), if it is in flight.
+    fn fail_request(&self, id: RequestId, err: io::Error) {
+        let pending = lock(&self.requests).remove(id);
+        if let Some(p) = pending {
+            self.update_interest();
+            self.hand_over(id, p, Err(err));
+        }
+    }
+
+    /// Puts a finished request's outcome where its requester looks, and wakes the
+    /// requester as its [`Waiter`] needs.
+    fn hand_over(&self, id: RequestId, pending: Pending<Sink>, reply: Reply) {
+        match pending.sink {
+            Some(tx) => {
+                if let Err(mpsc::SendError(Ok(msg))) = tx.send(reply) {
+                    // The requester gave up (a dropped future): give back what it holds.
                     self.discard(msg);
                 }
-                if p.wake && !OwnRequest::is(frame_id) {
-                    self.wake_bell.ring();
+            }
+            None => {
+                if let Ok(msg) = reply {
+                    self.discard(msg);
                 }
             }
-            None => self.discard(msg),
         }
-    }
-
-    fn fail_request(&self, id: RequestId, err: io::Error) {
-        let sender = lock(&self.pending).as_mut().and_then(|m| m.remove(&id.0));
-        self.update_interest();
-        if let Some(p) = sender {
-            let _ = p.tx.send(Err(err));
-            if p.wake {
-                self.wake_bell.ring();
+        match pending.waiter {
+            // A thread completing its own request, draining, needs no ring.
+            Waiter::Thread if !OwnRequest::is(id) => self.wake_bell.ring(),
+            Waiter::Task => {
+                let woken = lock(&self.wakers).take(WakeKey::Reply(id));
+                wakers::wake(woken);
             }
+            // A channel's receiver wakes with the send; a detached request has nobody.
+            Waiter::Thread | Waiter::Channel | Waiter::Detached => {}
         }
     }
 }
@@ -580,18 +656,6 @@ impl Drop for OwnRequest {
     fn drop(&mut self) {
         OWN_REQUEST.with(|c| c.set(0));
     }
-}
-
-/// A request in flight: where its reply goes, and whether that reply is due promptly (every
-/// request but an accept, which waits for a peer) — the dispatcher spins briefly only for
-/// those.
-#[derive(Debug)]
-struct Pending {
-    tx: mpsc::Sender<Reply>,
-    prompt: bool,
-    /// The requester may be asleep on the guest bell (a blocking [`Shared::request`]):
-    /// whoever else completes the request rings the wake bell so that it looks.
-    wake: bool,
 }
 
 /// Owns the dispatcher: dropping the last handle stops it (and so ends the session).
@@ -662,12 +726,11 @@ pub(crate) fn start(sock: OwnedFd) -> io::Result<Arc<Owner>> {
             decoder: FrameDecoder::new(),
             buf: vec![0u8; 8192],
         }),
-        next_id: AtomicU32::new(1),
-        pending: Mutex::new(Some(HashMap::new())),
+        requests: Mutex::new(RequestTable::new()),
         wake_bell: Doorbell::new()?,
         sleep_sets: Mutex::new(Vec::new()),
         dead: AtomicBool::new(false),
-        wakers: Mutex::new(Vec::new()),
+        wakers: Mutex::new(WakerRegistry::default()),
         async_used: AtomicBool::new(false),
         dispatch_set: WaitSet::new()?,
         bell_watched: Mutex::new(false),
@@ -710,9 +773,7 @@ const REQUEST_SPIN: Duration = shm_ring::DEFAULT_SPIN;
 const REPLY_SPIN: Duration = Duration::from_micros(50);
 
 fn replies_due(shared: &Shared) -> bool {
-    lock(&shared.pending)
-        .as_ref()
-        .is_some_and(|m| m.values().any(|p| p.prompt))
+    lock(&shared.requests).replies_due()
 }
 
 /// The control pipe's reading half and its frame decoder.
@@ -752,7 +813,7 @@ fn dispatch(shared: &Shared) {
             shared.kill();
             break;
         }
-        shared.bump();
+        shared.wake_ready_pipes();
         // While a prompt reply is due to an async caller (any request but an accept),
         // poll for it for a short while instead of paying a sleep and a wake (the monitor
         // does the same after work). Idle sessions never spin.

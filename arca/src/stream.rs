@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arca_wire::{ConnId, ErrorCode, Handle, Message, PipeInfo, SocketOption};
 use shm_ring::{Consumer, Producer, RingError, WaitError};
 
-use crate::session::{gone, lock, op_error, Owner, SessionWait};
+use crate::session::{gone, lock, op_error, Owner, PipeProbe, SessionWait};
 
 /// A TCP connection made or accepted through the monitor, shaped like
 /// [`std::net::TcpStream`].
@@ -419,6 +419,36 @@ impl TcpStream {
     #[cfg(feature = "tokio")]
     pub(crate) fn owner(&self) -> &Arc<Owner> {
         &self.inner.owner
+    }
+
+    /// The probe of this stream's pipe that the dispatcher checks for a waiting task.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn probe(&self) -> std::sync::Weak<dyn PipeProbe> {
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
+    }
+}
+
+/// Locks `m` if it is free; `None` if another thread holds it.
+fn try_lock<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+impl PipeProbe for Inner {
+    /// A half held by another caller counts as ready: that caller is reading or writing
+    /// now, and a spurious wake only makes the task look again.
+    fn is_readable(&self) -> bool {
+        self.rd_shut.load(Ordering::Acquire)
+            || try_lock(&self.rx).is_none_or(|mut rx| rx.poll_readable())
+    }
+
+    fn is_writable(&self) -> bool {
+        self.wr_shut.load(Ordering::Acquire)
+            || try_lock(&self.tx).is_none_or(|mut tx| tx.poll_writable())
     }
 }
 

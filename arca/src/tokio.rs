@@ -1,9 +1,11 @@
 //! Async streams and listeners for tokio (feature `tokio`).
 //!
 //! No reactor registration is needed: a task that would block registers its `Waker` with the
-//! session, arms the ring's need-wakeup flag and re-checks; the session's dispatcher thread
-//! wakes every registered task each time the monitor rings the guest. Spurious wake-ups are
-//! possible and harmless.
+//! session under what it waits for — its connection's read or write side, or its request —
+//! then arms the ring's need-wakeup flag (or checks for its reply) and re-checks. When the
+//! monitor rings the guest, the session's dispatcher thread wakes only the tasks whose pipe is
+//! ready; a reply wakes only its request's task; `shutdown` and the session's end wake all.
+//! Spurious wake-ups are possible and harmless.
 
 use std::future::Future;
 use std::io;
@@ -12,10 +14,10 @@ use std::pin::Pin;
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 
-use arca_wire::Message;
+use arca_wire::{Message, RequestId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::session::{gone, op_error, Owner};
+use crate::session::{gone, op_error, Owner, WakeKey};
 use crate::stream::unexpected;
 use crate::{ArcaSession, TcpListener, TcpStream};
 
@@ -37,11 +39,17 @@ impl AsyncTcpStream {
     /// As [`ArcaSession::connect`].
     pub async fn connect(session: &ArcaSession, addr: SocketAddr) -> io::Result<Self> {
         let owner = Arc::clone(&session.owner);
-        let rx = owner.shared.start_request(&Message::ConnectRequest {
+        let (id, rx) = owner.shared.start_request(&Message::ConnectRequest {
             addr,
             timeout_ms: 0,
         })?;
-        match (Reply { owner: &owner, rx }).await? {
+        match (Reply {
+            owner: &owner,
+            id,
+            rx,
+        })
+        .await?
+        {
             Message::ConnectOk {
                 conn,
                 pipe,
@@ -75,7 +83,12 @@ impl AsyncRead for AsyncTcpStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         // Register before arming, so a ring after the re-check wakes this task.
-        self.inner.owner().shared.register_waker(cx.waker());
+        let key = WakeKey::Readable(arca_wire::ConnId(self.inner.conn_id()));
+        let probe = self.inner.probe();
+        self.inner
+            .owner()
+            .shared
+            .register_waker(key, cx.waker(), Some(probe));
         match self.inner.try_read_armed(buf.initialize_unfilled()) {
             Ok(Some(n)) => {
                 buf.advance(n);
@@ -96,7 +109,12 @@ impl AsyncWrite for AsyncTcpStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.inner.owner().shared.register_waker(cx.waker());
+        let key = WakeKey::Writable(arca_wire::ConnId(self.inner.conn_id()));
+        let probe = self.inner.probe();
+        self.inner
+            .owner()
+            .shared
+            .register_waker(key, cx.waker(), Some(probe));
         match self.inner.try_write_armed(buf) {
             Ok(Some(n)) => Poll::Ready(Ok(n)),
             Ok(None) => Poll::Pending,
@@ -147,10 +165,10 @@ impl AsyncTcpListener {
     /// As [`TcpListener::accept`].
     pub async fn accept(&self) -> io::Result<(AsyncTcpStream, SocketAddr)> {
         let owner = self.inner.owner();
-        let rx = owner.shared.start_request(&Message::AcceptRequest {
+        let (id, rx) = owner.shared.start_request(&Message::AcceptRequest {
             listener: self.inner.id(),
         })?;
-        let reply = Reply { owner, rx }.await?;
+        let reply = Reply { owner, id, rx }.await?;
         let (s, peer) = self.inner.finish_accept(reply)?;
         Ok((AsyncTcpStream::new(s), peer))
     }
@@ -160,13 +178,23 @@ impl AsyncTcpListener {
 /// `IncomingConnection` is then closed by the dispatcher.
 struct Reply<'a> {
     owner: &'a Arc<Owner>,
+    id: RequestId,
     rx: mpsc::Receiver<io::Result<Message>>,
+}
+
+impl Drop for Reply<'_> {
+    fn drop(&mut self) {
+        self.owner.shared.forget_waker(WakeKey::Reply(self.id));
+    }
 }
 
 impl Future for Reply<'_> {
     type Output = io::Result<Message>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.owner.shared.register_waker(cx.waker());
+        // Register before looking, so a reply delivered after the look wakes this task.
+        self.owner
+            .shared
+            .register_waker(WakeKey::Reply(self.id), cx.waker(), None);
         match self.rx.try_recv() {
             Ok(r) => Poll::Ready(r),
             Err(mpsc::TryRecvError::Empty) => Poll::Pending,
