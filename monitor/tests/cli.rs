@@ -407,3 +407,18 @@ fn diagnostics_are_plain_on_a_pipe_and_a_bad_filter_is_reported() {
     assert_eq!(err.matches("ARCA_LOG").count(), 1, "one warning: {err}");
     assert!(err.contains("ignored"), "{err}");
 }
+
+/// The main job's script shows its (first, long) build instead of hiding it.
+#[test]
+fn the_demo_script_shows_its_build() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo");
+    let text = std::fs::read_to_string(&demo).unwrap();
+    let builds: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cargo build"))
+        .collect();
+    assert!(!builds.is_empty(), "scripts/demo builds first");
+    for line in builds {
+        assert!(!line.contains("--quiet") && !line.contains(" -q"), "{line}");
+    }
+}
