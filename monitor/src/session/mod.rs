@@ -648,6 +648,26 @@ impl Session {
         pipe
     }
 
+    /// Takes a connection id and a token for `sock` and registers it for
+    /// both readiness kinds; on failure gives both back.
+    fn register_conn<S: mio::event::Source>(
+        &mut self,
+        sock: &mut S,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(ConnId, Token), ErrorCode> {
+        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
+        let token = (ctx.tokens)(SessionSource::Conn(id));
+        if let Err(e) = ctx
+            .registry
+            .register(sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            (ctx.release)(token);
+            self.ids.put(id);
+            return Err(ErrorCode::from_io(&e));
+        }
+        Ok((id, token))
+    }
+
     /// Deregisters a removed connection's sockets and frees its token and id
     /// (its pipe, if any, is freed when dropped).
     fn release_conn(&mut self, id: ConnId, c: Conn, ctx: &mut Ctx<'_>) {

@@ -154,16 +154,7 @@ impl Session {
     ) -> Result<(ConnId, PipeInfo, SocketAddr), ErrorCode> {
         let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
         let (pipe, info) = self.tcp_pipe(ctx)?;
-        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
-        let token = (ctx.tokens)(SessionSource::Conn(id));
-        if let Err(e) =
-            ctx.registry
-                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-        {
-            (ctx.release)(token);
-            self.ids.put(id);
-            return Err(ErrorCode::from_io(&e));
-        }
+        let (id, token) = self.register_conn(&mut sock, ctx)?;
         self.insert_conn(
             id,
             Conn {
@@ -205,28 +196,10 @@ impl Session {
         if let Some(outcome) = connect_outcome(&sock) {
             return self.answer_connect(rid, addr, sock, outcome, ctx);
         }
-        let Some(id) = self.ids.take() else {
-            return self.reply(
-                rid,
-                Message::ConnectErr {
-                    code: ErrorCode::QuotaExceeded,
-                },
-            );
+        let (id, token) = match self.register_conn(&mut sock, ctx) {
+            Ok(registered) => registered,
+            Err(code) => return self.reply(rid, Message::ConnectErr { code }),
         };
-        let token = (ctx.tokens)(SessionSource::Conn(id));
-        if let Err(e) =
-            ctx.registry
-                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-        {
-            (ctx.release)(token);
-            self.ids.put(id);
-            return self.reply(
-                rid,
-                Message::ConnectErr {
-                    code: ErrorCode::from_io(&e),
-                },
-            );
-        }
         let deadline = (timeout_ms > 0).then(|| {
             let at = Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
             self.timers.insert((at, id), rid);

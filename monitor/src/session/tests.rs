@@ -407,10 +407,7 @@ fn random_sequence(seed: u64, steps: usize) {
         .unwrap();
     let udp_peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut accepted = Vec::new();
-    let mut answered: HashMap<u32, usize> = HashMap::new();
-    let mut listeners: Vec<ListenerId> = Vec::new();
-    let mut conns: Vec<ConnId> = Vec::new();
-    let mut listen_addrs: Vec<SocketAddr> = Vec::new();
+    let mut seen = Seen::default();
     for step in 0..steps {
         let some_conn = |rng: &mut StdRng, conns: &[ConnId]| {
             if conns.is_empty() || rng.gen_bool(0.2) {
@@ -438,8 +435,8 @@ fn random_sequence(seed: u64, steps: usize) {
             1 | 2 => {
                 let addr = match rng.gen_range(0..4) {
                     0 => closed,
-                    1 if !listen_addrs.is_empty() => {
-                        listen_addrs[rng.gen_range(0..listen_addrs.len())]
+                    1 if !seen.listen_addrs.is_empty() => {
+                        seen.listen_addrs[rng.gen_range(0..seen.listen_addrs.len())]
                     }
                     2 => "192.0.2.9:443".parse().unwrap(),
                     _ => host_addr,
@@ -450,13 +447,13 @@ fn random_sequence(seed: u64, steps: usize) {
                 }
             }
             3 => Message::AcceptRequest {
-                listener: some_listener(&mut rng, &listeners),
+                listener: some_listener(&mut rng, &seen.listeners),
             },
             4 | 5 => Message::Close {
                 handle: match rng.gen_range(0..3) {
-                    0 => Handle::Listener(some_listener(&mut rng, &listeners)),
-                    1 => Handle::Connection(some_conn(&mut rng, &conns)),
-                    _ => Handle::Udp(some_conn(&mut rng, &conns)),
+                    0 => Handle::Listener(some_listener(&mut rng, &seen.listeners)),
+                    1 => Handle::Connection(some_conn(&mut rng, &seen.conns)),
+                    _ => Handle::Udp(some_conn(&mut rng, &seen.conns)),
                 },
             },
             6 => Message::UdpBind {
@@ -464,7 +461,7 @@ fn random_sequence(seed: u64, steps: usize) {
                 flags: [0, arca_wire::UDP_REUSE_ADDR, 0x80][rng.gen_range(0..3)],
             },
             7 => Message::UdpConnect {
-                socket: some_conn(&mut rng, &conns),
+                socket: some_conn(&mut rng, &seen.conns),
                 addr: if rng.gen_bool(0.8) {
                     udp_peer.local_addr().unwrap()
                 } else {
@@ -472,7 +469,7 @@ fn random_sequence(seed: u64, steps: usize) {
                 },
             },
             8 => Message::Membership {
-                socket: some_conn(&mut rng, &conns),
+                socket: some_conn(&mut rng, &seen.conns),
                 op: if rng.gen_bool(0.5) {
                     MembershipOp::Join
                 } else {
@@ -485,9 +482,9 @@ fn random_sequence(seed: u64, steps: usize) {
             },
             9 => Message::SetOption {
                 handle: if rng.gen_bool(0.5) {
-                    Handle::Connection(some_conn(&mut rng, &conns))
+                    Handle::Connection(some_conn(&mut rng, &seen.conns))
                 } else {
-                    Handle::Udp(some_conn(&mut rng, &conns))
+                    Handle::Udp(some_conn(&mut rng, &seen.conns))
                 },
                 option: SocketOption::from_u16(rng.gen_range(0..16)),
                 value: [0, 1, 2, 64, 1 << 20, u64::MAX][rng.gen_range(0..6)],
@@ -513,13 +510,7 @@ fn random_sequence(seed: u64, steps: usize) {
                 assert_eq!(f.len(), HEADER_LEN + usize::from(len));
                 h.send_raw(&f);
                 h.turn();
-                record(
-                    &mut h,
-                    &mut answered,
-                    &mut listeners,
-                    &mut conns,
-                    &mut listen_addrs,
-                );
+                seen.record(&mut h);
                 continue;
             }
         };
@@ -528,13 +519,7 @@ fn random_sequence(seed: u64, steps: usize) {
         while let Ok((s, _)) = host.accept() {
             accepted.push(s);
         }
-        record(
-            &mut h,
-            &mut answered,
-            &mut listeners,
-            &mut conns,
-            &mut listen_addrs,
-        );
+        seen.record(&mut h);
         h.check_invariants();
         assert!(
             h.session.ended().is_none(),
@@ -543,16 +528,10 @@ fn random_sequence(seed: u64, steps: usize) {
     }
     for _ in 0..20 {
         h.turn();
-        record(
-            &mut h,
-            &mut answered,
-            &mut listeners,
-            &mut conns,
-            &mut listen_addrs,
-        );
+        seen.record(&mut h);
     }
     h.check_invariants();
-    for (rid, n) in &answered {
+    for (rid, n) in &seen.answered {
         assert_eq!(*n, 1, "seed {seed}: request {rid} answered {n} times");
     }
     h.with_ctx(|s, ctx| s.teardown(ctx));
@@ -564,26 +543,33 @@ fn random_sequence(seed: u64, steps: usize) {
     assert_eq!(st.futile_passes, 0);
 }
 
-/// Reads the replies, counts them per request and learns the ids granted.
-fn record(
-    h: &mut Harness,
-    answered: &mut HashMap<u32, usize>,
-    listeners: &mut Vec<ListenerId>,
-    conns: &mut Vec<ConnId>,
-    listen_addrs: &mut Vec<SocketAddr>,
-) {
-    for f in h.replies() {
-        *answered.entry(f.request_id.0).or_default() += 1;
-        match f.message {
-            Message::ListenOk { listener, local } => {
-                listeners.push(listener);
-                listen_addrs.push(local);
+/// What the guest has learnt from the replies so far.
+#[derive(Default)]
+struct Seen {
+    /// Replies per request id.
+    answered: HashMap<u32, usize>,
+    listeners: Vec<ListenerId>,
+    listen_addrs: Vec<SocketAddr>,
+    /// Connection and UDP socket ids granted.
+    conns: Vec<ConnId>,
+}
+
+impl Seen {
+    /// Reads the replies, counts them per request and learns the ids granted.
+    fn record(&mut self, h: &mut Harness) {
+        for f in h.replies() {
+            *self.answered.entry(f.request_id.0).or_default() += 1;
+            match f.message {
+                Message::ListenOk { listener, local } => {
+                    self.listeners.push(listener);
+                    self.listen_addrs.push(local);
+                }
+                Message::ConnectOk { conn, .. } | Message::IncomingConnection { conn, .. } => {
+                    self.conns.push(conn)
+                }
+                Message::UdpBindOk { socket, .. } => self.conns.push(socket),
+                _ => {}
             }
-            Message::ConnectOk { conn, .. } | Message::IncomingConnection { conn, .. } => {
-                conns.push(conn)
-            }
-            Message::UdpBindOk { socket, .. } => conns.push(socket),
-            _ => {}
         }
     }
 }

@@ -66,16 +66,7 @@ impl Session {
             None => None,
         };
         let pipe = self.new_pipe(cap, cap, "udp")?;
-        let id = self.ids.take().ok_or(ErrorCode::QuotaExceeded)?;
-        let token = (ctx.tokens)(SessionSource::Conn(id));
-        if let Err(e) =
-            ctx.registry
-                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-        {
-            (ctx.release)(token);
-            self.ids.put(id);
-            return Err(ErrorCode::from_io(&e));
-        }
+        let (id, token) = self.register_conn(&mut sock, ctx)?;
         let info = PipeInfo {
             shm_offset: pipe.layout().offset().0,
             cap_to_monitor: cap as u32,
