@@ -25,7 +25,8 @@
 //! deadline is dropped and the others finish. The sender holds one round's buffer shared by
 //! all receivers; a receiver holds one round's slots and streams each round to its output.
 //!
-//! All `unsafe` (batched socket calls) is confined to the private `sys` module.
+//! All `unsafe` (socket options and `poll`) is confined to the private `sys` module; the
+//! batched socket calls are the `udp-batch` crate's.
 #![deny(unsafe_code)]
 
 pub mod net;
