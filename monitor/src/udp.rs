@@ -818,6 +818,55 @@ mod tests {
         }
     }
 
+    /// In a network namespace of its own whose loopback has a 1,500-byte MTU,
+    /// a run of 8 KiB datagrams cannot go out as segments (the kernel says
+    /// `EMSGSIZE`): the relay turns offload off for the socket and sends the
+    /// records singly, as IP fragments, every one whole and none refused.
+    #[test]
+    fn a_refused_offload_send_falls_back_to_single_datagrams() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: making a network namespace needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare moves only this thread into a new network
+            // namespace; the thread ends with the test.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "mtu", "1500", "up"])
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip link set lo mtu 1500 up");
+            let mut f = fixture();
+            let to = f.far.local_addr().unwrap();
+            let mut total = 0;
+            for i in 0..4u8 {
+                let r = record(to, &[i; 8192]);
+                total += r.len();
+                assert_eq!(f.guest.write(&r).unwrap(), r.len());
+            }
+            let mut up = 0;
+            for _ in 0..8 {
+                up += f.relay.service(1 << 20).unwrap().up;
+                if up >= total {
+                    break;
+                }
+            }
+            assert_eq!(up, total, "every record went out");
+            assert!(!f.relay.gso, "the refusal turned offload off");
+            let c = f.relay.counters();
+            assert_eq!((c.sent, c.send_errors), (4, 0));
+            let mut buf = vec![0u8; 65_536];
+            for i in 0..4u8 {
+                let (n, _) = f.far.recv_from(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &[i; 8192][..]);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     /// The writer closing with a record cut short breaks the pipe's format:
     /// a fault for this socket, reported once.
     #[test]
