@@ -137,6 +137,8 @@ pub unsafe fn send_batch_raw(
 /// Room for one `UDP_SEGMENT` control message, 8-aligned.
 const CMSG_WORDS: usize = 4;
 
+/// The `sendmmsg` of [`send_batch`] and [`send_batch_raw`].
+///
 /// # Safety
 /// Every iovec `push_iovecs` yields is readable for its length for the whole call.
 unsafe fn send_gathered<G: Gather>(
@@ -151,8 +153,8 @@ unsafe fn send_gathered<G: Gather>(
     let Some(last) = plan.last() else {
         return Ok(0);
     };
-    // Each message's iovecs follow the previous message's in `iovs`; `firsts[m]`
-    // is where message `m`'s begin.
+    // Each message's iovecs follow the previous message's in `iovs`: message
+    // `m`'s are `iovs[firsts[m]..firsts[m + 1]]`.
     let mut iovs: Vec<libc::iovec> = Vec::with_capacity(last.end * 2);
     let mut firsts = Vec::with_capacity(plan.len() + 1);
     for m in &plan {
