@@ -3,7 +3,7 @@
 //! One sender multicasts a file (or stdin) to N receivers in rounds: a round's packets go to
 //! a UDP multicast group, each receiver asks over its own TCP control connection for what it
 //! missed, and the next round starts when every receiver has written the round out. The wire
-//! format is the deployed Daisy tool's, byte for byte (`DAISY-WIRE.md`); negotiated
+//! format is the deployed Daisy tool's, byte for byte (`daisy/WIRE.md`); negotiated
 //! extensions (`DAISY-EXT.md`) add per-packet strong checks, a whole-transfer SHA-256, large
 //! payloads and a "transfer is full" refusal, invisible to plain peers.
 //!
@@ -25,7 +25,8 @@
 //! deadline is dropped and the others finish. The sender holds one round's buffer shared by
 //! all receivers; a receiver holds one round's slots and streams each round to its output.
 //!
-//! All `unsafe` (batched socket calls) is confined to the private `sys` module.
+//! All `unsafe` (socket options and `poll`) is confined to the private `sys` module; the
+//! batched socket calls are the `udp-batch` crate's.
 #![deny(unsafe_code)]
 
 pub mod net;

@@ -1,4 +1,4 @@
-//! Every message of the Daisy wire format (DAISY-WIRE.md) and of the negotiated extensions
+//! Every message of the Daisy wire format (daisy/WIRE.md) and of the negotiated extensions
 //! (DAISY-EXT.md): encoders into caller buffers and parsers that never panic on any input.
 //!
 //! Parsers take the bytes received so far and answer `Ok(None)` when a message is not complete

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent, plain (no extensions) implementation of DAISY-WIRE.md, stdlib only.
+"""An independent, plain (no extensions) implementation of daisy/WIRE.md, stdlib only.
 
 Used by daisy/tests/shell.rs to check compatibility both ways:
   plain_daisy.py send --clients N --port P [--group G] [--payload 1460] [--ppb 1024] FILE

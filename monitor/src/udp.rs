@@ -23,17 +23,17 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
-use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arca_wire::{
     DatagramHeader, ErrorCode, MembershipOp, SocketOption, DATAGRAM_HEADER_LEN, MAX_DATAGRAM,
 };
-use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use shm_ring::{BidirectionalPipe, RingError, Segments};
+use socket2::SockAddr;
+use udp_batch::{RawDatagram, Received, SendError};
 
 use crate::policy::{Decision, DestCache, Policy};
 use crate::ratelimit::WarnLimiter;
@@ -346,9 +346,10 @@ impl UdpRelay {
                 return Ok(()); // armed: the rest of the record rings us
             }
             match send_batch(fd, &batch, self.gso) {
-                Err((e, true))
-                    if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
-                {
+                Err(SendError {
+                    error: e,
+                    gso: true,
+                }) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                     // The host refused a GSO send (a kernel without UDP_SEGMENT, a
                     // segment above the path MTU): send this socket's datagrams one
                     // by one from now on; each then gets its own verdict.
@@ -364,16 +365,16 @@ impl UdpRelay {
                     self.counters.sent += sent as u64;
                     p.up += bytes;
                 }
-                Err((e, _)) if e.kind() == ErrorKind::WouldBlock => {
+                Err(SendError { error: e, .. }) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
                     return Ok(());
                 }
-                Err((e, _)) if e.kind() == ErrorKind::Interrupted => {
+                Err(SendError { error: e, .. }) if e.kind() == ErrorKind::Interrupted => {
                     if !idle.another(p) {
                         return Ok(());
                     }
                 }
-                Err((e, _)) => {
+                Err(SendError { error: e, .. }) => {
                     // The first record was refused: drop it, tell the guest.
                     let first = batch.first().map_or(0, |r| r.record_len);
                     self.pipe.rx().consume(first).map_err(RelayFault::Corrupt)?;
@@ -599,8 +600,7 @@ fn buffer_size(value: u64) -> io::Result<usize> {
 
 /// One record ready to send: where its payload lies and where it goes.
 struct Outgoing {
-    to: SocketAddr,
-    addr: SockaddrStorage,
+    addr: SockAddr,
     payload: Segments,
     record_len: usize,
 }
@@ -673,8 +673,7 @@ fn parse_records(
             break;
         }
         out.push(Outgoing {
-            to: header.addr,
-            addr: SockaddrStorage::from(header.addr),
+            addr: SockAddr::from(header.addr),
             payload: segs.range(off + DATAGRAM_HEADER_LEN, usize::from(header.payload_len)),
             record_len: header.record_len(),
         });
@@ -687,129 +686,32 @@ fn parse_records(
     })
 }
 
-/// Most payload bytes in one GSO send (a UDP datagram's limit, less headers).
-const GSO_MAX_BYTES: usize = 65_000;
-/// Most datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
-const GSO_MAX_SEGMENTS: usize = 64;
-
-/// Splits `batch` into messages: with `gso`, each run of datagrams to one
-/// destination with one payload length (its last may be shorter) is one
-/// message for the kernel to cut (`UDP_SEGMENT`); every other datagram is a
-/// message of its own. Datagrams stay whole and in order either way.
-fn plan_messages(batch: &[Outgoing], gso: bool) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < batch.len() {
-        let first = &batch[i];
-        let size = first.payload.total();
-        let mut end = i + 1;
-        let mut bytes = size;
-        if gso && size > 0 {
-            while end < batch.len() && end - i < GSO_MAX_SEGMENTS {
-                let r = &batch[end];
-                let len = r.payload.total();
-                if r.to != first.to || len > size || len == 0 || bytes + len > GSO_MAX_BYTES {
-                    break;
-                }
-                bytes += len;
-                end += 1;
-                if len < size {
-                    break; // only the last may be shorter
-                }
-            }
-        }
-        out.push(i..end);
-        i = end;
-    }
-    out
-}
-
-/// `sendmmsg` of a batch, runs of equal datagrams as GSO messages when `gso`
-/// (see [`plan_messages`]); returns how many *datagrams* were sent (at least
-/// one). On failure, the error of the first message, and whether that message
-/// was a GSO one (the caller then retries without).
-fn send_batch(
-    fd: BorrowedFd<'_>,
-    batch: &[Outgoing],
-    gso: bool,
-) -> Result<usize, (io::Error, bool)> {
-    let plan = plan_messages(batch, gso);
+/// `sendmmsg` of a batch straight from the guest's ring, runs of equal
+/// datagrams as one segmentation-offload message each when `gso` (see
+/// [`udp_batch::plan_messages`]); returns how many *datagrams* were sent (at
+/// least one).
+///
+/// # Errors
+/// The first message's error, and whether it was an offload one (the caller
+/// then retries without).
+fn send_batch(fd: BorrowedFd<'_>, batch: &[Outgoing], gso: bool) -> Result<usize, SendError> {
     // Every payload is one or two iovecs (it may wrap around the ring's end).
-    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
-    for r in batch {
-        let (v, n) = r.payload.iovecs();
-        iovs.extend_from_slice(&v[..n]);
-    }
-    // One UDP_SEGMENT control message per GSO message.
-    const CMSG_LEN: usize = 32;
-    let mut cmsgs = vec![[0u64; CMSG_LEN / 8]; plan.len()];
-    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(plan.len());
-    // Each message's iovecs follow the previous message's in `iovs`.
-    let mut start = 0usize;
-    for (m, cbuf) in plan.iter().zip(cmsgs.iter_mut()) {
-        let r = &batch[m.start];
-        let count: usize = batch[m.clone()]
-            .iter()
-            .map(|r| r.payload.as_slice().len())
-            .sum();
-        // SAFETY: `msghdr` is a plain C struct for which all-zero is a valid
-        // (empty) value; the fields that matter are set below.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = r.addr.as_ptr().cast_mut().cast();
-        msg.msg_namelen = r.addr.len();
-        // SAFETY: the messages' counts sum to `iovs.len()`, so
-        // `start + count <= iovs.len()`.
-        msg.msg_iov = unsafe { iovs.as_mut_ptr().add(start) };
-        msg.msg_iovlen = count;
-        start += count;
-        if m.len() > 1 {
-            let seg = u16::try_from(r.payload.total()).unwrap_or(u16::MAX);
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE only computes a size.
-            msg.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
-            // SAFETY: the control buffer is 32 bytes, 8-aligned, at least
-            // CMSG_SPACE(2); CMSG_FIRSTHDR returns its start, and the u16 is
-            // written inside it.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = libc::UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
-            }
-        }
-        hdrs.push(libc::mmsghdr {
-            msg_hdr: msg,
-            msg_len: 0,
-        });
-    }
-    let count = libc::c_uint::try_from(hdrs.len()).unwrap_or(libc::c_uint::MAX);
-    // SAFETY: every `mmsghdr` points at a socket address owned by `batch`, at
-    // iovecs in `iovs` and at a control buffer in `cmsgs`, all alive across
-    // the call; the iovecs describe published, unconsumed bytes of the guest's
+    let iovs: Vec<([libc::iovec; 2], usize)> = batch.iter().map(|r| r.payload.iovecs()).collect();
+    let datagrams: Vec<RawDatagram<'_>> = batch
+        .iter()
+        .zip(&iovs)
+        .map(|(r, (v, n))| RawDatagram {
+            to: &r.addr,
+            payload: v.get(..*n).unwrap_or(&[]),
+        })
+        .collect();
+    // SAFETY: the iovecs describe published, unconsumed bytes of the guest's
     // ring inside the live mapping (from `readable_segments`), which the kernel
-    // only reads. A guest that scribbles on them meanwhile changes only what
-    // is sent.
-    let r = unsafe {
-        libc::sendmmsg(
-            fd.as_raw_fd(),
-            hdrs.as_mut_ptr(),
-            count,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if r < 0 {
-        let first_gso = plan.first().is_some_and(|m| m.len() > 1);
-        return Err((io::Error::last_os_error(), first_gso));
+    // only reads. A guest that scribbles on them meanwhile changes only what is
+    // sent.
+    unsafe {
+        udp_batch::send_batch_raw(fd, &datagrams, gso, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
-    let messages = usize::try_from(r).unwrap_or(0);
-    Ok(plan.iter().take(messages).map(ExactSizeIterator::len).sum())
-}
-
-struct Received {
-    len: usize,
-    from: Option<SocketAddr>,
-    truncated: bool,
 }
 
 /// `recvmsg` of one datagram into `room` (the guest ring's free space after a
@@ -833,39 +735,12 @@ fn recv_into(fd: BorrowedFd<'_>, room: Option<&Segments>) -> io::Result<Received
             1,
         ),
     };
-    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    // SAFETY: all-zero is a valid `msghdr`; fields set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = name.as_mut_ptr().cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iovlen;
-    // SAFETY: `msg` points at `name` and `iov`, alive across the call; the
-    // iovecs are either `scratch` or free space of the guest's ring inside the
-    // live mapping (from `writable_segments`), which no honest guest touches
-    // until we publish it; the kernel writes at most their total length.
-    let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let len = usize::try_from(r).unwrap_or(0);
-    // SAFETY: `name` was zero-initialised and the kernel wrote `msg_namelen`
-    // bytes of a socket address into it; `SockaddrStorage::from_raw` checks
-    // the family and length.
-    let from = unsafe { SockaddrStorage::from_raw(name.as_ptr().cast(), Some(msg.msg_namelen)) }
-        .and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
-                .or_else(|| {
-                    s.as_sockaddr_in6()
-                        .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
-                })
-        });
-    Ok(Received {
-        len,
-        from,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-    })
+    let iov = iov.get_mut(..iovlen).unwrap_or(&mut []);
+    // SAFETY: the iovecs are either `scratch` or free space of the guest's
+    // ring inside the live mapping (from `writable_segments`), which no honest
+    // guest touches until we publish it and which no reference covers; the
+    // kernel writes at most their total length.
+    unsafe { udp_batch::recv_raw(fd, iov, libc::MSG_DONTWAIT) }
 }
 
 /// Copies `src` into ring free space described by `at` (exactly
@@ -961,6 +836,55 @@ mod tests {
             let (n, _) = f.far.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &payload[..], "cut at {cut}");
         }
+    }
+
+    /// In a network namespace of its own whose loopback has a 1,500-byte MTU,
+    /// a run of 8 KiB datagrams cannot go out as segments (the kernel says
+    /// `EMSGSIZE`): the relay turns offload off for the socket and sends the
+    /// records singly, as IP fragments, every one whole and none refused.
+    #[test]
+    fn a_refused_offload_send_falls_back_to_single_datagrams() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: making a network namespace needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare moves only this thread into a new network
+            // namespace; the thread ends with the test.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "mtu", "1500", "up"])
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip link set lo mtu 1500 up");
+            let mut f = fixture();
+            let to = f.far.local_addr().unwrap();
+            let mut total = 0;
+            for i in 0..4u8 {
+                let r = record(to, &[i; 8192]);
+                total += r.len();
+                assert_eq!(f.guest.write(&r).unwrap(), r.len());
+            }
+            let mut up = 0;
+            for _ in 0..8 {
+                up += f.relay.service(1 << 20).unwrap().up;
+                if up >= total {
+                    break;
+                }
+            }
+            assert_eq!(up, total, "every record went out");
+            assert!(!f.relay.gso, "the refusal turned offload off");
+            let c = f.relay.counters();
+            assert_eq!((c.sent, c.send_errors), (4, 0));
+            let mut buf = vec![0u8; 65_536];
+            for i in 0..4u8 {
+                let (n, _) = f.far.recv_from(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &[i; 8192][..]);
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     /// The writer closing with a record cut short breaks the pipe's format:
