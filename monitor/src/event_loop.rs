@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -535,18 +535,15 @@ impl Monitor {
             return;
         };
         for _ in 0..64 {
-            let fd =
-                match nix::sys::socket::accept4(server, nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
-                    Ok(fd) => fd,
-                    Err(nix::errno::Errno::EAGAIN) => return,
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a guest failed");
-                        return;
-                    }
-                };
-            // SAFETY: `accept4` returned a fresh descriptor nobody else owns.
-            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let sock = match crate::sys::accept(server) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a guest failed");
+                    return;
+                }
+            };
             let peer = match crate::serve_socket::peer_of(sock.as_fd()) {
                 Ok(p) => p,
                 Err(e) => {

@@ -4,8 +4,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -113,67 +112,15 @@ pub fn spawn(
 
     let mut cmd = Command::new(program);
     cmd.args(args).env(GUEST_FD_ENV, GUEST_FD.to_string());
-    let guest_raw = guest.as_raw_fd();
-    // SAFETY: the closure runs in the child between fork and exec. It only
-    // calls async-signal-safe functions (sigemptyset, sigprocmask, signal,
-    // dup2, fcntl, unshare, open, write, close) on data prepared before the
-    // fork, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The guest starts as from a shell: no signal blocked (the monitor
-            // blocks SIGINT and SIGTERM for its signalfd) and SIGPIPE at its
-            // default (the Rust runtime ignores it).
-            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            if libc::sigemptyset(none.as_mut_ptr()) != 0
-                || libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0
-                || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if guest_raw == GUEST_FD {
-                let flags = libc::fcntl(GUEST_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(GUEST_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(guest_raw, GUEST_FD) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let ns_err = |e: io::Error| {
-                io::Error::new(e.kind(), IsolateFailed(e.raw_os_error().unwrap_or(0)))
-            };
-            match isolation {
-                Isolation::None => {}
-                Isolation::NetNs => {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(ns_err(io::Error::last_os_error()));
-                    }
-                }
-                Isolation::UserNetNs => {
-                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
-                        return Err(ns_err(io::Error::last_os_error()));
-                    }
-                    for (path, text) in [
-                        (c"/proc/self/setgroups", c"deny"),
-                        (c"/proc/self/uid_map", uid_map.as_c_str()),
-                        (c"/proc/self/gid_map", gid_map.as_c_str()),
-                    ] {
-                        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                        if fd < 0 {
-                            return Err(ns_err(io::Error::last_os_error()));
-                        }
-                        let bytes = text.to_bytes();
-                        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-                        libc::close(fd);
-                        if n < 0 {
-                            return Err(ns_err(io::Error::last_os_error()));
-                        }
-                    }
-                }
-            }
-            Ok(())
-        });
-    }
+    crate::sys::prepare_guest(
+        &mut cmd,
+        crate::sys::GuestSetup {
+            session: guest.as_raw_fd(),
+            isolation,
+            uid_map,
+            gid_map,
+        },
+    );
     let child = cmd.spawn().map_err(|e| {
         if e.get_ref().is_some_and(|inner| inner.is::<IsolateFailed>())
             || is_isolation_errno(&e, isolation)
@@ -187,7 +134,7 @@ pub fn spawn(
         }
     })?;
     drop(guest);
-    let pidfd = match pidfd_open(child.id()) {
+    let pidfd = match crate::sys::pidfd_open(child.id()) {
         Ok(fd) => Some(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             tracing::info!("pidfd_open is not available; polling for the guest's exit");
@@ -215,8 +162,9 @@ fn is_isolation_errno(e: &io::Error, isolation: Isolation) -> bool {
         )
 }
 
+/// A namespace step that failed in the child, with its errno.
 #[derive(Debug)]
-struct IsolateFailed(i32);
+pub(crate) struct IsolateFailed(pub(crate) i32);
 
 impl std::fmt::Display for IsolateFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,20 +177,3 @@ impl std::fmt::Display for IsolateFailed {
 }
 
 impl std::error::Error for IsolateFailed {}
-
-/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
-///
-/// # Errors
-/// The system call's error.
-pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-    // SAFETY: `pidfd_open` takes plain integers and returns a new descriptor
-    // or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}

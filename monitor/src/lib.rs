@@ -15,6 +15,8 @@
 //! allocator's metadata lives in the monitor's private memory. A guest that
 //! misbehaves loses its pipe or its session, never the monitor.
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod event_loop;
 pub mod guest;
@@ -24,6 +26,8 @@ pub mod ratelimit;
 pub mod relay;
 pub mod serve_socket;
 pub mod session;
+#[allow(unsafe_code)]
+mod sys;
 pub mod udp;
 
 pub use config::{Config, ConfigError};

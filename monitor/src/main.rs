@@ -1,5 +1,7 @@
 //! `arca-monitor`: run one guest, or serve many, relaying their sockets.
 
+#![deny(unsafe_code)]
+
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;

@@ -24,16 +24,18 @@
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arca_wire::{
     DatagramHeader, ErrorCode, MembershipOp, SocketOption, DATAGRAM_HEADER_LEN, MAX_DATAGRAM,
 };
-use shm_ring::{BidirectionalPipe, RingError, Segments};
+use shm_ring::{BidirectionalPipe, ReadSegments, RingError, WriteSegments};
 use socket2::SockAddr;
-use udp_batch::{RawDatagram, Received, SendError};
+use udp_batch::{Received, SendError};
+
+use crate::sys::{recv_into, send_from_ring};
 
 use crate::policy::{Decision, DestCache, Policy};
 use crate::ratelimit::WarnLimiter;
@@ -345,7 +347,7 @@ impl UdpRelay {
                 }
                 return Ok(()); // armed: the rest of the record rings us
             }
-            match send_batch(fd, &batch, self.gso) {
+            match send_from_ring(fd, batch.iter().map(|r| (&r.addr, &r.payload)), self.gso) {
                 Err(SendError {
                     error: e,
                     gso: true,
@@ -414,7 +416,7 @@ impl UdpRelay {
             } else {
                 None
             };
-            let space = segs.as_ref().map_or(0, Segments::total);
+            let space = segs.as_ref().map_or(0, WriteSegments::total);
             let room = segs
                 .as_ref()
                 .filter(|_| space > DATAGRAM_HEADER_LEN)
@@ -439,7 +441,7 @@ impl UdpRelay {
                             let hdr = h.to_bytes();
                             let at = segs.map(|s| s.range(0, DATAGRAM_HEADER_LEN));
                             if let Some(at) = at {
-                                copy_into(&at, &hdr);
+                                at.copy_from(&hdr);
                             }
                             self.pipe
                                 .tx()
@@ -601,7 +603,7 @@ fn buffer_size(value: u64) -> io::Result<usize> {
 /// One record ready to send: where its payload lies and where it goes.
 struct Outgoing {
     addr: SockAddr,
-    payload: Segments,
+    payload: ReadSegments,
     record_len: usize,
 }
 
@@ -627,7 +629,7 @@ struct Parsed {
 /// the first, it comes back alone as [`Denied`] for the caller to drop.
 fn parse_records(
     pipe: &mut BidirectionalPipe,
-    segs: &Segments,
+    segs: &ReadSegments,
     writer_closed: bool,
     allowed: &mut dyn FnMut(SocketAddr) -> Decision,
 ) -> Result<Parsed, RelayFault> {
@@ -684,78 +686,6 @@ fn parse_records(
         denied: None,
         need,
     })
-}
-
-/// `sendmmsg` of a batch straight from the guest's ring, runs of equal
-/// datagrams as one segmentation-offload message each when `gso` (see
-/// [`udp_batch::plan_messages`]); returns how many *datagrams* were sent (at
-/// least one).
-///
-/// # Errors
-/// The first message's error, and whether it was an offload one (the caller
-/// then retries without).
-fn send_batch(fd: BorrowedFd<'_>, batch: &[Outgoing], gso: bool) -> Result<usize, SendError> {
-    // Every payload is one or two iovecs (it may wrap around the ring's end).
-    let iovs: Vec<([libc::iovec; 2], usize)> = batch.iter().map(|r| r.payload.iovecs()).collect();
-    let datagrams: Vec<RawDatagram<'_>> = batch
-        .iter()
-        .zip(&iovs)
-        .map(|(r, (v, n))| RawDatagram {
-            to: &r.addr,
-            payload: v.get(..*n).unwrap_or(&[]),
-        })
-        .collect();
-    // SAFETY: the iovecs describe published, unconsumed bytes of the guest's
-    // ring inside the live mapping (from `readable_segments`), which the kernel
-    // only reads. A guest that scribbles on them meanwhile changes only what is
-    // sent.
-    unsafe {
-        udp_batch::send_batch_raw(fd, &datagrams, gso, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    }
-}
-
-/// `recvmsg` of one datagram into `room` (the guest ring's free space after a
-/// header's worth), or, with no room, into a scratch byte so that it is
-/// dropped. `truncated` is set when it did not fit.
-fn recv_into(fd: BorrowedFd<'_>, room: Option<&Segments>) -> io::Result<Received> {
-    let mut scratch = [0u8; 1];
-    let (mut iov, iovlen) = match room {
-        Some(r) => r.iovecs(),
-        None => (
-            [
-                libc::iovec {
-                    iov_base: scratch.as_mut_ptr().cast(),
-                    iov_len: scratch.len(),
-                },
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-            ],
-            1,
-        ),
-    };
-    let iov = iov.get_mut(..iovlen).unwrap_or(&mut []);
-    // SAFETY: the iovecs are either `scratch` or free space of the guest's
-    // ring inside the live mapping (from `writable_segments`), which no honest
-    // guest touches until we publish it and which no reference covers; the
-    // kernel writes at most their total length.
-    unsafe { udp_batch::recv_raw(fd, iov, libc::MSG_DONTWAIT) }
-}
-
-/// Copies `src` into ring free space described by `at` (exactly
-/// `src.len()` bytes of segments).
-fn copy_into(at: &Segments, src: &[u8]) {
-    let mut rest = src;
-    for seg in at.as_slice() {
-        let (now, later) = rest.split_at(seg.len().min(rest.len()));
-        // SAFETY: `seg` is free space of the guest's ring in the live mapping
-        // (from `writable_segments`), not yet published, `now.len() <=
-        // seg.len()`; a byte copy to shared memory, with no reference formed
-        // over it.
-        unsafe { std::ptr::copy_nonoverlapping(now.as_ptr(), seg.as_ptr(), now.len()) };
-        rest = later;
-    }
 }
 
 #[cfg(test)]
@@ -845,14 +775,14 @@ mod tests {
     #[test]
     fn a_refused_offload_send_falls_back_to_single_datagrams() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: making a network namespace needs root");
             return;
         }
         std::thread::spawn(|| {
             // SAFETY: unshare moves only this thread into a new network
             // namespace; the thread ends with the test.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
             let st = std::process::Command::new("ip")
                 .args(["link", "set", "lo", "mtu", "1500", "up"])
                 .status()

@@ -53,12 +53,15 @@ mod buddy;
 #[cfg(not(loom))]
 mod doorbell;
 mod header;
+mod mem;
 mod offset;
 #[cfg(not(loom))]
 mod pipe;
 #[cfg(not(loom))]
 mod region;
 mod ring;
+#[cfg(not(loom))]
+mod segments;
 #[cfg(not(loom))]
 mod stream;
 mod sync;
@@ -86,9 +89,9 @@ pub use pipe::{
 };
 #[cfg(not(loom))]
 pub use region::{RegionError, ShmRegion, MIN_REGION_SIZE, REQUIRED_SEALS};
+pub use ring::{spin_step, BlockingError, Consumer, Producer, RingError, DEFAULT_SPIN};
 #[cfg(not(loom))]
-pub use ring::Segment;
-pub use ring::{spin_step, BlockingError, Consumer, Producer, RingError, Segments, DEFAULT_SPIN};
+pub use segments::{ReadSegments, Readable, Segment, Segments, Writable, WriteSegments};
 #[cfg(not(loom))]
 pub use stream::{SyncReader, SyncStream, SyncWriter};
 pub use wait::{NoNotify, Notify, Wait, WaitError};

@@ -81,7 +81,7 @@ fn poisoned(r: &Result<impl Sized, RingError>) -> bool {
     matches!(r, Err(RingError::Corrupt { .. }))
 }
 
-fn check_segments(segs: &Segments, base: *const u8, cap: usize) {
+fn check_segments<D>(segs: &Segments<D>, base: *const u8, cap: usize) {
     assert!(
         segs.total() <= cap,
         "segments offer {} of {cap}",
@@ -254,18 +254,10 @@ pub fn run(f: &Fixture, program: &[u8]) -> Outcome {
                 poison |= poisoned(&r);
                 if let Ok(segs) = r {
                     check_segments(&segs, to_peer_data, cap);
-                    let mut i = 0u64;
-                    let mut staged = Vec::new();
-                    for s in segs.as_slice() {
-                        for j in 0..s.len() {
-                            let b = pattern_byte(!(down_n + i));
-                            // SAFETY: free space inside the data area
-                            // (checked above), not yet published.
-                            unsafe { s.as_ptr().add(j).write_volatile(b) };
-                            staged.push(b);
-                            i += 1;
-                        }
-                    }
+                    let staged: Vec<u8> = (0..segs.total() as u64)
+                        .map(|i| pattern_byte(!(down_n + i)))
+                        .collect();
+                    assert_eq!(segs.copy_from(&staged), staged.len());
                     match owner.tx().commit(k) {
                         Ok(()) => {
                             assert!(k <= segs.total());
