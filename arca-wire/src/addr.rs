@@ -11,8 +11,14 @@
 //! Every address has exactly one encoding: for IPv4 the 12 unused address bytes, `flowinfo` and
 //! `scope_id` must be zero, and the decoder rejects anything else
 //! ([`WireError::Ipv4NonZero`]). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) stays IPv6.
+//!
+//! `RawSocketAddr` declares this layout; the compiler checks its size and every field's offset
+//! against the table.
 
+use std::mem::{offset_of, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use bytemuck::{Pod, Zeroable};
 
 use crate::error::WireError;
 
@@ -24,16 +30,28 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` byte of an IPv6 address.
 pub const FAMILY_V6: u8 = 6;
 
-const OFF_FAMILY: usize = 0;
-const OFF_PORT: usize = 1;
-const OFF_ADDR: usize = 3;
-const OFF_FLOWINFO: usize = 19;
-const OFF_SCOPE_ID: usize = 23;
-const _: () = assert!(OFF_PORT == OFF_FAMILY + 1);
-const _: () = assert!(OFF_ADDR == OFF_PORT + 2);
-const _: () = assert!(OFF_FLOWINFO == OFF_ADDR + 16);
-const _: () = assert!(OFF_SCOPE_ID == OFF_FLOWINFO + 4);
-const _: () = assert!(SOCKET_ADDR_LEN == OFF_SCOPE_ID + 4);
+/// An encoded address's bytes, field by field: a byte and byte arrays, so alignment 1 and no
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RawSocketAddr {
+    family: u8,
+    /// u16 LE.
+    port: [u8; 2],
+    /// Network order.
+    addr: [u8; 16],
+    /// u32 LE.
+    flowinfo: [u8; 4],
+    /// u32 LE.
+    scope_id: [u8; 4],
+}
+
+const _: () = assert!(size_of::<RawSocketAddr>() == SOCKET_ADDR_LEN);
+const _: () = assert!(offset_of!(RawSocketAddr, family) == 0);
+const _: () = assert!(offset_of!(RawSocketAddr, port) == 1);
+const _: () = assert!(offset_of!(RawSocketAddr, addr) == 3);
+const _: () = assert!(offset_of!(RawSocketAddr, flowinfo) == 19);
+const _: () = assert!(offset_of!(RawSocketAddr, scope_id) == 23);
 
 /// Encodes a socket address.
 ///
@@ -58,15 +76,13 @@ pub fn encode_socket_addr(addr: &SocketAddr) -> [u8; SOCKET_ADDR_LEN] {
             (FAMILY_V6, v6.flowinfo(), v6.scope_id())
         }
     };
-    // Constant offsets into a local array of constant length: cannot go out of bounds (the
-    // offsets are checked against SOCKET_ADDR_LEN at compile time above).
-    let mut out = [0u8; SOCKET_ADDR_LEN];
-    out[OFF_FAMILY] = family;
-    out[OFF_PORT..OFF_ADDR].copy_from_slice(&addr.port().to_le_bytes());
-    out[OFF_ADDR..OFF_FLOWINFO].copy_from_slice(&ip);
-    out[OFF_FLOWINFO..OFF_SCOPE_ID].copy_from_slice(&flowinfo.to_le_bytes());
-    out[OFF_SCOPE_ID..].copy_from_slice(&scope_id.to_le_bytes());
-    out
+    bytemuck::must_cast(RawSocketAddr {
+        family,
+        port: addr.port().to_le_bytes(),
+        addr: ip,
+        flowinfo: flowinfo.to_le_bytes(),
+        scope_id: scope_id.to_le_bytes(),
+    })
 }
 
 /// Decodes a socket address.
@@ -76,11 +92,12 @@ pub fn encode_socket_addr(addr: &SocketAddr) -> [u8; SOCKET_ADDR_LEN] {
 /// - [`WireError::Ipv4NonZero`] if an IPv4 address has nonzero unused bytes, `flowinfo` or
 ///   `scope_id`.
 pub fn decode_socket_addr(bytes: [u8; SOCKET_ADDR_LEN]) -> Result<SocketAddr, WireError> {
-    let [family, p0, p1, ip @ .., f0, f1, f2, f3, s0, s1, s2, s3] = bytes;
-    let port = u16::from_le_bytes([p0, p1]);
-    let flowinfo = u32::from_le_bytes([f0, f1, f2, f3]);
-    let scope_id = u32::from_le_bytes([s0, s1, s2, s3]);
-    match family {
+    let raw: RawSocketAddr = bytemuck::must_cast(bytes);
+    let ip = raw.addr;
+    let port = u16::from_le_bytes(raw.port);
+    let flowinfo = u32::from_le_bytes(raw.flowinfo);
+    let scope_id = u32::from_le_bytes(raw.scope_id);
+    match raw.family {
         FAMILY_V4 => {
             let [a, b, c, d, unused @ ..] = ip;
             if unused != [0u8; 12] {

@@ -17,6 +17,13 @@
 //! | 32     | 8    | `bitmap_offset`          | u64 LE   |
 //! | 40     | 4    | `bitmap_slots`           | u32 LE   |
 //! | 44     | 4    | `reserved` (0)           | u32 LE   |
+//!
+//! `RawBootstrap` declares this layout; the compiler checks its size and every field's offset
+//! against the table.
+
+use std::mem::{offset_of, size_of};
+
+use bytemuck::{Pod, Zeroable};
 
 use crate::error::WireError;
 
@@ -28,6 +35,35 @@ pub const BOOTSTRAP_VERSION: u16 = 1;
 pub const BOOTSTRAP_LEN: usize = 48;
 /// Number of descriptors sent with it, in order: region, guest bell, monitor bell.
 pub const BOOTSTRAP_FDS: usize = 3;
+
+/// The bootstrap's bytes, field by field: byte arrays holding little-endian values, so the
+/// struct has alignment 1 and no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RawBootstrap {
+    magic: [u8; 4],
+    version: [u8; 2],
+    flags: [u8; 2],
+    region_size: [u8; 8],
+    control_offset: [u8; 8],
+    control_cap_to_monitor: [u8; 4],
+    control_cap_to_guest: [u8; 4],
+    bitmap_offset: [u8; 8],
+    bitmap_slots: [u8; 4],
+    reserved: [u8; 4],
+}
+
+const _: () = assert!(size_of::<RawBootstrap>() == BOOTSTRAP_LEN);
+const _: () = assert!(offset_of!(RawBootstrap, magic) == 0);
+const _: () = assert!(offset_of!(RawBootstrap, version) == 4);
+const _: () = assert!(offset_of!(RawBootstrap, flags) == 6);
+const _: () = assert!(offset_of!(RawBootstrap, region_size) == 8);
+const _: () = assert!(offset_of!(RawBootstrap, control_offset) == 16);
+const _: () = assert!(offset_of!(RawBootstrap, control_cap_to_monitor) == 24);
+const _: () = assert!(offset_of!(RawBootstrap, control_cap_to_guest) == 28);
+const _: () = assert!(offset_of!(RawBootstrap, bitmap_offset) == 32);
+const _: () = assert!(offset_of!(RawBootstrap, bitmap_slots) == 40);
+const _: () = assert!(offset_of!(RawBootstrap, reserved) == 44);
 
 /// Where the session's shared structures are.
 ///
@@ -52,19 +88,18 @@ pub struct Bootstrap {
 impl Bootstrap {
     /// The 48-byte encoding.
     pub fn to_bytes(&self) -> [u8; BOOTSTRAP_LEN] {
-        // Constant ranges inside an array of constant length: checked at compile time.
-        let mut b = [0u8; BOOTSTRAP_LEN];
-        b[0..4].copy_from_slice(&BOOTSTRAP_MAGIC);
-        b[4..6].copy_from_slice(&BOOTSTRAP_VERSION.to_le_bytes());
-        // 6..8: flags, 0.
-        b[8..16].copy_from_slice(&self.region_size.to_le_bytes());
-        b[16..24].copy_from_slice(&self.control_offset.to_le_bytes());
-        b[24..28].copy_from_slice(&self.control_cap_to_monitor.to_le_bytes());
-        b[28..32].copy_from_slice(&self.control_cap_to_guest.to_le_bytes());
-        b[32..40].copy_from_slice(&self.bitmap_offset.to_le_bytes());
-        b[40..44].copy_from_slice(&self.bitmap_slots.to_le_bytes());
-        // 44..48: reserved, 0.
-        b
+        bytemuck::must_cast(RawBootstrap {
+            magic: BOOTSTRAP_MAGIC,
+            version: BOOTSTRAP_VERSION.to_le_bytes(),
+            flags: [0; 2],
+            region_size: self.region_size.to_le_bytes(),
+            control_offset: self.control_offset.to_le_bytes(),
+            control_cap_to_monitor: self.control_cap_to_monitor.to_le_bytes(),
+            control_cap_to_guest: self.control_cap_to_guest.to_le_bytes(),
+            bitmap_offset: self.bitmap_offset.to_le_bytes(),
+            bitmap_slots: self.bitmap_slots.to_le_bytes(),
+            reserved: [0; 4],
+        })
     }
 
     /// Parses the encoding: exactly [`BOOTSTRAP_LEN`] bytes.
@@ -76,31 +111,26 @@ impl Bootstrap {
             why,
             len: bytes.len(),
         };
-        let raw: [u8; BOOTSTRAP_LEN] = bytes
+        let exact: [u8; BOOTSTRAP_LEN] = bytes
             .try_into()
             .map_err(|_| bad("wrong length, need 48 bytes"))?;
-        let [m0, m1, m2, m3, v0, v1, f0, f1, rest @ ..] = raw;
-        let [r0, r1, r2, r3, r4, r5, r6, r7, rest @ ..] = rest;
-        let [c0, c1, c2, c3, c4, c5, c6, c7, rest @ ..] = rest;
-        let [tm0, tm1, tm2, tm3, tg0, tg1, tg2, tg3, rest @ ..] = rest;
-        let [b0, b1, b2, b3, b4, b5, b6, b7, rest @ ..] = rest;
-        let [s0, s1, s2, s3, z0, z1, z2, z3] = rest;
-        if [m0, m1, m2, m3] != BOOTSTRAP_MAGIC {
+        let raw: RawBootstrap = bytemuck::must_cast(exact);
+        if raw.magic != BOOTSTRAP_MAGIC {
             return Err(bad("bad magic"));
         }
-        if u16::from_le_bytes([v0, v1]) != BOOTSTRAP_VERSION {
+        if u16::from_le_bytes(raw.version) != BOOTSTRAP_VERSION {
             return Err(bad("unsupported bootstrap version"));
         }
-        if [f0, f1, z0, z1, z2, z3] != [0; 6] {
+        if raw.flags != [0; 2] || raw.reserved != [0; 4] {
             return Err(bad("non-zero flags or reserved field"));
         }
         Ok(Self {
-            region_size: u64::from_le_bytes([r0, r1, r2, r3, r4, r5, r6, r7]),
-            control_offset: u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
-            control_cap_to_monitor: u32::from_le_bytes([tm0, tm1, tm2, tm3]),
-            control_cap_to_guest: u32::from_le_bytes([tg0, tg1, tg2, tg3]),
-            bitmap_offset: u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
-            bitmap_slots: u32::from_le_bytes([s0, s1, s2, s3]),
+            region_size: u64::from_le_bytes(raw.region_size),
+            control_offset: u64::from_le_bytes(raw.control_offset),
+            control_cap_to_monitor: u32::from_le_bytes(raw.control_cap_to_monitor),
+            control_cap_to_guest: u32::from_le_bytes(raw.control_cap_to_guest),
+            bitmap_offset: u64::from_le_bytes(raw.bitmap_offset),
+            bitmap_slots: u32::from_le_bytes(raw.bitmap_slots),
         })
     }
 }

@@ -12,8 +12,14 @@
 //! | 2      | 27   | `addr`        | socket address (PROTOCOL.md §5.1): destination when |
 //! |        |      |               | the guest writes, source when the monitor writes    |
 //! | 29     | 3    | `reserved`    | zero                                                |
+//!
+//! `RawDatagramHeader` declares this layout; the compiler checks its size and every field's
+//! offset against the table.
 
+use std::mem::{offset_of, size_of};
 use std::net::SocketAddr;
+
+use bytemuck::{Pod, Zeroable};
 
 use crate::addr::{decode_socket_addr, encode_socket_addr, SOCKET_ADDR_LEN};
 use crate::error::WireError;
@@ -28,8 +34,23 @@ pub const MAX_DATAGRAM: usize = 65_527;
 /// The largest UDP payload over IPv4 (65 535 − 20 − 8).
 pub const MAX_DATAGRAM_V4: usize = 65_507;
 
-const _: () = assert!(2 + SOCKET_ADDR_LEN + 3 == DATAGRAM_HEADER_LEN);
 const _: () = assert!(MAX_DATAGRAM <= u16::MAX as usize);
+
+/// A record header's bytes, field by field: byte arrays, so alignment 1 and no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RawDatagramHeader {
+    /// u16 LE.
+    payload_len: [u8; 2],
+    /// The socket address encoding (`encode_socket_addr`).
+    addr: [u8; SOCKET_ADDR_LEN],
+    reserved: [u8; 3],
+}
+
+const _: () = assert!(size_of::<RawDatagramHeader>() == DATAGRAM_HEADER_LEN);
+const _: () = assert!(offset_of!(RawDatagramHeader, payload_len) == 0);
+const _: () = assert!(offset_of!(RawDatagramHeader, addr) == 2);
+const _: () = assert!(offset_of!(RawDatagramHeader, reserved) == 29);
 
 /// The largest payload for a datagram to (or from) `addr`.
 pub fn max_datagram_for(addr: &SocketAddr) -> usize {
@@ -74,12 +95,11 @@ impl DatagramHeader {
 
     /// The header's 32 bytes.
     pub fn to_bytes(&self) -> [u8; DATAGRAM_HEADER_LEN] {
-        let mut out = [0u8; DATAGRAM_HEADER_LEN];
-        let (len, rest) = out.split_at_mut(2);
-        len.copy_from_slice(&self.payload_len.to_le_bytes());
-        let (addr, _reserved) = rest.split_at_mut(SOCKET_ADDR_LEN);
-        addr.copy_from_slice(&encode_socket_addr(&self.addr));
-        out
+        bytemuck::must_cast(RawDatagramHeader {
+            payload_len: self.payload_len.to_le_bytes(),
+            addr: encode_socket_addr(&self.addr),
+            reserved: [0; 3],
+        })
     }
 
     /// Parses a header written by the peer (untrusted).
@@ -89,16 +109,12 @@ impl DatagramHeader {
     /// [`WireError::DatagramReserved`] for non-zero reserved bytes, or the socket address's
     /// own errors.
     pub fn parse(bytes: &[u8; DATAGRAM_HEADER_LEN]) -> Result<Self, WireError> {
-        let [l0, l1, rest @ ..] = *bytes;
-        let payload_len = u16::from_le_bytes([l0, l1]);
-        let (raw, reserved) = rest
-            .split_first_chunk::<SOCKET_ADDR_LEN>()
-            .ok_or(WireError::DatagramReserved)?;
-        let addr = decode_socket_addr(*raw)?;
-        if reserved.iter().any(|&b| b != 0) {
+        let raw: RawDatagramHeader = bytemuck::must_cast(*bytes);
+        let addr = decode_socket_addr(raw.addr)?;
+        if raw.reserved != [0; 3] {
             return Err(WireError::DatagramReserved);
         }
-        Self::new(usize::from(payload_len), addr)
+        Self::new(usize::from(u16::from_le_bytes(raw.payload_len)), addr)
     }
 }
 

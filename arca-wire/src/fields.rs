@@ -5,6 +5,9 @@
 //! byte array of exactly that length, little-endian.
 
 use std::fmt;
+use std::mem::{offset_of, size_of};
+
+use bytemuck::{Pod, Zeroable};
 
 use crate::error::WireError;
 
@@ -152,28 +155,41 @@ pub struct PipeInfo {
     pub cap_to_guest: u32,
 }
 
+/// A [`PipeInfo`]'s bytes, field by field: byte arrays holding little-endian values, so
+/// alignment 1 and no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RawPipeInfo {
+    shm_offset: [u8; 8],
+    cap_to_monitor: [u8; 4],
+    cap_to_guest: [u8; 4],
+}
+
+const _: () = assert!(size_of::<RawPipeInfo>() == PipeInfo::LEN);
+const _: () = assert!(offset_of!(RawPipeInfo, shm_offset) == 0);
+const _: () = assert!(offset_of!(RawPipeInfo, cap_to_monitor) == 8);
+const _: () = assert!(offset_of!(RawPipeInfo, cap_to_guest) == 12);
+
 impl PipeInfo {
     /// Encoded length in bytes.
     pub const LEN: usize = 16;
 
     /// Encodes the pipe description.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
-        let (offset, caps) = out.split_at_mut(8);
-        let (to_monitor, to_guest) = caps.split_at_mut(4);
-        offset.copy_from_slice(&self.shm_offset.to_le_bytes());
-        to_monitor.copy_from_slice(&self.cap_to_monitor.to_le_bytes());
-        to_guest.copy_from_slice(&self.cap_to_guest.to_le_bytes());
-        out
+        bytemuck::must_cast(RawPipeInfo {
+            shm_offset: self.shm_offset.to_le_bytes(),
+            cap_to_monitor: self.cap_to_monitor.to_le_bytes(),
+            cap_to_guest: self.cap_to_guest.to_le_bytes(),
+        })
     }
 
     /// Decodes a pipe description. Every bit pattern is a valid encoding.
     pub fn from_bytes(bytes: [u8; Self::LEN]) -> PipeInfo {
-        let [o0, o1, o2, o3, o4, o5, o6, o7, m0, m1, m2, m3, g0, g1, g2, g3] = bytes;
+        let raw: RawPipeInfo = bytemuck::must_cast(bytes);
         PipeInfo {
-            shm_offset: u64::from_le_bytes([o0, o1, o2, o3, o4, o5, o6, o7]),
-            cap_to_monitor: u32::from_le_bytes([m0, m1, m2, m3]),
-            cap_to_guest: u32::from_le_bytes([g0, g1, g2, g3]),
+            shm_offset: u64::from_le_bytes(raw.shm_offset),
+            cap_to_monitor: u32::from_le_bytes(raw.cap_to_monitor),
+            cap_to_guest: u32::from_le_bytes(raw.cap_to_guest),
         }
     }
 }

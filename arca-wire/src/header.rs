@@ -6,10 +6,16 @@
 //! | 1      | 2    | `payload_len`  | u16 LE | payload bytes after the header            |
 //! | 3      | 4    | `request_id`   | u32 LE | pairs a reply with its request            |
 //!
-//! The header is kept as a byte array and parsed field by field with `from_le_bytes`: a
-//! `#[repr(C)]` struct of native integers would pad to 8 bytes and use host byte order.
+//! The layout is declared once, as `RawHeader`: a `#[repr(C)]` struct of a byte and byte arrays
+//! holding little-endian values, so it has alignment 1 and no padding, and the compiler checks its
+//! size and each field's offset against the table above. A struct of native integers would pad
+//! to 8 bytes and use host byte order.
 //!
 //! [`MessageType`]: crate::MessageType
+
+use std::mem::{offset_of, size_of};
+
+use bytemuck::{Pod, Zeroable};
 
 use crate::error::WireError;
 use crate::fields::RequestId;
@@ -29,8 +35,23 @@ pub const MAX_FRAME_PAYLOAD: usize = 1024;
 /// The longest frame, header included.
 pub const MAX_FRAME_LEN: usize = HEADER_LEN + MAX_FRAME_PAYLOAD;
 
-const _: () = assert!(HEADER_LEN == 1 + 2 + 4);
 const _: () = assert!(MAX_FRAME_PAYLOAD <= u16::MAX as usize);
+
+/// The header's bytes, field by field (the table in the module docs).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RawHeader {
+    message_type: u8,
+    /// u16 LE.
+    payload_len: [u8; 2],
+    /// u32 LE.
+    request_id: [u8; 4],
+}
+
+const _: () = assert!(size_of::<RawHeader>() == HEADER_LEN);
+const _: () = assert!(offset_of!(RawHeader, message_type) == 0);
+const _: () = assert!(offset_of!(RawHeader, payload_len) == 1);
+const _: () = assert!(offset_of!(RawHeader, request_id) == 3);
 
 /// A parsed frame header.
 ///
@@ -83,19 +104,21 @@ impl FrameHeader {
     /// Splits the header's fields out of exactly [`HEADER_LEN`] bytes, without checking
     /// `payload_len` against the cap (use [`FrameHeader::parse`] on input).
     pub fn from_bytes(bytes: [u8; HEADER_LEN]) -> FrameHeader {
-        let [message_type, l0, l1, r0, r1, r2, r3] = bytes;
+        let raw: RawHeader = bytemuck::must_cast(bytes);
         FrameHeader {
-            message_type,
-            payload_len: u16::from_le_bytes([l0, l1]),
-            request_id: RequestId(u32::from_le_bytes([r0, r1, r2, r3])),
+            message_type: raw.message_type,
+            payload_len: u16::from_le_bytes(raw.payload_len),
+            request_id: RequestId(u32::from_le_bytes(raw.request_id)),
         }
     }
 
     /// The header's wire form.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
-        let [l0, l1] = self.payload_len.to_le_bytes();
-        let [r0, r1, r2, r3] = self.request_id.0.to_le_bytes();
-        [self.message_type, l0, l1, r0, r1, r2, r3]
+        bytemuck::must_cast(RawHeader {
+            message_type: self.message_type,
+            payload_len: self.payload_len.to_le_bytes(),
+            request_id: self.request_id.0.to_le_bytes(),
+        })
     }
 
     /// Length of the whole frame, header included.
