@@ -109,6 +109,17 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
+/// Why an attaching guest was turned away.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("user {0} is not allowed to attach (--allow-uid, --allow-gid)")]
+    NotAllowed(u32),
+    #[error("the monitor serves its limit of {0} sessions")]
+    Sessions(usize),
+    #[error("user {0} holds its limit of {1} sessions")]
+    UserSessions(u32, usize),
+}
+
 /// A stop signal as the monitor received it.
 #[derive(Debug, Clone, Copy)]
 struct StopSignal {
@@ -591,17 +602,14 @@ impl Monitor {
 
     /// May `peer` attach now: allowed by the serve socket's access rules,
     /// and within the session limits?
-    fn admit(&self, peer: Peer) -> Result<(), String> {
+    fn admit(&self, peer: Peer) -> Result<(), Refusal> {
         let own = nix::unistd::geteuid().as_raw();
         if !self.access.admits(own, peer) {
-            return Err(format!(
-                "user {} is not allowed to attach (--allow-uid, --allow-gid)",
-                peer.uid
-            ));
+            return Err(Refusal::NotAllowed(peer.uid));
         }
         let total = self.config.max_sessions;
         if self.sessions.len() >= total {
-            return Err(format!("the monitor serves its limit of {total} sessions"));
+            return Err(Refusal::Sessions(total));
         }
         let per_uid = self.config.max_sessions_per_uid;
         let held = self
@@ -610,10 +618,7 @@ impl Monitor {
             .filter(|&&u| u == peer.uid)
             .count();
         if held >= per_uid {
-            return Err(format!(
-                "user {} holds its limit of {per_uid} sessions",
-                peer.uid
-            ));
+            return Err(Refusal::UserSessions(peer.uid, per_uid));
         }
         Ok(())
     }

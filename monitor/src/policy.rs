@@ -49,6 +49,61 @@ pub enum PolicyError {
     },
 }
 
+/// Why an address block or a port range in a rule is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// Not an address, nor an address with a prefix.
+    #[error("`{0}` is not an address block (examples: 10.0.0.0/8, ::1/128)")]
+    NotABlock(String),
+    /// The prefix is not a number.
+    #[error("`{block}`: `{prefix}` is not a prefix length")]
+    BadPrefix {
+        /// The block as written.
+        block: String,
+        /// Its prefix as written.
+        prefix: String,
+    },
+    /// The prefix is longer than the address.
+    #[error("prefix length {prefix} is longer than the address ({max} bits)")]
+    PrefixTooLong {
+        /// The prefix length.
+        prefix: u8,
+        /// The address's length in bits.
+        max: u8,
+    },
+    /// Bits past the prefix are set.
+    #[error("{addr}/{prefix} has host bits set (the block is {network}/{prefix})")]
+    HostBitsSet {
+        /// The address as written.
+        addr: IpAddr,
+        /// The prefix length.
+        prefix: u8,
+        /// The block's network address.
+        network: IpAddr,
+    },
+    /// A block as written, and what is wrong with it.
+    #[error("`{block}`: {error}")]
+    InBlock {
+        /// The block as written.
+        block: String,
+        /// What is wrong.
+        error: Box<RuleError>,
+    },
+    /// Not a port number.
+    #[error("`{0}` is not a port (0 to 65535)")]
+    NotAPort(String),
+    /// A range whose low end is above its high end.
+    #[error("port range `{range}` is empty ({lo} > {hi})")]
+    EmptyRange {
+        /// The range as written.
+        range: String,
+        /// Its low end.
+        lo: u16,
+        /// Its high end.
+        hi: u16,
+    },
+}
+
 /// What a rule does with a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +148,7 @@ impl Cidr {
     /// # Errors
     /// A message when the prefix is longer than the address or host bits are
     /// set.
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, String> {
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, RuleError> {
         let (addr, prefix) = match addr {
             IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
                 Some(v4) => (IpAddr::V4(v4), prefix - 96),
@@ -103,16 +158,15 @@ impl Cidr {
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(format!(
-                "prefix length {prefix} is longer than the address ({max} bits)"
-            ));
+            return Err(RuleError::PrefixTooLong { prefix, max });
         }
         let c = Self { addr, prefix };
         if c.network() != addr {
-            return Err(format!(
-                "{addr}/{prefix} has host bits set (the block is {}/{prefix})",
-                c.network()
-            ));
+            return Err(RuleError::HostBitsSet {
+                addr,
+                prefix,
+                network: c.network(),
+            });
         }
         Ok(c)
     }
@@ -276,25 +330,29 @@ fn embedded_in(v6: Ipv6Addr) -> (Option<Embedded>, Option<Embedded>, Option<Embe
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = RuleError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, RuleError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| {
-            format!("`{s}` is not an address block (examples: 10.0.0.0/8, ::1/128)")
-        })?;
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| RuleError::NotABlock(s.to_owned()))?;
         let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .map_err(|_| format!("`{s}`: `{p}` is not a prefix length"))?,
+            Some(p) => p.trim().parse::<u8>().map_err(|_| RuleError::BadPrefix {
+                block: s.to_owned(),
+                prefix: p.to_owned(),
+            })?,
             None if addr.is_ipv4() => 32,
             None => 128,
         };
-        Cidr::new(addr, prefix).map_err(|e| format!("`{s}`: {e}"))
+        Cidr::new(addr, prefix).map_err(|e| RuleError::InBlock {
+            block: s.to_owned(),
+            error: Box::new(e),
+        })
     }
 }
 
@@ -360,13 +418,13 @@ impl PortRange {
 }
 
 impl FromStr for PortRange {
-    type Err = String;
+    type Err = RuleError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, RuleError> {
         let port = |p: &str| {
             p.trim()
                 .parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a port (0 to 65535)"))
+                .map_err(|_| RuleError::NotAPort(p.to_owned()))
         };
         let (lo, hi) = match s.split_once('-') {
             Some((a, b)) => (port(a)?, port(b)?),
@@ -376,7 +434,11 @@ impl FromStr for PortRange {
             }
         };
         if lo > hi {
-            return Err(format!("port range `{s}` is empty ({lo} > {hi})"));
+            return Err(RuleError::EmptyRange {
+                range: s.to_owned(),
+                lo,
+                hi,
+            });
         }
         Ok(PortRange { lo, hi })
     }

@@ -36,7 +36,31 @@ pub enum RelayFault {
     Corrupt(RingError),
     /// The guest wrote a datagram record that breaks DATAPIPE.md §10.
     #[error("guest wrote a bad datagram record: {0}")]
-    BadRecord(String),
+    BadRecord(BadRecord),
+}
+
+/// How a guest's datagram records break DATAPIPE.md §10.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRecord {
+    /// Fewer bytes than a header after the last record, and the writer closed.
+    #[error("{0} stray bytes after the last record")]
+    Stray(usize),
+    /// A header that does not parse.
+    #[error("record header at +{offset}: {error}")]
+    Header {
+        /// Where it starts, from the front of the ring's readable bytes.
+        offset: usize,
+        /// Why it does not parse.
+        error: arca_wire::WireError,
+    },
+    /// A record longer than what was published, and the writer closed.
+    #[error("record of {record} bytes cut short at {have} bytes")]
+    CutShort {
+        /// The record's length by its header.
+        record: usize,
+        /// The bytes of it published.
+        have: usize,
+    },
 }
 
 /// What a turn of relaying achieved.

@@ -39,7 +39,7 @@ use crate::sys::{recv_into, send_from_ring};
 
 use crate::policy::{Decision, DestCache, Policy};
 use crate::ratelimit::WarnLimiter;
-use crate::relay::{deregister, IdlePasses, Progress, RelayFault, Service};
+use crate::relay::{deregister, BadRecord, IdlePasses, Progress, RelayFault, Service};
 
 /// Which session holds `SO_REUSEADDR` UDP bindings on each `(is IPv4,
 /// port)`, for one monitor. Two of its guests must not share a port, or one
@@ -642,23 +642,20 @@ fn parse_records(
         let got = pipe.rx().peek(off, &mut raw).map_err(RelayFault::Corrupt)?;
         if got < DATAGRAM_HEADER_LEN {
             if writer_closed {
-                return Err(RelayFault::BadRecord(format!(
-                    "{got} stray bytes after the last record"
-                )));
+                return Err(RelayFault::BadRecord(BadRecord::Stray(got)));
             }
             break; // an honest guest publishes whole records; wait for the rest
         }
         let header = DatagramHeader::parse(&raw)
-            .map_err(|e| RelayFault::BadRecord(format!("record header at +{off}: {e}")))?;
+            .map_err(|error| RelayFault::BadRecord(BadRecord::Header { offset: off, error }))?;
         let end = off + header.record_len();
         need = header.record_len();
         if end > avail {
             if writer_closed {
-                return Err(RelayFault::BadRecord(format!(
-                    "record of {} bytes cut short at {} bytes",
-                    header.record_len(),
-                    avail - off
-                )));
+                return Err(RelayFault::BadRecord(BadRecord::CutShort {
+                    record: header.record_len(),
+                    have: avail - off,
+                }));
             }
             break;
         }

@@ -229,9 +229,18 @@ pub enum SetupError {
     /// Creating the region failed.
     #[error("region: {0}")]
     Region(#[from] shm_ring::RegionError),
-    /// Carving the region failed.
+    /// The region's size does not suit the allocator.
     #[error("allocator: {0}")]
-    Alloc(String),
+    Allocator(#[from] shm_ring::ConfigError),
+    /// The region has no room for the session's fixed structures.
+    #[error("allocating the session's structures: {0}")]
+    Alloc(#[from] shm_ring::AllocError),
+    /// The control pipe could not be laid out in its block.
+    #[error("control pipe: {0}")]
+    Pipe(#[from] shm_ring::PipeError),
+    /// The notification bitmap does not fit its block.
+    #[error("notification bitmap: {0}")]
+    Bitmap(#[from] shm_ring::OffsetError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -250,38 +259,31 @@ impl Session {
             &format!("arca-guest-{id}"),
             cfg.region_size,
         )?);
-        let alloc = ShmAllocator::new(
-            BuddyAllocator::new(region.size(), 4096)
-                .map_err(|e| SetupError::Alloc(e.to_string()))?,
-        );
+        let alloc = ShmAllocator::new(BuddyAllocator::new(region.size(), 4096)?);
         let guest_bell = Arc::new(Doorbell::new()?);
         let monitor_bell = Doorbell::new()?;
-        let block = alloc
-            .alloc(BidirectionalPipe::block_size(
-                cfg.control_ring,
-                cfg.control_ring,
-            ))
-            .map_err(|e| SetupError::Alloc(e.to_string()))?;
+        let block = alloc.alloc(BidirectionalPipe::block_size(
+            cfg.control_ring,
+            cfg.control_ring,
+        ))?;
         let control = BidirectionalPipe::create(
             &region,
             block,
             cfg.control_ring,
             cfg.control_ring,
             PeerWakers::single(guest_bell.clone()),
-        )
-        .map_err(|e| SetupError::Alloc(e.to_string()))?;
+        )?;
         // Armed before the guest can know the pipe exists: its first request
         // then always rings (arming later could miss a request written in
         // between).
         let mut control = control;
         control.rx().arm();
-        let bitmap_block = alloc
-            .alloc(NotifyBitmap::bytes_for(cfg.max_conns))
-            .map_err(|e| SetupError::Alloc(e.to_string()))?;
-        let bitmap = Arc::new(
-            NotifyBitmap::new(&region, bitmap_block.offset(), cfg.max_conns)
-                .map_err(|e| SetupError::Alloc(e.to_string()))?,
-        );
+        let bitmap_block = alloc.alloc(NotifyBitmap::bytes_for(cfg.max_conns))?;
+        let bitmap = Arc::new(NotifyBitmap::new(
+            &region,
+            bitmap_block.offset(),
+            cfg.max_conns,
+        )?);
         bitmap.reset();
         let boot = Bootstrap {
             region_size: region.size(),
