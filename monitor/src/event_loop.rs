@@ -504,6 +504,7 @@ impl Monitor {
                 release: &mut release,
                 config,
                 reuse,
+                now: Instant::now(),
             };
             f(&mut ctx)
         };

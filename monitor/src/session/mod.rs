@@ -74,6 +74,9 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     /// Who holds reuse-bound UDP ports among the monitor's guests.
     pub reuse: &'a crate::udp::ReuseOwners,
+    /// The time as the loop read it for this turn: the session reads no
+    /// clock of its own for what it decides (connect rates, deadlines).
+    pub now: Instant,
 }
 
 /// A snapshot of one session's resources, for tests and logs.

@@ -177,7 +177,7 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) {
         let in_flight = self.in_flight();
-        if let Err(code) = self.admission.connect(Instant::now(), rid, addr, in_flight) {
+        if let Err(code) = self.admission.connect(ctx.now, rid, addr, in_flight) {
             return self.reply(rid, Message::ConnectErr { code });
         }
         let mut sock = match mio::net::TcpStream::connect(addr) {
@@ -201,7 +201,7 @@ impl Session {
             Err(code) => return self.reply(rid, Message::ConnectErr { code }),
         };
         let deadline = (timeout_ms > 0).then(|| {
-            let at = Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+            let at = ctx.now + std::time::Duration::from_millis(u64::from(timeout_ms));
             self.timers.insert((at, id), rid);
             at
         });

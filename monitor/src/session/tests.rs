@@ -27,6 +27,8 @@ struct Harness {
     guest: BidirectionalPipe,
     decoder: FrameDecoder,
     next_rid: u32,
+    /// The session's clock: the real time, or a time the test sets.
+    clock: Option<Instant>,
     /// Replies read but not yet claimed by [`Harness::answer`].
     unclaimed: Vec<Frame>,
     /// The guest's end of the session socket.
@@ -67,6 +69,7 @@ impl Harness {
                 release: &mut |_| {},
                 config: &config,
                 reuse: &reuse,
+                now: Instant::now(),
             };
             Session::new(1, mine, &mut ctx).unwrap()
         };
@@ -87,13 +90,19 @@ impl Harness {
             guest,
             decoder: FrameDecoder::new(),
             next_rid: 1,
+            clock: None,
             unclaimed: Vec::new(),
             _sock: theirs,
         }
     }
 
     /// Runs `f` with the session and the services a loop lends it.
+    fn now(&self) -> Instant {
+        self.clock.unwrap_or_else(Instant::now)
+    }
+
     fn with_ctx<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
+        let now = self.now();
         let Harness {
             poll,
             tokens,
@@ -118,6 +127,7 @@ impl Harness {
                 release: &mut release,
                 config,
                 reuse,
+                now,
             };
             f(session, &mut ctx)
         };
@@ -156,7 +166,7 @@ impl Harness {
             self.with_ctx(|s, ctx| s.on_event(src, r, w, ctx));
         }
         self.with_ctx(|s, ctx| {
-            s.fire_timers(Instant::now(), ctx);
+            s.fire_timers(ctx.now, ctx);
             s.run_ready(ctx);
         });
     }
@@ -375,6 +385,51 @@ fn a_refused_connect_and_a_denied_one_are_answered_with_their_codes() {
         }
     );
     assert_eq!(h.session.stats().policy.denied, 1);
+    h.check_invariants();
+}
+
+/// A connect's deadline is kept in the session's time, which the loop
+/// passes in: it fires when that time passes it, not before, and takes the
+/// pending connect (and its timer) with it.
+#[test]
+fn a_connect_deadline_fires_by_the_time_passed_in() {
+    let mut h = Harness::new(ALLOW_LOOPBACK);
+    h.hello();
+    // A listener whose accept queue is full: the kernel drops the SYN.
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    full.listen(0).unwrap();
+    let addr = full.local_addr().unwrap().as_socket().unwrap();
+    let _queued: Vec<_> = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).ok()
+        })
+        .collect();
+    let t0 = Instant::now();
+    h.clock = Some(t0);
+    let rid = h.send(&Message::ConnectRequest {
+        addr,
+        timeout_ms: 5_000,
+    });
+    h.turn();
+    assert!(h.replies().is_empty(), "still connecting");
+    assert_eq!(h.session.stats().timers, 1);
+    h.clock = Some(t0 + std::time::Duration::from_millis(4_999));
+    h.turn();
+    assert!(h.replies().is_empty(), "not before its deadline");
+    h.clock = Some(t0 + std::time::Duration::from_millis(5_000));
+    h.turn();
+    let f = h.replies().pop().expect("answered at its deadline");
+    assert_eq!(f.request_id, rid);
+    assert_eq!(
+        f.message,
+        Message::ConnectErr {
+            code: ErrorCode::TimedOut
+        }
+    );
+    let st = h.session.stats();
+    assert_eq!((st.conns, st.timers, st.requests_in_flight), (0, 0, 0));
     h.check_invariants();
 }
 
