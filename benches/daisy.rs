@@ -43,7 +43,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arca_suite::daisy_run::{self, describe, tcp_listening, udp_bound, wait_for, Proc, Summary};
+use arca_testkit::daisy_run::{self, describe, tcp_listening, udp_bound, wait_for, Proc, Summary};
 
 const BRIDGE: &str = "arcabr0";
 const HOST_IP: &str = "10.77.0.1";
@@ -897,7 +897,7 @@ fn run(o: &Opts) -> Result<(), String> {
     let input = dir.join("input.bin");
     {
         let len = usize::try_from(size).map_err(|_| "--size-mb too large")?;
-        let data = arca_suite::pattern::random_bytes(0x000d_a157, len);
+        let data = arca_testkit::pattern::random_bytes(0x000d_a157, len);
         std::fs::write(&input, data).map_err(|e| format!("{}: {e}", input.display()))?;
     }
     let max_n = o.receivers.iter().copied().max().unwrap_or(1);

@@ -18,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use arca_suite::daisy_run::{cargo_build, describe, profile_dir, Proc};
+use arca_testkit::daisy_run::{cargo_build, describe, profile_dir, Proc};
 
 /// Upper bound for any single step (a line to appear, a process to exit, a reply).
 const STEP: Duration = Duration::from_secs(30);
@@ -410,7 +410,7 @@ fn attach_guests_share_one_serving_monitor() {
         assert!(Instant::now() < end, "arca-monitor serve made no socket");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let echo = arca_suite::servers::echo_server().unwrap().to_string();
+    let echo = arca_testkit::servers::echo_server().unwrap().to_string();
     let guests: Vec<_> = (0..2)
         .map(|_| Running::bare("attach_guest", &[socket_arg, &echo]))
         .collect();

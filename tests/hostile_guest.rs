@@ -2,7 +2,7 @@
 //!
 //! The well-behaved guest (the `arca` library) runs a verified workload — TCP
 //! echo with CRC32C checksums and UDP echo — for the whole run, while raw
-//! guests (tests/util/raw_guest.rs) do what no honest guest would:
+//! guests (`arca_testkit::raw_guest`) do what no honest guest would:
 //!
 //! - send malformed control frames: every message type truncated and
 //!   oversized, unknown types, random payloads, reply types carrying pipe
@@ -40,8 +40,6 @@
 //! (sets `ARCA_HOSTILE_SECS` for the hostile sessions and for the records cut
 //! at random points; `ARCA_HOSTILE_SEED` picks the seed).
 
-mod util;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as HostTcp, UdpSocket as HostUdp};
@@ -52,6 +50,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arca_monitor::{Config, Monitor, MonitorHandle, MonitorStats, SessionId};
+use arca_testkit::raw_guest::{listen_and_accept, RawGuest, WAIT};
 use arca_wire::{
     ConnId, DatagramHeader, ErrorCode, FrameHeader, Handle, ListenerId, Message, MessageType,
     PipeInfo, RequestId, SocketOption, DATAGRAM_HEADER_LEN, MAX_FRAME_PAYLOAD,
@@ -59,7 +58,6 @@ use arca_wire::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shm_ring::{BidirectionalPipe, RingError, TO_OWNER_HEADER};
-use util::raw_guest::{listen_and_accept, RawGuest, WAIT};
 
 /// Tests here count descriptors and sessions: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -409,7 +407,7 @@ fn good_guest(
             s.set_read_timeout(Some(WAIT)).unwrap();
             s.set_write_timeout(Some(WAIT)).unwrap();
             let total = rng.gen_range(64 << 10..=256 << 10);
-            let data = util::pattern(seed ^ round, total);
+            let data = arca_testkit::in_proc::pattern(seed ^ round, total);
             let (mut sent_crc, mut got_crc) = (0u32, 0u32);
             let mut back = vec![0u8; 16 << 10];
             for chunk in data.chunks(16 << 10) {
@@ -432,7 +430,7 @@ fn good_guest(
             // try waits 250 ms, well inside the watchdog's stall limit).
             for i in 0..4u64 {
                 let len = rng.gen_range(1..=1400);
-                let dgram = util::pattern(seed ^ (round << 8) ^ i, len);
+                let dgram = arca_testkit::in_proc::pattern(seed ^ (round << 8) ^ i, len);
                 let mut ok = false;
                 for _try in 0..20 {
                     sock.send_to(&dgram, udp).expect("udp send");
@@ -1036,7 +1034,7 @@ fn honest_echo(
     echo: SocketAddr,
     rng: &mut StdRng,
 ) {
-    let payload = util::pattern(rng.gen(), 100);
+    let payload = arca_testkit::in_proc::pattern(rng.gen(), 100);
     let h = DatagramHeader::new(payload.len(), echo).unwrap().to_bytes();
     pipe.tx().write_record(&[&h[..], &payload[..]]).unwrap();
     g.kick(id.0);
@@ -1223,7 +1221,7 @@ impl CutStream {
         let mut ends = Vec::new();
         let mut payloads = Vec::new();
         for (i, &len) in sizes.iter().enumerate() {
-            let payload = util::pattern(seed ^ ((i as u64) << 32), len);
+            let payload = arca_testkit::in_proc::pattern(seed ^ ((i as u64) << 32), len);
             bytes.extend_from_slice(&DatagramHeader::new(len, to).unwrap().to_bytes());
             bytes.extend_from_slice(&payload);
             ends.push(bytes.len());
@@ -1555,7 +1553,7 @@ fn hostile_guests_do_not_hurt_a_well_behaved_one() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0xA2CA_0001);
-    let tcp_echo = util::echo_server();
+    let tcp_echo = arca_testkit::in_proc::echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
@@ -1841,7 +1839,7 @@ fn hostile_seed() -> u64 {
 fn cut_short_datagram_records_cost_only_their_socket() {
     let _serial = serial();
     let mut rng = StdRng::seed_from_u64(0xF1);
-    let tcp_echo = util::echo_server();
+    let tcp_echo = arca_testkit::in_proc::echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
@@ -1963,7 +1961,7 @@ fn records_cut_at_random_points_cost_only_their_socket() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3.0),
     );
-    let tcp_echo = util::echo_server();
+    let tcp_echo = arca_testkit::in_proc::echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
@@ -2061,7 +2059,11 @@ impl FrameCut {
                 let ty = (0x80..=u8::MAX)
                     .find(|t| MessageType::from_u8(*t).is_none())
                     .expect("an unknown type");
-                let f = raw_frame(ty, id, &util::pattern(u64::from(id), MAX_FRAME_PAYLOAD));
+                let f = raw_frame(
+                    ty,
+                    id,
+                    &arca_testkit::in_proc::pattern(u64::from(id), MAX_FRAME_PAYLOAD),
+                );
                 (f, arca_wire::HEADER_LEN + n)
             }
         }
@@ -2149,7 +2151,7 @@ fn dribble_tcp(s: &Served, rng: &mut StdRng) -> usize {
     let (mut g, _) = attach_raw(s);
     let (conn, mut pipe, mut host) = listen_and_accept(&mut g);
     host.set_nonblocking(true).unwrap();
-    let data = util::pattern(rng.gen(), 8 << 20);
+    let data = arca_testkit::in_proc::pattern(rng.gen(), 8 << 20);
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0;
@@ -2220,7 +2222,7 @@ fn dribble_records(s: &Served, sink: &HostSink, rng: &mut StdRng) -> usize {
 fn cut_short_frames_and_dribbling_guests_cost_only_themselves() {
     let _serial = serial();
     let mut rng = StdRng::seed_from_u64(0xF1_C7);
-    let tcp_echo = util::echo_server();
+    let tcp_echo = arca_testkit::in_proc::echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();

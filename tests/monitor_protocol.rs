@@ -2,17 +2,15 @@
 //! `arca`): handshake rules, hostile control frames, a relayed connection with
 //! half-close, and a guest that corrupts its pipes. Every wait is bounded.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arca_monitor::{Config, Monitor, MonitorHandle};
+use arca_testkit::raw_guest::{listen_and_accept, RawGuest, WAIT};
 use arca_wire::{ConnId, ErrorCode, Handle, Message, RequestId};
 use shm_ring::{RingError, ShmOffset, TO_OWNER_HEADER};
-use util::raw_guest::{listen_and_accept, RawGuest, WAIT};
 
 struct Served {
     handle: MonitorHandle,

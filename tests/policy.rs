@@ -3,8 +3,6 @@
 //! cannot name, close or take each other's connections, listeners or ports. An in-process
 //! monitor, guests in this process, real kernel sockets on loopback. Every wait is bounded.
 
-mod util;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
 use std::sync::{Arc, Mutex, Once};
@@ -12,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use arca::TcpStream;
 use arca_monitor::{Config, Policy};
+use arca_testkit::in_proc::{echo_server, pattern, TestMonitor, STEP};
+use arca_testkit::raw_guest::RawGuest;
 use arca_wire::{ConnId, ErrorCode, Handle, ListenerId, Message, SocketOption};
 use shm_ring::BidirectionalPipe;
-use util::raw_guest::RawGuest;
-use util::{echo_server, pattern, TestMonitor, STEP};
 
 /// A monitor whose guests get `policy_toml`, with small pipes.
 fn monitor(policy_toml: &str) -> TestMonitor {

@@ -1,13 +1,11 @@
 //! End-to-end TCP through a real monitor and real kernel sockets on 127.0.0.1: guests attach
 //! to an in-process monitor over its Unix socket (a session is a socket plus a mapping).
 
-mod util;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use util::{echo_server, pattern, TestMonitor, STEP};
+use arca_testkit::in_proc::{echo_server, pattern, TestMonitor, STEP};
 
 fn host_listener() -> (std::net::TcpListener, std::net::SocketAddr) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

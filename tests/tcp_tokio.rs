@@ -1,12 +1,10 @@
 //! The `tokio` feature: async streams and accept through a real monitor.
 
-mod util;
-
 use std::time::Duration;
 
 use arca::tokio::{AsyncTcpListener, AsyncTcpStream};
+use arca_testkit::in_proc::{echo_server, pattern, TestMonitor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use util::{echo_server, pattern, TestMonitor};
 
 #[test]
 fn async_echo_and_accept() {

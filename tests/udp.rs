@@ -2,15 +2,13 @@
 //! IPv6), connect, multicast both ways with host sockets, oversized datagrams, asynchronous
 //! send errors, drop counting under a flood, and resources freed on close.
 
-mod util;
-
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use util::{pattern, TestMonitor, STEP};
+use arca_testkit::in_proc::{pattern, TestMonitor, STEP};
 
 /// A host UDP echo server on `bind`; stops when `stop` is set (bounded by its read timeout).
 fn host_echo(bind: &str) -> (SocketAddr, Arc<AtomicBool>) {

@@ -10,12 +10,10 @@
 //! `scripts/soak [MINUTES]` runs it longer. `ARCA_SOAK_SAMPLE_SECS` sets the
 //! sampling period (default: a thirtieth of the run, at least 2 s).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
-use common::{
+use arca_testkit::monitor_proc::{
     collect_stdout, echo_verified, guest_command, read_marker, splitmix, wait_exit, wait_until,
     EchoServer, MonitorProc, Reaped, Rss, ROLE,
 };

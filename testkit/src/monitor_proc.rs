@@ -5,8 +5,6 @@
 //!
 //! Every child is killed and reaped on drop; every wait has a deadline.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -17,13 +15,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The monitor binary built with these tests.
-pub const MONITOR: &str = env!("CARGO_BIN_EXE_arca-monitor");
 /// The monitor binary to run: `ARCA_MONITOR_BIN` if set (a long soak runs
 /// from copies so that rebuilding meanwhile cannot disturb it), else
-/// [`MONITOR`].
+/// `arca-monitor` in the running test's profile directory, where Cargo puts
+/// it for the monitor's own tests ([`crate::daisy_run::profile_dir`]).
 pub fn monitor_bin() -> PathBuf {
-    std::env::var_os("ARCA_MONITOR_BIN").map_or_else(|| PathBuf::from(MONITOR), PathBuf::from)
+    std::env::var_os("ARCA_MONITOR_BIN").map_or_else(
+        || {
+            crate::daisy_run::profile_dir()
+                .expect("the test executable lies in a target directory")
+                .join("arca-monitor")
+        },
+        PathBuf::from,
+    )
 }
 
 /// Environment variable naming the guest role of a re-executed test binary.

@@ -1,10 +1,6 @@
 //! Shared helpers for the end-to-end TCP tests: an in-process monitor serving a Unix socket,
 //! and guests attached to it from the same process.
 
-#![allow(dead_code)]
-
-pub mod raw_guest;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -101,11 +97,11 @@ impl Drop for TestMonitor {
 
 /// Deterministic pseudo-random bytes, `len` long, from `seed`.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    arca_suite::pattern::random_bytes(seed, len)
+    crate::pattern::random_bytes(seed, len)
 }
 
 /// A host `std::net` echo server on 127.0.0.1:0 (echo until EOF, then shut
 /// down writing). Returns its address.
 pub fn echo_server() -> std::net::SocketAddr {
-    arca_suite::servers::echo_server().expect("bind echo server")
+    crate::servers::echo_server().expect("bind echo server")
 }
