@@ -25,10 +25,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arca_testkit::daisy_run::{
-    describe, isolation_available, tcp_listening, tcp_sockets, wait_for, Bins, Proc, Summary,
-    TCP_ESTABLISHED,
-};
+use arca_testkit::child::{describe, Proc};
+use arca_testkit::daisy_run::{Bins, Summary};
+use arca_testkit::monitor_proc::isolation_available;
+use arca_testkit::procfs::{tcp_listening, tcp_sockets, TCP_ESTABLISHED};
+use arca_testkit::wait::wait_for;
 use sha2::{Digest, Sha256};
 
 /// Hard limit for one test, from its start.

@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use arca::tokio::{AsyncTcpListener, AsyncTcpStream};
-use arca_testkit::in_proc::{echo_server, pattern, TestMonitor};
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::pattern::random_bytes;
+use arca_testkit::servers::echo_server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
 fn async_echo_and_accept() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-tokio", Config::default());
     let s = m.session();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -19,7 +22,7 @@ fn async_echo_and_accept() {
         tokio::time::timeout(Duration::from_secs(30), async {
             // Out to a host echo server, 4 MiB each way.
             let c = AsyncTcpStream::connect(&s, echo_server()).await.unwrap();
-            let data = pattern(11, 4 << 20);
+            let data = random_bytes(11, 4 << 20);
             let (mut r, mut w) = (c.clone(), c);
             let d = data.clone();
             let writer = tokio::spawn(async move {

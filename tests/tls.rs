@@ -7,7 +7,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arca_testkit::in_proc::TestMonitor;
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{
     ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
@@ -50,7 +51,7 @@ fn rustls_client_in_the_guest_talks_to_a_rustls_server_on_the_host() {
         (body, version)
     });
 
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tls", Config::default());
     let session = m.session();
     let stream = session.connect(addr).unwrap();
     stream

@@ -1,43 +1,34 @@
-//! Shared helpers for the end-to-end TCP tests: an in-process monitor serving a Unix socket,
-//! and guests attached to it from the same process.
+//! A monitor running on a thread of the test process, serving a Unix socket, with guests
+//! attached to it from the same process; its figures come from [`MonitorHandle::stats`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
-use arca_monitor::{Config, Monitor, MonitorHandle, SessionStats};
+use arca_monitor::{Config, Monitor, MonitorHandle, MonitorStats, SessionStats};
 
-/// Upper bound for any single blocking step in a test.
-pub const STEP: Duration = Duration::from_secs(20);
+use crate::monitor_proc::socket_path;
 
 /// A monitor running on its own thread, stopped on drop.
-pub struct TestMonitor {
+pub struct InProcMonitor {
     pub path: PathBuf,
     pub handle: MonitorHandle,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-impl TestMonitor {
-    /// Starts a monitor with the default configuration on a fresh socket path.
-    pub fn start() -> TestMonitor {
-        TestMonitor::with_config(Config::default())
-    }
-
-    /// Starts a monitor with `config`.
-    pub fn with_config(config: Config) -> TestMonitor {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "arca-test-{}-{}.sock",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+impl InProcMonitor {
+    /// Starts a monitor with `config` on a fresh socket path named after `name`, and waits
+    /// until its loop answers.
+    pub fn start(name: &str, config: Config) -> InProcMonitor {
+        let path = socket_path(name);
         let mut m = Monitor::new(config).expect("monitor");
         m.listen_unix(&path).expect("listen_unix");
         let handle = m.handle();
         let thread = std::thread::spawn(move || m.run());
-        TestMonitor {
+        // Answered by the loop itself: it is running.
+        handle.stats().expect("monitor loop answers");
+        InProcMonitor {
             path,
             handle,
             thread: Some(thread),
@@ -49,24 +40,14 @@ impl TestMonitor {
         ArcaSession::attach(&self.path).expect("attach")
     }
 
-    /// Stops the monitor and waits for its thread.
-    pub fn stop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
+    /// The monitor's figures.
+    pub fn stats(&self) -> MonitorStats {
+        self.handle.stats().expect("monitor stats")
     }
 
     /// Every live session's figures.
     pub fn sessions(&self) -> Vec<SessionStats> {
-        self.handle
-            .stats()
-            .expect("stats")
-            .sessions
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect()
+        self.stats().sessions.into_iter().map(|(_, s)| s).collect()
     }
 
     /// Polls `cond` on the stats until it holds or `timeout` passes; returns the last stats.
@@ -87,21 +68,19 @@ impl TestMonitor {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
 
-impl Drop for TestMonitor {
-    fn drop(&mut self) {
-        self.stop();
+    /// Stops the monitor and waits for its thread.
+    pub fn stop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Deterministic pseudo-random bytes, `len` long, from `seed`.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    crate::pattern::random_bytes(seed, len)
-}
-
-/// A host `std::net` echo server on 127.0.0.1:0 (echo until EOF, then shut
-/// down writing). Returns its address.
-pub fn echo_server() -> std::net::SocketAddr {
-    crate::servers::echo_server().expect("bind echo server")
+impl Drop for InProcMonitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
