@@ -11,7 +11,7 @@
 //! - [`child`]: children killed and reaped by their guards; the test binary re-executed as
 //!   a guest in a role.
 //! - [`bins`]: where the workspace's binaries are, and building them with `$CARGO`.
-//! - [`daisy_run`]: the Daisy binaries, their summary lines, whether isolation works here.
+//! - [`daisy_run`]: the Daisy binaries and their summary lines.
 //! - [`twoproc`]: re-execute the current binary in a named role and hand it file
 //!   descriptors; the child side reads them back.
 //! - [`shm_link`]: one shm-ring pipe between a parent (owner) and a child (peer), handed
