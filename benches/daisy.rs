@@ -43,7 +43,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arca_suite::daisy_run::{self, describe, tcp_listening, udp_bound, wait_for, Proc, Summary};
+use arca_testkit::bins::profile_dir;
+use arca_testkit::child::{describe, Proc};
+use arca_testkit::daisy_run::Summary;
+use arca_testkit::procfs::{tcp_listening, udp_bound};
+use arca_testkit::wait::wait_for;
 
 const BRIDGE: &str = "arcabr0";
 const HOST_IP: &str = "10.77.0.1";
@@ -141,7 +145,7 @@ const USAGE: &str = "usage: cargo bench --bench daisy -- [--size-mb N] [--receiv
 [--udp-receiver P] [--uftp P] [--uftpd P]";
 
 fn parse_args() -> Result<Opts, String> {
-    let bin_dir = daisy_run::profile_dir()?;
+    let bin_dir = profile_dir()?;
     let mut o = Opts {
         size_mb: 200,
         receivers: vec![1, 2, 4],
@@ -897,7 +901,7 @@ fn run(o: &Opts) -> Result<(), String> {
     let input = dir.join("input.bin");
     {
         let len = usize::try_from(size).map_err(|_| "--size-mb too large")?;
-        let data = arca_suite::pattern::random_bytes(0x000d_a157, len);
+        let data = arca_testkit::pattern::random_bytes(0x000d_a157, len);
         std::fs::write(&input, data).map_err(|e| format!("{}: {e}", input.display()))?;
     }
     let max_n = o.receivers.iter().copied().max().unwrap_or(1);
@@ -973,12 +977,7 @@ fn run(o: &Opts) -> Result<(), String> {
     println!("\n{table}");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .or_else(|| {
-            daisy_run::profile_dir()
-                .ok()?
-                .parent()
-                .map(Path::to_path_buf)
-        })
+        .or_else(|| profile_dir().ok()?.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("target"));
     let out = target.join("daisy-bench.md");
     std::fs::write(&out, &table).map_err(|e| format!("{}: {e}", out.display()))?;

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The bench binary re-executes itself as the peer (`ARCA_TWOPROC_ROLE=ring-peer`,
-//! see `arca_suite::twoproc`) and hands it one shm-ring pipe (region memfd,
+//! see `arca_testkit::twoproc`) and hands it one shm-ring pipe (region memfd,
 //! four doorbells, liveness socket), one end of a socketpair, one end of each
 //! of two pipes, two eventfds and a control socket. The parent then drives
 //! one *phase* at a time: it sends a command byte on the control socket, the
@@ -37,8 +37,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arca_suite::shm_link::{LinkEnd, OwnerLink};
-use arca_suite::twoproc::{ChildCommand, ChildEnv, ChildGuard};
+use arca_testkit::shm_link::{LinkEnd, OwnerLink};
+use arca_testkit::twoproc::{ChildCommand, ChildEnv, ChildGuard};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use shm_ring::{Consumer, Doorbell, Producer, RingError, SyncReader, SyncWriter};
 

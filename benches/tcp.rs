@@ -208,8 +208,8 @@ fn servers() -> (Servers, SocketAddr, SocketAddr) {
 /// The server role: starts the servers, prints their addresses, and lives until
 /// its parent closes stdin (or dies).
 fn serve_servers() {
-    let sink = arca_suite::servers::count_sink().unwrap();
-    let echo = arca_suite::servers::echo_server().unwrap();
+    let sink = arca_testkit::servers::count_sink();
+    let echo = arca_testkit::servers::echo_server();
     println!("{sink} {echo}");
     let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
 }

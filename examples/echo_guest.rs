@@ -81,7 +81,7 @@ fn run() -> io::Result<()> {
     );
 
     // Bulk: a writer thread sends, this thread reads the echo.
-    let data = arca_suite::pattern::random_bytes(0x9E37_79B9, BULK);
+    let data = arca_testkit::pattern::random_bytes(0x9E37_79B9, BULK);
     let want = crc32c::crc32c(&data);
     let w = client.try_clone()?;
     let start = Instant::now();

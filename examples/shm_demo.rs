@@ -16,9 +16,9 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
 
-use arca_suite::pattern::{Pattern, Tally, DEFAULT_PERIOD};
-use arca_suite::shm_link::{LinkEnd, OwnerLink};
-use arca_suite::twoproc::{monotonic_ns, report, ChildCommand, ChildEnv};
+use arca_testkit::pattern::{Pattern, Tally, DEFAULT_PERIOD};
+use arca_testkit::shm_link::{LinkEnd, OwnerLink};
+use arca_testkit::twoproc::{monotonic_ns, report, ChildCommand, ChildEnv};
 
 const ROLE: &str = "shm-demo-peer";
 const RING: u64 = 1 << 20;

@@ -25,10 +25,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arca_suite::daisy_run::{
-    describe, isolation_available, tcp_listening, tcp_sockets, wait_for, Bins, Proc, Summary,
-    TCP_ESTABLISHED,
-};
+use arca_testkit::child::{describe, Proc};
+use arca_testkit::daisy_run::{Bins, Summary};
+use arca_testkit::monitor_proc::isolation_available;
+use arca_testkit::procfs::{tcp_listening, tcp_sockets, TCP_ESTABLISHED};
+use arca_testkit::wait::wait_for;
 use sha2::{Digest, Sha256};
 
 /// Hard limit for one test, from its start.
@@ -468,7 +469,7 @@ fn three_receivers_get_256_mib_bit_exact() {
         return;
     };
     let deadline = Instant::now() + TEST_LIMIT;
-    let data = arca_suite::pattern::random_bytes(0x256, 256 << 20);
+    let data = arca_testkit::pattern::random_bytes(0x256, 256 << 20);
     let (send, _) = transfer_ok(&bins, net(1), &data, 3, deadline);
     let packets = (data.len() as u64).div_ceil(PAYLOAD as u64);
     assert_eq!(send.u64("packets").unwrap(), packets, "{send:?}");
@@ -482,7 +483,7 @@ fn injected_loss_is_repaired() {
     let deadline = Instant::now() + TEST_LIMIT;
     let n = net(2);
     // The adaptive rate backs off on repair requests, so lossy transfers are slow: keep small.
-    let data = arca_suite::pattern::random_bytes(0x1055, 8 << 20);
+    let data = arca_testkit::pattern::random_bytes(0x1055, 8 << 20);
     let sha = hex(Sha256::digest(&data));
     let len = data.len() as u64;
     let input = TempFile::with("loss", &data);
@@ -524,7 +525,7 @@ fn a_receiver_killed_mid_transfer_is_dropped() {
     };
     let deadline = Instant::now() + TEST_LIMIT;
     let n = net(3);
-    let data = arca_suite::pattern::random_bytes(0x4111, 32 << 20);
+    let data = arca_testkit::pattern::random_bytes(0x4111, 32 << 20);
     let sha = hex(Sha256::digest(&data));
     let len = data.len() as u64;
     let input = TempFile::with("kill", &data);
@@ -695,7 +696,7 @@ fn forged_datagrams_with_a_correct_sum_are_rejected() {
     };
     let deadline = Instant::now() + TEST_LIMIT;
     let n = net(4);
-    let data = arca_suite::pattern::random_bytes(0xf0f0, 24 << 20);
+    let data = arca_testkit::pattern::random_bytes(0xf0f0, 24 << 20);
     let sha = hex(Sha256::digest(&data));
     let len = data.len() as u64;
     let input = TempFile::with("forged", &data);
@@ -736,7 +737,7 @@ fn input_an_exact_multiple_of_the_payload() {
         return;
     };
     let deadline = Instant::now() + TEST_LIMIT;
-    let data = arca_suite::pattern::random_bytes(1460, PAYLOAD * 3000);
+    let data = arca_testkit::pattern::random_bytes(1460, PAYLOAD * 3000);
     let (send, _) = transfer_ok(&bins, net(6), &data, 2, deadline);
     assert_eq!(send.u64("packets").unwrap(), 3000, "{send:?}");
 }
@@ -748,7 +749,7 @@ fn input_from_a_pipe_with_short_reads() {
     };
     let deadline = Instant::now() + TEST_LIMIT;
     let n = net(7);
-    let data = arca_suite::pattern::random_bytes(0x919e, (3 << 20) + 123);
+    let data = arca_testkit::pattern::random_bytes(0x919e, (3 << 20) + 123);
     let sha = hex(Sha256::digest(&data));
     let len = data.len() as u64;
     let mut sender = start_sender(&bins, n, 2, &[], Input::Pipe(data.clone()), deadline);
@@ -775,7 +776,7 @@ fn a_receiver_beyond_clients_is_refused_clearly() {
     };
     let deadline = Instant::now() + TEST_LIMIT;
     let n = net(8);
-    let data = arca_suite::pattern::random_bytes(0xe47a, 16 << 20);
+    let data = arca_testkit::pattern::random_bytes(0xe47a, 16 << 20);
     let sha = hex(Sha256::digest(&data));
     let len = data.len() as u64;
     let input = TempFile::with("extra", &data);

@@ -18,7 +18,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use arca_suite::daisy_run::{cargo_build, describe, profile_dir, Proc};
+use arca_testkit::bins::{cargo_build, profile_dir};
+use arca_testkit::child::{describe, Proc};
+use arca_testkit::monitor_proc::{socket_path, wait_for_socket};
 
 /// Upper bound for any single step (a line to appear, a process to exit, a reply).
 const STEP: Duration = Duration::from_secs(30);
@@ -397,20 +399,16 @@ fn udp_echo_answers_a_multicast_group() {
 #[test]
 fn attach_guests_share_one_serving_monitor() {
     let bins = bins();
-    let socket = std::env::temp_dir().join(format!("arca-examples-{}.sock", std::process::id()));
+    let socket = socket_path("examples");
     let _ = std::fs::remove_file(&socket);
     let socket_arg = socket.to_str().unwrap();
-    let monitor = Running::spawn(
+    let mut monitor = Running::spawn(
         "arca-monitor serve",
         &bins.monitor,
         &["serve", "--socket", socket_arg],
     );
-    let end = Instant::now() + STEP;
-    while !socket.exists() {
-        assert!(Instant::now() < end, "arca-monitor serve made no socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let echo = arca_suite::servers::echo_server().unwrap().to_string();
+    wait_for_socket(&socket, monitor.proc.child_mut(), STEP);
+    let echo = arca_testkit::servers::echo_server().to_string();
     let guests: Vec<_> = (0..2)
         .map(|_| Running::bare("attach_guest", &[socket_arg, &echo]))
         .collect();
@@ -434,8 +432,7 @@ fn attach_guests_share_one_serving_monitor() {
 
 #[test]
 fn attach_guest_without_a_monitor_names_the_socket() {
-    let missing =
-        std::env::temp_dir().join(format!("arca-examples-none-{}.sock", std::process::id()));
+    let missing = socket_path("examples-none");
     let path = missing.to_str().unwrap();
     let done = Running::bare("attach_guest", &[path, "127.0.0.1:9"]).finish();
     assert_eq!(done.status.code(), Some(1), "{}", done.stderr);

@@ -2,7 +2,7 @@
 //!
 //! The well-behaved guest (the `arca` library) runs a verified workload — TCP
 //! echo with CRC32C checksums and UDP echo — for the whole run, while raw
-//! guests (tests/util/raw_guest.rs) do what no honest guest would:
+//! guests (`arca_testkit::raw_guest`) do what no honest guest would:
 //!
 //! - send malformed control frames: every message type truncated and
 //!   oversized, unknown types, random payloads, reply types carrying pipe
@@ -40,8 +40,6 @@
 //! (sets `ARCA_HOSTILE_SECS` for the hostile sessions and for the records cut
 //! at random points; `ARCA_HOSTILE_SEED` picks the seed).
 
-mod util;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as HostTcp, UdpSocket as HostUdp};
@@ -52,6 +50,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arca_monitor::{Config, Monitor, MonitorHandle, MonitorStats, SessionId};
+use arca_testkit::monitor_proc::socket_path;
+use arca_testkit::pattern::random_bytes;
+use arca_testkit::procfs::open_fds;
+use arca_testkit::raw_guest::{listen_and_accept, RawGuest, WAIT};
+use arca_testkit::servers::echo_server;
 use arca_wire::{
     ConnId, DatagramHeader, ErrorCode, FrameHeader, Handle, ListenerId, Message, MessageType,
     PipeInfo, RequestId, SocketOption, DATAGRAM_HEADER_LEN, MAX_FRAME_PAYLOAD,
@@ -59,7 +62,6 @@ use arca_wire::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shm_ring::{BidirectionalPipe, RingError, TO_OWNER_HEADER};
-use util::raw_guest::{listen_and_accept, RawGuest, WAIT};
 
 /// Tests here count descriptors and sessions: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -113,8 +115,7 @@ struct Served {
 
 impl Served {
     fn start(name: &str, config: Config) -> Served {
-        let path =
-            std::env::temp_dir().join(format!("arca-hostile-{}-{name}.sock", std::process::id()));
+        let path = socket_path(&format!("hostile-{name}"));
         let mut m = Monitor::new(config).unwrap();
         m.listen_unix(&path).unwrap();
         let handle = m.handle();
@@ -266,10 +267,6 @@ fn config() -> Config {
     }
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
 /// Waits for the process's descriptor count to come back to `baseline`.
 fn assert_fds_back_to(baseline: usize) {
     let deadline = Instant::now() + WAIT;
@@ -409,7 +406,7 @@ fn good_guest(
             s.set_read_timeout(Some(WAIT)).unwrap();
             s.set_write_timeout(Some(WAIT)).unwrap();
             let total = rng.gen_range(64 << 10..=256 << 10);
-            let data = util::pattern(seed ^ round, total);
+            let data = random_bytes(seed ^ round, total);
             let (mut sent_crc, mut got_crc) = (0u32, 0u32);
             let mut back = vec![0u8; 16 << 10];
             for chunk in data.chunks(16 << 10) {
@@ -432,7 +429,7 @@ fn good_guest(
             // try waits 250 ms, well inside the watchdog's stall limit).
             for i in 0..4u64 {
                 let len = rng.gen_range(1..=1400);
-                let dgram = util::pattern(seed ^ (round << 8) ^ i, len);
+                let dgram = random_bytes(seed ^ (round << 8) ^ i, len);
                 let mut ok = false;
                 for _try in 0..20 {
                     sock.send_to(&dgram, udp).expect("udp send");
@@ -1036,7 +1033,7 @@ fn honest_echo(
     echo: SocketAddr,
     rng: &mut StdRng,
 ) {
-    let payload = util::pattern(rng.gen(), 100);
+    let payload = random_bytes(rng.gen(), 100);
     let h = DatagramHeader::new(payload.len(), echo).unwrap().to_bytes();
     pipe.tx().write_record(&[&h[..], &payload[..]]).unwrap();
     g.kick(id.0);
@@ -1223,7 +1220,7 @@ impl CutStream {
         let mut ends = Vec::new();
         let mut payloads = Vec::new();
         for (i, &len) in sizes.iter().enumerate() {
-            let payload = util::pattern(seed ^ ((i as u64) << 32), len);
+            let payload = random_bytes(seed ^ ((i as u64) << 32), len);
             bytes.extend_from_slice(&DatagramHeader::new(len, to).unwrap().to_bytes());
             bytes.extend_from_slice(&payload);
             ends.push(bytes.len());
@@ -1555,7 +1552,7 @@ fn hostile_guests_do_not_hurt_a_well_behaved_one() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0xA2CA_0001);
-    let tcp_echo = util::echo_server();
+    let tcp_echo = echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
@@ -1841,7 +1838,7 @@ fn hostile_seed() -> u64 {
 fn cut_short_datagram_records_cost_only_their_socket() {
     let _serial = serial();
     let mut rng = StdRng::seed_from_u64(0xF1);
-    let tcp_echo = util::echo_server();
+    let tcp_echo = echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
@@ -1963,7 +1960,7 @@ fn records_cut_at_random_points_cost_only_their_socket() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3.0),
     );
-    let tcp_echo = util::echo_server();
+    let tcp_echo = echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
@@ -2061,7 +2058,7 @@ impl FrameCut {
                 let ty = (0x80..=u8::MAX)
                     .find(|t| MessageType::from_u8(*t).is_none())
                     .expect("an unknown type");
-                let f = raw_frame(ty, id, &util::pattern(u64::from(id), MAX_FRAME_PAYLOAD));
+                let f = raw_frame(ty, id, &random_bytes(u64::from(id), MAX_FRAME_PAYLOAD));
                 (f, arca_wire::HEADER_LEN + n)
             }
         }
@@ -2149,7 +2146,7 @@ fn dribble_tcp(s: &Served, rng: &mut StdRng) -> usize {
     let (mut g, _) = attach_raw(s);
     let (conn, mut pipe, mut host) = listen_and_accept(&mut g);
     host.set_nonblocking(true).unwrap();
-    let data = util::pattern(rng.gen(), 8 << 20);
+    let data = random_bytes(rng.gen(), 8 << 20);
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0;
@@ -2220,7 +2217,7 @@ fn dribble_records(s: &Served, sink: &HostSink, rng: &mut StdRng) -> usize {
 fn cut_short_frames_and_dribbling_guests_cost_only_themselves() {
     let _serial = serial();
     let mut rng = StdRng::seed_from_u64(0xF1_C7);
-    let tcp_echo = util::echo_server();
+    let tcp_echo = echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();

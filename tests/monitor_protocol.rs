@@ -2,57 +2,30 @@
 //! `arca`): handshake rules, hostile control frames, a relayed connection with
 //! half-close, and a guest that corrupts its pipes. Every wait is bounded.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use arca_monitor::{Config, Monitor, MonitorHandle};
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::raw_guest::{listen_and_accept, RawGuest, WAIT};
 use arca_wire::{ConnId, ErrorCode, Handle, Message, RequestId};
 use shm_ring::{RingError, ShmOffset, TO_OWNER_HEADER};
-use util::raw_guest::{listen_and_accept, RawGuest, WAIT};
 
-struct Served {
-    handle: MonitorHandle,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    path: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn serve(name: &str) -> Served {
+fn serve(name: &str) -> InProcMonitor {
     if let Ok(f) = tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(f)
             .with_test_writer()
             .try_init();
     }
-    let path = std::env::temp_dir().join(format!("arca-mp-{}-{name}.sock", std::process::id()));
     let config = Config {
         region_size: 16 << 20,
         data_ring: 64 << 10,
         max_conns: 256,
         ..Config::default()
     };
-    let mut m = Monitor::new(config).unwrap();
-    m.listen_unix(&path).unwrap();
-    let handle = m.handle();
-    let thread = std::thread::spawn(move || m.run());
-    Served {
-        handle,
-        thread: Some(thread),
-        path,
-    }
+    InProcMonitor::start(&format!("mp-{name}"), config)
 }
 
 #[test]
@@ -388,7 +361,7 @@ fn connect_timers_end_with_their_connects() {
     g.hello();
     let (listener, _fillers) = full_listener();
     let addr = listener.local_addr().unwrap();
-    let timers = |s: &Served| s.handle.stats().unwrap().sessions[0].1.timers;
+    let timers = |s: &InProcMonitor| s.handle.stats().unwrap().sessions[0].1.timers;
     let mut pending = Vec::new();
     for _ in 0..4 {
         pending.push(g.send(&Message::ConnectRequest {

@@ -3,8 +3,6 @@
 //! cannot name, close or take each other's connections, listeners or ports. An in-process
 //! monitor, guests in this process, real kernel sockets on loopback. Every wait is bounded.
 
-mod util;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
 use std::sync::{Arc, Mutex, Once};
@@ -12,26 +10,32 @@ use std::time::{Duration, Instant};
 
 use arca::TcpStream;
 use arca_monitor::{Config, Policy};
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::pattern::random_bytes;
+use arca_testkit::raw_guest::RawGuest;
+use arca_testkit::servers::echo_server;
+use arca_testkit::STEP;
 use arca_wire::{ConnId, ErrorCode, Handle, ListenerId, Message, SocketOption};
 use shm_ring::BidirectionalPipe;
-use util::raw_guest::RawGuest;
-use util::{echo_server, pattern, TestMonitor, STEP};
 
 /// A monitor whose guests get `policy_toml`, with small pipes.
-fn monitor(policy_toml: &str) -> TestMonitor {
+fn monitor(policy_toml: &str) -> InProcMonitor {
     let policy = Policy::from_toml(policy_toml, "test").expect("test policy parses");
-    TestMonitor::with_config(Config {
-        region_size: 64 << 20,
-        data_ring: 64 << 10,
-        policy: Arc::new(policy),
-        ..Config::default()
-    })
+    InProcMonitor::start(
+        "policy",
+        Config {
+            region_size: 64 << 20,
+            data_ring: 64 << 10,
+            policy: Arc::new(policy),
+            ..Config::default()
+        },
+    )
 }
 
 /// Sends a fresh pattern through an echo connection and checks every byte comes back.
 fn verify(c: &mut TcpStream, seed: u64) {
     c.set_read_timeout(Some(STEP)).unwrap();
-    let data = pattern(seed, 100_000);
+    let data = random_bytes(seed, 100_000);
     let w = c.try_clone().unwrap();
     let sent = data.clone();
     let writer = std::thread::spawn(move || (&w).write_all(&sent));
@@ -45,7 +49,7 @@ fn kind<T: std::fmt::Debug>(r: std::io::Result<T>) -> ErrorKind {
     r.expect_err("expected a refusal").kind()
 }
 
-fn only_session(m: &TestMonitor) -> arca_monitor::SessionStats {
+fn only_session(m: &InProcMonitor) -> arca_monitor::SessionStats {
     let s = m.sessions();
     assert_eq!(s.len(), 1, "one session");
     s.into_iter().next().unwrap()
@@ -207,7 +211,7 @@ fn an_ipv4_address_inside_an_ipv6_one_is_judged_as_ipv4() {
 
 #[test]
 fn listening_is_loopback_and_unprivileged_by_default() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("policy", Config::default());
     let s = m.session();
     // Non-loopback addresses are refused by the policy, before the host is asked (the host
     // would allow the wildcard and say AddrNotAvailable for the documentation addresses).
@@ -431,7 +435,7 @@ fn a_denied_datagram_is_dropped_and_reported() {
 
 #[test]
 fn multicast_joins_follow_the_multicast_rules() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("policy", Config::default());
     let s = m.session();
     let u = s.bind_udp("0.0.0.0:0").unwrap();
     let lo = Ipv4Addr::LOCALHOST;
@@ -475,7 +479,7 @@ fn multicast_joins_follow_the_multicast_rules() {
 #[test]
 fn a_guest_cannot_name_close_or_take_another_guests_resources() {
     let echo = echo_server();
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("policy", Config::default());
     let a = m.session();
     let mut conn = a.connect(echo).unwrap();
     let listener = a.bind("127.0.0.1:0").unwrap();

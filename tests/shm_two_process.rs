@@ -3,7 +3,7 @@
 //! The parent (owner) creates the region and the pipe and re-executes this
 //! test binary as the child (peer), selecting the `twoproc_child` entry point
 //! (an ignored test) and a role through the environment; see
-//! `arca_suite::twoproc` and `arca_suite::shm_link` for the handoff. Every
+//! `arca_testkit::twoproc` and `arca_testkit::shm_link` for the handoff. Every
 //! stream has a timeout, every child a kill-on-drop guard and a deadline, and
 //! every test body runs under a test-level deadline.
 
@@ -14,9 +14,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use arca_suite::pattern::{Pattern, Tally, DEFAULT_PERIOD};
-use arca_suite::shm_link::{LinkEnd, OwnerLink};
-use arca_suite::twoproc::{report, ChildCommand, ChildEnv, ChildGuard, ChildOutput};
+use arca_testkit::pattern::{Pattern, Tally, DEFAULT_PERIOD};
+use arca_testkit::shm_link::{LinkEnd, OwnerLink};
+use arca_testkit::twoproc::{report, ChildCommand, ChildEnv, ChildGuard, ChildOutput};
 
 type Res = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 

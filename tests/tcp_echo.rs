@@ -1,13 +1,15 @@
 //! End-to-end TCP through a real monitor and real kernel sockets on 127.0.0.1: guests attach
 //! to an in-process monitor over its Unix socket (a session is a socket plus a mapping).
 
-mod util;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use util::{echo_server, pattern, TestMonitor, STEP};
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::pattern::random_bytes;
+use arca_testkit::servers::echo_server;
+use arca_testkit::STEP;
 
 fn host_listener() -> (std::net::TcpListener, std::net::SocketAddr) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -17,7 +19,7 @@ fn host_listener() -> (std::net::TcpListener, std::net::SocketAddr) {
 
 #[test]
 fn echo_round_trip() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let addr = echo_server();
     let mut c = s.connect(addr).unwrap();
@@ -38,7 +40,7 @@ fn echo_round_trip() {
 fn one_gib_up_and_down_at_once_with_checksum() {
     const CHUNK: usize = 1 << 20;
     const LEN: usize = 1 << 30;
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let addr = echo_server();
     let c = s.connect(addr).unwrap();
@@ -49,7 +51,7 @@ fn one_gib_up_and_down_at_once_with_checksum() {
     let writer = std::thread::spawn(move || {
         let mut crc = 0u32;
         for i in 0..(LEN / CHUNK) as u64 {
-            let chunk = pattern(7 + i, CHUNK);
+            let chunk = random_bytes(7 + i, CHUNK);
             crc = crc32c::crc32c_append(crc, &chunk);
             (&w).write_all(&chunk).unwrap();
         }
@@ -74,7 +76,7 @@ fn one_gib_up_and_down_at_once_with_checksum() {
 
 #[test]
 fn guest_half_close_still_reads_reply() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let (l, addr) = host_listener();
     let host = std::thread::spawn(move || {
@@ -98,7 +100,7 @@ fn guest_half_close_still_reads_reply() {
 
 #[test]
 fn host_half_close_guest_reads_eof_and_keeps_writing() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let (l, addr) = host_listener();
     let host = std::thread::spawn(move || {
@@ -116,7 +118,7 @@ fn host_half_close_guest_reads_eof_and_keeps_writing() {
     c.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"bye");
     assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0);
-    let payload = pattern(3, 1 << 20);
+    let payload = random_bytes(3, 1 << 20);
     c.write_all(&payload).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(host.join().unwrap(), payload);
@@ -124,7 +126,7 @@ fn host_half_close_guest_reads_eof_and_keeps_writing() {
 
 #[test]
 fn inbound_connections_to_guest_listener() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let l = s.bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -154,7 +156,7 @@ fn inbound_connections_to_guest_listener() {
 
 #[test]
 fn connect_to_closed_port_is_refused() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let (l, addr) = host_listener();
     drop(l);
@@ -167,7 +169,7 @@ fn connect_to_closed_port_is_refused() {
 
 #[test]
 fn bind_taken_address_is_addr_in_use() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let (_l, addr) = host_listener();
     let e = s.bind(addr).unwrap_err();
@@ -180,7 +182,7 @@ fn bind_taken_address_is_addr_in_use() {
 
 #[test]
 fn timeouts_and_nonblocking_behave_like_std() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let (l, addr) = host_listener();
     let c = s.connect(addr).unwrap();
@@ -210,7 +212,7 @@ fn timeouts_and_nonblocking_behave_like_std() {
 /// connect's timer must not time out a later connect that got the same id.
 #[test]
 fn connect_timeout_is_not_inherited_through_a_reused_id() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     // A listener whose accept queue is full: further SYNs are dropped, so a connect to it
     // stays in progress until its deadline.
@@ -254,10 +256,13 @@ fn connect_timeout_is_not_inherited_through_a_reused_id() {
 #[test]
 fn thousand_concurrent_connections_from_eight_threads() {
     // Small rings so a thousand pipes fit the region comfortably.
-    let m = TestMonitor::with_config(arca_monitor::Config {
-        data_ring: 16 << 10,
-        ..arca_monitor::Config::default()
-    });
+    let m = InProcMonitor::start(
+        "tcp-echo",
+        arca_monitor::Config {
+            data_ring: 16 << 10,
+            ..arca_monitor::Config::default()
+        },
+    );
     let s = m.session();
     let addr = echo_server();
     let all_open = std::sync::Arc::new(std::sync::Barrier::new(9));
@@ -272,7 +277,7 @@ fn thousand_concurrent_connections_from_eight_threads() {
                         let c = s.connect(addr).unwrap();
                         c.set_read_timeout(Some(STEP)).unwrap();
                         c.set_write_timeout(Some(STEP)).unwrap();
-                        (c, pattern(t * 1000 + i, 20_000 + (i as usize) * 397))
+                        (c, random_bytes(t * 1000 + i, 20_000 + (i as usize) * 397))
                     })
                     .collect();
                 all_open.wait(); // main checks the count
@@ -307,7 +312,7 @@ fn thousand_concurrent_connections_from_eight_threads() {
 
 #[test]
 fn monitor_stop_fails_blocked_read_promptly() {
-    let mut m = TestMonitor::start();
+    let mut m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let (l, addr) = host_listener();
     let c = s.connect(addr).unwrap();
@@ -333,7 +338,7 @@ fn monitor_stop_fails_blocked_read_promptly() {
 
 #[test]
 fn dropping_everything_releases_monitor_resources() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-echo", Config::default());
     let s = m.session();
     let addr = echo_server();
     let l = s.bind("127.0.0.1:0").unwrap();

@@ -1,7 +1,5 @@
 //! The `tokio` feature: async streams and accept through a real monitor.
 
-mod util;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,12 +8,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arca::tokio::{AsyncTcpListener, AsyncTcpStream};
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::pattern::random_bytes;
+use arca_testkit::servers::echo_server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use util::{echo_server, pattern, TestMonitor};
 
 #[test]
 fn async_echo_and_accept() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-tokio", Config::default());
     let s = m.session();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -26,7 +27,7 @@ fn async_echo_and_accept() {
         tokio::time::timeout(Duration::from_secs(30), async {
             // Out to a host echo server, 4 MiB each way.
             let c = AsyncTcpStream::connect(&s, echo_server()).await.unwrap();
-            let data = pattern(11, 4 << 20);
+            let data = random_bytes(11, 4 << 20);
             let (mut r, mut w) = (c.clone(), c);
             let d = data.clone();
             let writer = tokio::spawn(async move {
@@ -81,7 +82,7 @@ impl<F: Future> Future for CountPolls<F> {
 fn traffic_on_one_connection_leaves_idle_readers_asleep() {
     const IDLE: usize = 16;
     const ROUND_TRIPS: usize = 200;
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tcp-tokio-idle", Config::default());
     let s = m.session();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,7 +119,7 @@ fn traffic_on_one_connection_leaves_idle_readers_asleep() {
                 .map(|(_, p)| p.load(Ordering::Relaxed))
                 .collect();
             assert!(before.iter().all(|&n| n >= 1), "{before:?}");
-            let msg = pattern(3, 64);
+            let msg = random_bytes(3, 64);
             let mut back = vec![0u8; msg.len()];
             for _ in 0..ROUND_TRIPS {
                 busy.write_all(&msg).await.unwrap();

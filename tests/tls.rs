@@ -2,18 +2,17 @@
 //! stream. A rustls client in the guest talks TLS 1.3 to a rustls server on
 //! the host; the monitor relays ciphertext it cannot read.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{
     ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
 };
-use util::TestMonitor;
 
 #[test]
 fn rustls_client_in_the_guest_talks_to_a_rustls_server_on_the_host() {
@@ -52,7 +51,7 @@ fn rustls_client_in_the_guest_talks_to_a_rustls_server_on_the_host() {
         (body, version)
     });
 
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("tls", Config::default());
     let session = m.session();
     let stream = session.connect(addr).unwrap();
     stream

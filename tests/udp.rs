@@ -2,15 +2,16 @@
 //! IPv6), connect, multicast both ways with host sockets, oversized datagrams, asynchronous
 //! send errors, drop counting under a flood, and resources freed on close.
 
-mod util;
-
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as HostUdp};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use util::{pattern, TestMonitor, STEP};
+use arca_monitor::Config;
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::pattern::random_bytes;
+use arca_testkit::STEP;
 
 /// A host UDP echo server on `bind`; stops when `stop` is set (bounded by its read timeout).
 fn host_echo(bind: &str) -> (SocketAddr, Arc<AtomicBool>) {
@@ -56,7 +57,7 @@ fn free_udp_port() -> u16 {
 
 #[test]
 fn echo_every_size_whole_and_in_order() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let (server, stop) = host_echo("127.0.0.1:0");
     let sock = s.bind_udp("127.0.0.1:0").unwrap();
@@ -67,7 +68,7 @@ fn echo_every_size_whole_and_in_order() {
         .into_iter()
         .enumerate()
     {
-        let data = pattern(i as u64, len);
+        let data = random_bytes(i as u64, len);
         assert_eq!(sock.send_to(&data, server).unwrap(), len);
         let (n, from) = sock.recv_from(&mut buf).unwrap();
         assert_eq!(from, server);
@@ -75,10 +76,10 @@ fn echo_every_size_whole_and_in_order() {
         assert_eq!(&buf[..n], &data[..], "{len} bytes");
     }
     // A small buffer gets the head of the datagram; the rest is discarded, as `std`.
-    sock.send_to(&pattern(99, 100), server).unwrap();
+    sock.send_to(&random_bytes(99, 100), server).unwrap();
     let mut small = [0u8; 10];
     let (n, _) = sock.recv_from(&mut small).unwrap();
-    assert_eq!((n, &small[..]), (10, &pattern(99, 100)[..10]));
+    assert_eq!((n, &small[..]), (10, &random_bytes(99, 100)[..10]));
     sock.send_to(b"next", server).unwrap();
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(
@@ -91,7 +92,7 @@ fn echo_every_size_whole_and_in_order() {
 
 #[test]
 fn many_datagrams_through_the_rings_wrap() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let (server, stop) = host_echo("127.0.0.1:0");
     let sock = s.bind_udp("127.0.0.1:0").unwrap();
@@ -99,7 +100,7 @@ fn many_datagrams_through_the_rings_wrap() {
     let mut buf = vec![0u8; 4096];
     // Several times the rings' capacity, a few in flight at a time so none is dropped.
     for i in 0..3000u64 {
-        let data = pattern(i, 100 + (i as usize * 7) % 1400);
+        let data = random_bytes(i, 100 + (i as usize * 7) % 1400);
         sock.send_to(&data, server).unwrap();
         let (n, _) = sock.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], &data[..], "datagram {i}");
@@ -110,7 +111,7 @@ fn many_datagrams_through_the_rings_wrap() {
 
 #[test]
 fn a_batch_send_delivers_every_datagram_whole_and_in_order() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let sink = HostUdp::bind("127.0.0.1:0").unwrap();
     sink.set_read_timeout(Some(STEP)).unwrap();
@@ -132,7 +133,7 @@ fn a_batch_send_delivers_every_datagram_whole_and_in_order() {
             })
             .collect();
         let bodies: Vec<Vec<u8>> = (0..64u64)
-            .map(|i| pattern(batch * 64 + i, (i as usize * 211) % 3000))
+            .map(|i| random_bytes(batch * 64 + i, (i as usize * 211) % 3000))
             .collect();
         let datagrams: Vec<[&[u8]; 2]> = heads
             .iter()
@@ -173,7 +174,7 @@ fn a_batch_send_delivers_every_datagram_whole_and_in_order() {
 /// sizes and destinations in the ring.
 #[test]
 fn runs_of_equal_datagrams_arrive_whole_and_in_order() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let sinks: Vec<HostUdp> = (0..2)
         .map(|_| {
@@ -202,7 +203,7 @@ fn runs_of_equal_datagrams_arrive_whole_and_in_order() {
                 .iter()
                 .map(|&n| {
                     seq += 1;
-                    pattern(seq, n)
+                    random_bytes(seq, n)
                 })
                 .collect();
             let datagrams: Vec<[&[u8]; 1]> = bodies.iter().map(|b| [&b[..]]).collect();
@@ -224,7 +225,7 @@ fn runs_of_equal_datagrams_arrive_whole_and_in_order() {
 
 #[test]
 fn connected_send_and_recv_and_ipv6() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     for bind in ["127.0.0.1:0", "[::1]:0"] {
         let (server, stop) = host_echo(bind);
@@ -248,7 +249,7 @@ fn connected_send_and_recv_and_ipv6() {
 
 #[test]
 fn oversized_datagram_is_a_clear_error_and_nothing_is_sent() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let (server, stop) = host_echo("127.0.0.1:0");
     let sock = s.bind_udp("127.0.0.1:0").unwrap();
@@ -268,7 +269,7 @@ fn oversized_datagram_is_a_clear_error_and_nothing_is_sent() {
 
 #[test]
 fn a_refused_send_surfaces_in_take_error() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let sock = s.bind_udp("0.0.0.0:0").unwrap();
     assert!(sock.take_error().unwrap().is_none());
@@ -290,7 +291,7 @@ fn a_refused_send_surfaces_in_take_error() {
 
 #[test]
 fn multicast_from_the_guest_reaches_host_members() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let group = Ipv4Addr::new(239, 255, 42, 17);
     let port = free_udp_port();
@@ -303,7 +304,7 @@ fn multicast_from_the_guest_reaches_host_members() {
     assert!(sock.set_multicast_ttl_v4(256).is_err(), "ttl past 255");
     const N: u64 = 200;
     for i in 0..N {
-        sock.send_to(&pattern(i, 1000), (group, port)).unwrap();
+        sock.send_to(&random_bytes(i, 1000), (group, port)).unwrap();
         if i % 16 == 15 {
             std::thread::sleep(Duration::from_millis(1)); // keep under the members' buffers
         }
@@ -313,14 +314,17 @@ fn multicast_from_the_guest_reaches_host_members() {
         for i in 0..N {
             let (n, from) = member.recv_from(&mut buf).unwrap();
             assert_eq!(from, sock.local_addr().unwrap());
-            assert!(buf[..n] == pattern(i, 1000)[..], "datagram {i} differs");
+            assert!(
+                buf[..n] == random_bytes(i, 1000)[..],
+                "datagram {i} differs"
+            );
         }
     }
 }
 
 #[test]
 fn the_guest_joins_a_group_and_receives_from_the_host() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let group = Ipv4Addr::new(239, 255, 42, 18);
     let port = free_udp_port();
@@ -343,14 +347,16 @@ fn the_guest_joins_a_group_and_receives_from_the_host() {
         .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
         .unwrap();
     for i in 0..50u64 {
-        sender.send_to(&pattern(i, 500), (group, port)).unwrap();
+        sender
+            .send_to(&random_bytes(i, 500), (group, port))
+            .unwrap();
     }
     for sock in [&a, &b] {
         let mut buf = [0u8; 1024];
         for i in 0..50u64 {
             let (n, from) = sock.recv_from(&mut buf).unwrap();
             assert_eq!(from, sender.local_addr().unwrap());
-            assert_eq!(&buf[..n], &pattern(i, 500)[..]);
+            assert_eq!(&buf[..n], &random_bytes(i, 500)[..]);
         }
     }
     // (Linux keeps delivering a group that any socket on the host still joined to every
@@ -368,7 +374,7 @@ fn the_guest_joins_a_group_and_receives_from_the_host() {
 
 #[test]
 fn a_flood_into_a_guest_that_does_not_read_is_dropped_and_counted() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let sock = s.bind_udp("127.0.0.1:0").unwrap();
     // A large host buffer, so that the loss happens at the guest's ring, where it is counted.
@@ -377,7 +383,7 @@ fn a_flood_into_a_guest_that_does_not_read_is_dropped_and_counted() {
     let host = HostUdp::bind("127.0.0.1:0").unwrap();
     const SENT: u64 = 5000;
     for i in 0..SENT {
-        host.send_to(&pattern(i, 1000), to).unwrap();
+        host.send_to(&random_bytes(i, 1000), to).unwrap();
         if i % 256 == 255 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -420,7 +426,7 @@ fn a_flood_into_a_guest_that_does_not_read_is_dropped_and_counted() {
 
 #[test]
 fn timeouts_nonblocking_and_close_frees_the_pipe() {
-    let m = TestMonitor::start();
+    let m = InProcMonitor::start("udp", Config::default());
     let s = m.session();
     let (_, base) = m.wait_stats(STEP, |v| v.len() == 1);
     let baseline = base[0].alloc.allocated;

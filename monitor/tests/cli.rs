@@ -8,35 +8,11 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const MONITOR: &str = env!("CARGO_BIN_EXE_arca-monitor");
-const ROLE: &str = "ARCA_TEST_ROLE";
-
-/// Kills and reaps a child on drop, so no test leaves processes behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use arca_testkit::bins::monitor_bin;
+use arca_testkit::child::{guest_command, wait_exit, Reaped, ROLE};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("arca-cli-{}-{name}", std::process::id()));
@@ -47,7 +23,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run_output(args: &[&str]) -> Output {
-    let mut child = Command::new(MONITOR)
+    let mut child = Command::new(monitor_bin())
         .arg("run")
         .args(args)
         .stdout(Stdio::piped())
@@ -65,7 +41,7 @@ fn run_guest_script(dir: &Path, extra: &[&str], script: &str) -> (Reaped, i32) {
     let _ = std::fs::remove_file(&pidfile);
     let full = format!("echo $$ > {}; {script}", pidfile.display());
     let child = Reaped(
-        Command::new(MONITOR)
+        Command::new(monitor_bin())
             .arg("run")
             .args(extra)
             .args(["--", "sh", "-c", &full])
@@ -195,7 +171,7 @@ fn exit_statuses_follow_one_convention() {
     let out = run_output(&["--", "sh", "-c", "kill -KILL $$"]);
     assert_eq!(out.status.code(), Some(128 + libc::SIGKILL));
     // --help states it.
-    let help = Command::new(MONITOR)
+    let help = Command::new(monitor_bin())
         .args(["run", "--help"])
         .output()
         .unwrap();
@@ -206,7 +182,7 @@ fn exit_statuses_follow_one_convention() {
 fn serve(socket: &Path, extra: &[&str]) -> Reaped {
     let before = inode(socket);
     let child = Reaped(
-        Command::new(MONITOR)
+        Command::new(monitor_bin())
             .args(["serve", "--socket"])
             .arg(socket)
             .args(extra)
@@ -237,7 +213,7 @@ fn serve_refuses_to_replace_a_file_or_a_live_socket_and_removes_only_its_own() {
     let dir = scratch("serve-path");
     let file = dir.join("precious");
     std::fs::write(&file, b"keep me").unwrap();
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["serve", "--socket"])
         .arg(&file)
         .output()
@@ -250,7 +226,7 @@ fn serve_refuses_to_replace_a_file_or_a_live_socket_and_removes_only_its_own() {
     let mut first = serve(&sock, &[]);
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "owner-only by default");
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["serve", "--socket"])
         .arg(&sock)
         .output()
@@ -308,10 +284,8 @@ fn hold_session(path: &Path) -> Option<arca::ArcaSession> {
 /// Runs this binary as a guest that attaches to `path` (as `uid` when
 /// given) and reports "attached" or "refused".
 fn attach_as(path: &Path, uid: Option<u32>) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "guest_entry", "--ignored", "--nocapture", "-q"])
-        .env(ROLE, "attach")
-        .env("ARCA_TEST_SOCKET", path);
+    let mut cmd = guest_command("attach");
+    cmd.env("ARCA_TEST_SOCKET", path);
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
@@ -348,7 +322,7 @@ fn policy_check_says_what_the_file_leaves_to_the_default_and_prints_the_effect()
     let dir = scratch("policy");
     let empty = dir.join("empty.toml");
     std::fs::write(&empty, "").unwrap();
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["policy", "--check"])
         .arg(&empty)
         .output()
@@ -361,7 +335,7 @@ fn policy_check_says_what_the_file_leaves_to_the_default_and_prints_the_effect()
     );
     let partial = dir.join("partial.toml");
     std::fs::write(&partial, "listen = []\n").unwrap();
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["policy", "--print", "--check"])
         .arg(&partial)
         .output()
@@ -384,7 +358,7 @@ fn policy_check_says_what_the_file_leaves_to_the_default_and_prints_the_effect()
 
 #[test]
 fn diagnostics_are_plain_on_a_pipe_and_a_bad_filter_is_reported() {
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["run", "--", "true"])
         .env("ARCA_LOG", "info")
         .env_remove("NO_COLOR")
@@ -397,7 +371,7 @@ fn diagnostics_are_plain_on_a_pipe_and_a_bad_filter_is_reported() {
         !err.contains('\u{1b}'),
         "no colour codes on a pipe: {err:?}"
     );
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["run", "--", "true"])
         .env("ARCA_LOG", "arca_monitor=loud")
         .output()

@@ -5,8 +5,6 @@
 //! released afterwards. Guests that must die are this test binary
 //! re-executed in a role (`guest_entry`). Every wait is bounded.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
 use arca_monitor::Config;
-use common::{
-    check, echo_verified, fill, guest_command, open_fds, splitmix, wait_until, EchoServer,
-    InProcMonitor, MonitorProc, Reaped, ROLE,
-};
+use arca_testkit::bins::monitor_bin;
+use arca_testkit::child::{guest_command, read_marker, Reaped, ROLE};
+use arca_testkit::in_proc::InProcMonitor;
+use arca_testkit::monitor_proc::{socket_path, MonitorProc};
+use arca_testkit::pattern::{check, echo_verified, fill, splitmix};
+use arca_testkit::procfs::{open_fds, rss};
+use arca_testkit::servers::EchoServer;
+use arca_testkit::wait::wait_until;
 
 const SOCKET: &str = "ARCA_TEST_SOCKET";
 const TARGET: &str = "ARCA_TEST_TARGET";
@@ -218,7 +220,7 @@ fn guests_killed_at_random_points_release_everything() {
         cmd.env(SOCKET, &m.path).env(TARGET, echo.addr.to_string());
         let mut g = Reaped(cmd.spawn().expect("spawn guest"));
         if run % 2 == 1 {
-            let ready = common::read_marker(&mut g.0, "guest-ready", Duration::from_secs(20));
+            let ready = read_marker(&mut g.0, "guest-ready", Duration::from_secs(20));
             assert!(ready.is_some(), "run {run}: guest never became ready");
             let st = m.stats();
             assert_eq!(st.sessions.len(), 1, "run {run}");
@@ -528,7 +530,7 @@ fn a_slow_peer_gets_every_byte_in_bounded_memory() {
         std::thread::spawn(move || {
             let mut peak = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                if let Some(r) = common::rss(pid) {
+                if let Some(r) = rss(pid) {
                     peak = peak.max(r.anon);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -667,8 +669,8 @@ fn a_guest_attaching_the_moment_the_socket_appears_is_served() {
     // The socket file must not exist before the monitor listens on it: an
     // attach that finds the file must find a listening socket behind it.
     for round in 0..200 {
-        let path = common::socket_path("faults-early");
-        let child = std::process::Command::new(common::monitor_bin())
+        let path = socket_path("faults-early");
+        let child = std::process::Command::new(monitor_bin())
             .arg("serve")
             .arg("--socket")
             .arg(&path)

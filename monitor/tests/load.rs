@@ -9,13 +9,15 @@
 //! monitor runs with a policy file raising the per-guest connection limit
 //! and connect burst above the defaults (4,096 and 10,000).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
-use common::{check, fill, raise_nofile, wait_until, EchoServer, MonitorProc};
+use arca_testkit::monitor_proc::MonitorProc;
+use arca_testkit::pattern::{check, fill};
+use arca_testkit::procfs::raise_nofile;
+use arca_testkit::servers::EchoServer;
+use arca_testkit::wait::wait_until;
 
 /// Capacity of each ring of a data pipe: the smallest the monitor allows, so
 /// 10,000 pipes fit a modest region.

@@ -3,24 +3,15 @@
 //! `policy --print-default` prints TOML that parses back to the default. Every wait is bounded.
 
 use std::io::{ErrorKind, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
 use arca_monitor::Policy;
-
-const MONITOR: &str = env!("CARGO_BIN_EXE_arca-monitor");
-
-/// Kills and reaps a child on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use arca_testkit::bins::monitor_bin;
+use arca_testkit::child::Reaped;
+use arca_testkit::monitor_proc::wait_for_socket;
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("arca-policy-cli-{}-{name}", std::process::id()))
@@ -42,7 +33,7 @@ struct Output {
 /// Runs the monitor to completion (it must exit on its own, within the bound; its output is
 /// small enough for the pipes).
 fn run_to_exit(args: &[&str]) -> Output {
-    let child = Command::new(MONITOR)
+    let child = Command::new(monitor_bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -145,15 +136,6 @@ fn print_default_parses_back_to_the_default() {
     let _ = std::fs::remove_file(&path);
 }
 
-fn wait_for_socket(path: &Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "monitor exited early");
-        assert!(Instant::now() < deadline, "monitor socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_good_policy_file_is_applied() {
     // Listening anywhere is refused, one connection at a time.
@@ -163,14 +145,14 @@ fn a_good_policy_file_is_applied() {
     );
     let sock = temp("good.sock");
     let _ = std::fs::remove_file(&sock);
-    let child = Command::new(MONITOR)
+    let child = Command::new(monitor_bin())
         .args(["serve", "--socket", sock.to_str().unwrap(), "--policy"])
         .arg(&path)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
     let mut child = Reaped(child);
-    wait_for_socket(&sock, &mut child.0);
+    wait_for_socket(&sock, &mut child.0, Duration::from_secs(20));
     let s = ArcaSession::attach(&sock).unwrap();
     let e = s.bind("127.0.0.1:0").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");

@@ -5,16 +5,18 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
 use arca_monitor::{Config, Monitor};
+use arca_testkit::bins::monitor_bin;
+use arca_testkit::child::{guest_command, wait_exit, Reaped, GUEST_ARGS, ROLE};
+use arca_testkit::monitor_proc::{self, socket_path, wait_for_socket};
+use arca_testkit::procfs::open_fds;
+use arca_testkit::servers::echo_server;
 
-const ROLE: &str = "ARCA_TEST_ROLE";
 const TARGET: &str = "ARCA_TEST_TARGET";
-const MONITOR: &str = env!("CARGO_BIN_EXE_arca-monitor");
 
 /// Tests here count this process's descriptors, so they run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -25,63 +27,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Kills and reaps a child on drop, so no test leaves processes behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// This binary as a guest in `role`.
 fn guest_cmd(program: &mut Command, role: &str, target: SocketAddr) {
     program
         .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "guest_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
+        .args(GUEST_ARGS)
         .env(ROLE, role)
         .env(TARGET, target.to_string());
-}
-
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// The guest side of every scenario; only runs when re-executed as a guest.
@@ -137,20 +89,13 @@ fn guest_entry() {
 }
 
 fn isolation_available() -> bool {
-    // Root can always make a network namespace; otherwise it takes an
-    // unprivileged user namespace, which some systems forbid.
-    let ok = Command::new("unshare")
-        .args(["-rn", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok && nix::unistd::geteuid().is_root() {
-        return true;
+    match monitor_proc::isolation_available() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}; `run --isolate` cannot be tested here");
+            false
+        }
     }
-    if !ok {
-        eprintln!("SKIPPED: this system forbids network namespaces for this user; `run --isolate` cannot be tested here");
-    }
-    ok
 }
 
 #[test]
@@ -160,7 +105,7 @@ fn isolated_guest_reaches_the_host_only_through_the_monitor() {
         return;
     }
     let target = echo_server();
-    let mut cmd = Command::new(MONITOR);
+    let mut cmd = Command::new(monitor_bin());
     cmd.args(["run", "--isolate", "--"]);
     guest_cmd(&mut cmd, "isolated", target);
     let mut child = Reaped(cmd.stdout(Stdio::piped()).spawn().unwrap());
@@ -181,7 +126,7 @@ fn isolated_guest_reaches_the_host_only_through_the_monitor() {
 fn run_exits_with_the_guests_status() {
     let _serial = serial();
     let target = echo_server();
-    let mut cmd = Command::new(MONITOR);
+    let mut cmd = Command::new(monitor_bin());
     cmd.args(["run", "--"]);
     guest_cmd(&mut cmd, "exit3", target);
     let mut child = Reaped(cmd.spawn().unwrap());
@@ -192,28 +137,20 @@ fn run_exits_with_the_guests_status() {
 #[test]
 fn run_refuses_bad_arguments_with_a_clear_error() {
     let _serial = serial();
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["run", "--region-size", "12Q", "--", "true"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("12Q"), "{err}");
-    let out = Command::new(MONITOR)
+    let out = Command::new(monitor_bin())
         .args(["run", "--", "/nonexistent/guest"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot start /nonexistent/guest"), "{err}");
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn socket_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("arca-proc-{}-{name}.sock", std::process::id()))
 }
 
 #[test]
@@ -244,19 +181,9 @@ fn guest_killed_mid_transfer_releases_everything_and_the_monitor_carries_on() {
     assert!(handle.stats().unwrap().sessions.is_empty());
     let baseline = open_fds();
 
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "guest_entry",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE, "stream_forever")
-    .env(TARGET, target.to_string())
-    .env("ARCA_TEST_SOCKET", &path)
-    .stdout(Stdio::piped());
+    let mut cmd = guest_command("stream_forever");
+    cmd.env(TARGET, target.to_string())
+        .env("ARCA_TEST_SOCKET", &path);
     let mut guest = Reaped(cmd.spawn().unwrap());
     // libtest prints its own header first: read lines up to the marker.
     let out = std::io::BufReader::new(guest.0.stdout.take().unwrap());
@@ -304,18 +231,6 @@ fn guest_killed_mid_transfer_releases_everything_and_the_monitor_carries_on() {
     let _ = std::fs::remove_file(&path);
 }
 
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "monitor never created {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn monitor_killed_blocked_guest_calls_fail_within_a_second() {
     let _serial = serial();
@@ -329,13 +244,13 @@ fn monitor_killed_blocked_guest_calls_fail_within_a_second() {
     });
     let path = socket_path("monkill");
     let mut monitor = Reaped(
-        Command::new(MONITOR)
+        Command::new(monitor_bin())
             .args(["serve", "--socket"])
             .arg(&path)
             .spawn()
             .unwrap(),
     );
-    wait_for_socket(&path);
+    wait_for_socket(&path, &mut monitor.0, Duration::from_secs(10));
     let s = ArcaSession::attach(&path).unwrap();
     let c = s.connect(target).unwrap();
     let reader = std::thread::spawn(move || {

@@ -10,15 +10,15 @@
 //! `scripts/soak [MINUTES]` runs it longer. `ARCA_SOAK_SAMPLE_SECS` sets the
 //! sampling period (default: a thirtieth of the run, at least 2 s).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
-use common::{
-    collect_stdout, echo_verified, guest_command, read_marker, splitmix, wait_exit, wait_until,
-    EchoServer, MonitorProc, Reaped, Rss, ROLE,
-};
+use arca_testkit::child::{collect_stdout, guest_command, read_marker, wait_exit, Reaped, ROLE};
+use arca_testkit::monitor_proc::MonitorProc;
+use arca_testkit::pattern::{echo_verified, splitmix};
+use arca_testkit::procfs::Rss;
+use arca_testkit::servers::EchoServer;
+use arca_testkit::wait::wait_until;
 
 const SOCKET: &str = "ARCA_TEST_SOCKET";
 const TARGET: &str = "ARCA_TEST_TARGET";

@@ -5,26 +5,27 @@
 //! ring's capacity: a byte delivered twice, dropped or moved changes the
 //! checksum. The expected CRC-32C of any prefix is computed from the period's
 //! CRC with `crc32c_combine`, without generating the stream.
+//!
+//! A *positional* stream ([`fill`], [`check`]) gives byte `i` of stream `seed` without state,
+//! so a reader can check any window at any offset; [`echo_verified`] pushes one through an
+//! echo and checks every byte that comes back.
 
 use std::io::{self, Read, Write};
+
+use arca::TcpStream;
 
 /// Default period: 1 MiB plus a prime, so it is coprime with every ring size.
 pub const DEFAULT_PERIOD: usize = (1 << 20) + 4093;
 
-/// `len` deterministic pseudo-random bytes from `seed` (splitmix64: cheap and
-/// good enough to make every byte position count).
+/// `len` deterministic pseudo-random bytes from `seed`: the [`splitmix`] outputs of `seed`,
+/// `seed + γ`, `seed + 2γ`, … in little-endian order (SplitMix64: cheap and good enough to
+/// make every byte position count).
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed;
-    let mut next = move || {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
     let mut bytes = Vec::with_capacity(len + 8);
+    let mut x = seed;
     while bytes.len() < len {
-        bytes.extend_from_slice(&next().to_le_bytes());
+        bytes.extend_from_slice(&splitmix(x).to_le_bytes());
+        x = x.wrapping_add(GAMMA);
     }
     bytes.truncate(len);
     bytes
@@ -170,9 +171,103 @@ impl Tally {
     }
 }
 
+// ---- positional streams ----------------------------------------------------
+
+/// A deterministic byte stream: byte `i` of stream `seed`. Generating any
+/// window needs no state, so a reader can check what it got at any offset.
+pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let pos = offset + i as u64;
+        let word = splitmix(seed ^ (pos / 8).wrapping_mul(GAMMA));
+        *b = word.to_le_bytes()[(pos % 8) as usize];
+    }
+}
+
+/// SplitMix64's increment γ (the golden ratio in 64 bits).
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
+pub fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Checks `got` against stream `seed` at `offset`; on a mismatch, names the
+/// first differing byte.
+pub fn check(seed: u64, offset: u64, got: &[u8]) -> Result<(), String> {
+    let mut want = vec![0u8; got.len()];
+    fill(seed, offset, &mut want);
+    match want.iter().zip(got).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "stream {seed:#x}: byte {} is {:#04x}, expected {:#04x}",
+            offset + i as u64,
+            got[i],
+            want[i]
+        )),
+    }
+}
+
+/// Sends `len` bytes of stream `seed` through `stream` (a writer thread),
+/// half-closes, reads the echo to EOF and verifies every byte. Returns the
+/// bytes verified.
+pub fn echo_verified(stream: &TcpStream, seed: u64, len: u64) -> io::Result<u64> {
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| -> io::Result<()> {
+            let mut w = stream;
+            let mut buf = vec![0u8; 32 << 10];
+            let mut sent = 0u64;
+            while sent < len {
+                let n = usize::try_from((len - sent).min(buf.len() as u64)).unwrap_or(buf.len());
+                fill(seed, sent, &mut buf[..n]);
+                w.write_all(&buf[..n])?;
+                sent += n as u64;
+            }
+            stream.shutdown(std::net::Shutdown::Write)
+        });
+        let mut r = stream;
+        let mut buf = vec![0u8; 32 << 10];
+        let mut got = 0u64;
+        let read = loop {
+            match r.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Err(e) = check(seed, got, &buf[..n]) {
+                        break Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                    got += n as u64;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let wrote = writer.join().expect("writer thread panicked");
+        read?;
+        wrote?;
+        if got != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("echo of stream {seed:#x} ended after {got} of {len} bytes"),
+            ));
+        }
+        Ok(got)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_bytes_are_pinned() {
+        // The Daisy tests and benchmark name their data by seed: the bytes must not drift.
+        assert_eq!(
+            random_bytes(0x1234, 12),
+            [0x88, 0x38, 0xe2, 0xd5, 0x87, 0x2f, 0x64, 0x5f, 0xb5, 0x4c, 0x03, 0x3d]
+        );
+        assert_eq!(random_bytes(0x1234, 3), random_bytes(0x1234, 12)[..3]);
+    }
 
     #[test]
     fn expected_crc_matches_generated_stream() {
