@@ -45,6 +45,8 @@ struct Net {
     /// A bottleneck in front of all receivers: datagrams queue in `buffer` bytes drained at
     /// `bytes_per_sec`, and those finding it full are lost (loss that grows with the rate).
     bottleneck: Option<Bottleneck>,
+    /// Steps every datagram takes longer than the TCP connection (a relay's latency).
+    trail: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +63,7 @@ const CLEAN: Net = Net {
     forge: 0.0,
     every: 0,
     bottleneck: None,
+    trail: 0,
 };
 
 struct SimRx {
@@ -118,7 +121,9 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
         deadline,
         extensions: ext,
         max_round_bytes: 1 << 24,
+        // Nothing assumed: the window is learnt from how late datagrams trail SERVER_SENT.
         settle: Duration::ZERO,
+        settle_max: Duration::from_millis(50),
     };
     let mut rxs: Vec<SimRx> = kinds
         .iter()
@@ -183,7 +188,7 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                         let mut d = h.to_vec();
                         d.extend_from_slice(p);
                         let seq = wire::parse_datagram(&d).expect("own datagram").0.seq;
-                        let mut arrive = step;
+                        let mut arrive = step + net.trail;
                         if let Some(b) = net.bottleneck {
                             let per_step = b.bytes_per_sec * STEP.as_secs_f64();
                             queued = (queued - per_step * f64::from(step - queue_at)).max(0.0);
@@ -520,7 +525,7 @@ fn empty_input() {
 fn rate_cfg(clients: usize) -> SenderConfig {
     SenderConfig {
         payload_size: 1400,
-        packets_per_buffer: 4000,
+        packets_per_buffer: 8000,
         // The simulated TCP carries about 10 MB/s: repairing a round sent far above a
         // bottleneck takes it most of a second.
         deadline: Duration::from_secs(5),
@@ -528,8 +533,8 @@ fn rate_cfg(clients: usize) -> SenderConfig {
     }
 }
 
-/// Bytes for 14 rounds of [`rate_cfg`].
-const RATE_LEN: usize = 14 * 4000 * 1400;
+/// Bytes for 12 rounds of [`rate_cfg`].
+const RATE_LEN: usize = 12 * 8000 * 1400;
 
 /// (start, min, final, mean) in MB/s, printed for the record.
 fn rates(name: &str, o: &Outcome) -> (f64, f64, f64, f64) {
@@ -623,4 +628,29 @@ fn congestion_with_rate_independent_loss_settles_at_the_capacity() {
     eprintln!("congested + fixed 0.5 %: settled {settled:.0} MB/s, capacity {c:.0}");
     assert!(fin <= 1.3 * c && settled <= 1.3 * c, "above the capacity");
     assert!(settled >= 0.5 * c, "collapsed below the capacity");
+}
+
+#[test]
+fn datagrams_trailing_the_end_of_round_are_waited_for_not_repaired() {
+    // Every datagram arrives 4 ms after it was sent, SERVER_SENT at once: the first round's
+    // tail is asked for before it arrives; from then on the receivers wait long enough.
+    let net = Net { trail: 20, ..CLEAN };
+    let o = run(34, &[Kind::Ext, Kind::Plain], net, sender_cfg(2), 32 * 1000 * 10);
+    assert!(o.success);
+    assert_complete(&o, &[0, 1]);
+    let first = o.stats.rounds[0].lost;
+    let late: u64 = o.rxs.iter().map(|r| r.core.stats().late).sum();
+    let settle = o.rxs[0].core.stats().settle;
+    eprintln!(
+        "trailing 4 ms: first round lost {first}, later {}, late {late}, window {settle:?}",
+        o.stats.losses_compact()
+    );
+    assert!(first > 0, "the first round's window was too short");
+    assert!(late > 0 && late <= 2 * u64::from(first));
+    assert!(
+        o.stats.rounds[1..].iter().all(|r| r.lost == 0),
+        "repairs after the window was learnt: {}",
+        o.stats.losses_compact()
+    );
+    assert!(settle >= Duration::from_millis(4) && settle <= Duration::from_millis(50));
 }
