@@ -326,7 +326,11 @@ impl SenderStats {
     pub fn rate_summary(&self) -> Option<(f64, f64, f64, f64)> {
         let first = self.rounds.first()?;
         let last = self.rounds.last()?;
-        let min = self.rounds.iter().map(|r| r.rate).fold(f64::INFINITY, f64::min);
+        let min = self
+            .rounds
+            .iter()
+            .map(|r| r.rate)
+            .fold(f64::INFINITY, f64::min);
         let packets: f64 = self.rounds.iter().map(|r| f64::from(r.packets)).sum();
         let time: f64 = self
             .rounds
@@ -350,7 +354,13 @@ impl SenderStats {
             return "-".into();
         }
         runs.iter()
-            .map(|&(l, n)| if n == 1 { l.to_string() } else { format!("{l}*{n}") })
+            .map(|&(l, n)| {
+                if n == 1 {
+                    l.to_string()
+                } else {
+                    format!("{l}*{n}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -1008,9 +1018,9 @@ impl Sender {
         if self.cfg.rate.is_some() {
             return;
         }
-        self.rate = self
-            .control
-            .next_rate(self.rate, worst as f64, f64::from(self.round.pkt_count));
+        self.rate =
+            self.control
+                .next_rate(self.rate, worst as f64, f64::from(self.round.pkt_count));
         self.stats.rate = self.rate;
     }
 

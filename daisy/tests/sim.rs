@@ -200,8 +200,7 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                             arrive += (queued / per_step) as u32;
                         }
                         for (ri, r) in rxs.iter_mut().enumerate() {
-                            if net.every > 0
-                                && seq.wrapping_add(7919 * ri as u32) % net.every == 0
+                            if net.every > 0 && seq.wrapping_add(7919 * ri as u32) % net.every == 0
                             {
                                 continue;
                             }
@@ -576,7 +575,10 @@ fn rate_independent_loss_does_not_pull_the_rate_down() {
         let o = run(31, &[Kind::Ext, Kind::Plain], net, rate_cfg(2), RATE_LEN);
         assert!(o.success, "{name}");
         assert_complete(&o, &[0, 1]);
-        assert!(o.stats.rounds.iter().all(|r| r.lost > 0), "{name}: loss each round");
+        assert!(
+            o.stats.rounds.iter().all(|r| r.lost > 0),
+            "{name}: loss each round"
+        );
         let (_, _, fin, mean) = rates(name, &o);
         assert!(
             fin >= 0.7 * clean_final && mean >= 0.7 * clean_mean,
@@ -601,7 +603,13 @@ fn congested() -> Net {
 
 #[test]
 fn congestion_brings_the_rate_to_the_capacity() {
-    let o = run(32, &[Kind::Ext, Kind::Plain], congested(), rate_cfg(2), RATE_LEN);
+    let o = run(
+        32,
+        &[Kind::Ext, Kind::Plain],
+        congested(),
+        rate_cfg(2),
+        RATE_LEN,
+    );
     assert!(o.success);
     assert_complete(&o, &[0, 1]);
     let (start, _, fin, _) = rates("congested", &o);
@@ -619,7 +627,13 @@ fn congestion_with_rate_independent_loss_settles_at_the_capacity() {
         every: 200,
         ..congested()
     };
-    let o = run(33, &[Kind::Ext, Kind::Plain, Kind::Ext], net, rate_cfg(3), RATE_LEN);
+    let o = run(
+        33,
+        &[Kind::Ext, Kind::Plain, Kind::Ext],
+        net,
+        rate_cfg(3),
+        RATE_LEN,
+    );
     assert!(o.success);
     assert_complete(&o, &[0, 1, 2]);
     let (_, _, fin, _) = rates("congested + fixed 0.5 %", &o);
@@ -635,7 +649,13 @@ fn datagrams_trailing_the_end_of_round_are_waited_for_not_repaired() {
     // Every datagram arrives 4 ms after it was sent, SERVER_SENT at once: the first round's
     // tail is asked for before it arrives; from then on the receivers wait long enough.
     let net = Net { trail: 20, ..CLEAN };
-    let o = run(34, &[Kind::Ext, Kind::Plain], net, sender_cfg(2), 32 * 1000 * 10);
+    let o = run(
+        34,
+        &[Kind::Ext, Kind::Plain],
+        net,
+        sender_cfg(2),
+        32 * 1000 * 10,
+    );
     assert!(o.success);
     assert_complete(&o, &[0, 1]);
     let first = o.stats.rounds[0].lost;
