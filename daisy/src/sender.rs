@@ -1212,6 +1212,58 @@ mod tests {
         assert_eq!(answer_to_hello(CAP_CHECKS | CAP_SIZE, None), round);
     }
 
+    /// Rates a controller picks over `rounds` rounds of 10 000 packets, with `lost(rate)`.
+    fn trajectory(rounds: usize, lost: impl Fn(f64) -> f64) -> Vec<f64> {
+        let mut c = RateControl::default();
+        let mut rate = RATE_START;
+        let mut out = vec![rate];
+        for _ in 0..rounds {
+            rate = c.next_rate(rate, lost(rate), 10_000.0);
+            out.push(rate);
+        }
+        out
+    }
+
+    #[test]
+    fn a_constant_loss_count_costs_one_small_cut() {
+        let r = trajectory(6, |_| 50.0);
+        assert!((r[1] - RATE_START * 0.995).abs() < 1.0, "{r:?}");
+        for w in r[1..].windows(2) {
+            assert!((w[1] / w[0] - GROW_FAST).abs() < 1e-9, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn loss_growing_with_the_rate_is_cut_to_the_capacity() {
+        let cap = 100e6;
+        let r = trajectory(20, |rate| 10_000.0 * (1.0 - cap / rate).max(0.0));
+        assert!(
+            (r[1] - RATE_START * 0.3).abs() < 1.0,
+            "at most 0.3x at once: {r:?}"
+        );
+        for &x in &r[4..] {
+            assert!(x > 0.9 * cap && x < 1.1 * cap, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn losses_are_run_length_encoded() {
+        let mut st = SenderStats::default();
+        assert_eq!(st.losses_compact(), "-");
+        assert_eq!(st.rate_summary(), None);
+        for (rate, lost) in [(100e6, 0), (100e6, 0), (50e6, 30), (200e6, 0)] {
+            st.rounds.push(RoundStat {
+                rate,
+                packets: 100,
+                lost,
+            });
+        }
+        assert_eq!(st.losses_compact(), "0*2,30,0");
+        // 400 packets in 1 + 1 + 2 + 0.5 time units.
+        let mean = 400.0 / (100.0 / 100e6 * 2.0 + 100.0 / 50e6 + 100.0 / 200e6);
+        assert_eq!(st.rate_summary(), Some((100e6, 50e6, 200e6, mean)));
+    }
+
     #[test]
     fn bad_config_is_refused() {
         let t = Instant::now();
