@@ -200,6 +200,7 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver that has just connected at `now`.
     pub fn new(cfg: ReceiverConfig, now: Instant) -> Receiver {
+        let settle = cfg.settle.min(cfg.settle_max);
         Receiver {
             cfg,
             state: State::Greeting,
@@ -235,7 +236,10 @@ impl Receiver {
             patient: true,
             size_window: false,
             expected: None,
-            stats: RecvStats::default(),
+            stats: RecvStats {
+                settle,
+                ..RecvStats::default()
+            },
         }
     }
 

@@ -660,6 +660,13 @@ fn json_summary_reports_the_rate_trajectory_and_losses() {
         })
         .collect();
     assert_eq!(expanded, lost, "losses={runs}");
+    // The receivers report their learnt settle window (at least the 3 ms floor) and late
+    // datagrams.
+    for e in [&e1, &e2] {
+        assert!(field(e, "daisy-recv", "late").parse::<u64>().is_ok());
+        let settle: f64 = field(e, "daisy-recv", "settle_ms").parse().unwrap();
+        assert!((3.0..=50.0).contains(&settle), "settle_ms={settle}");
+    }
 }
 
 #[test]
