@@ -482,7 +482,7 @@ fn injected_loss_is_repaired() {
     };
     let deadline = Instant::now() + TEST_LIMIT;
     let n = net(2);
-    // The adaptive rate backs off on repair requests, so lossy transfers are slow: keep small.
+    // Every lost datagram is repaired over TCP, so lossy transfers are slower: keep small.
     let data = arca_testkit::pattern::random_bytes(0x1055, 8 << 20);
     let sha = hex(Sha256::digest(&data));
     let len = data.len() as u64;

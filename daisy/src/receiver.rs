@@ -35,9 +35,14 @@ pub struct ReceiverConfig {
     pub extensions: bool,
     /// Largest round (packets × slot size) accepted, in bytes.
     pub max_round_bytes: usize,
-    /// After SERVER_SENT with packets missing, how long to keep taking datagrams before
-    /// asking for repairs (datagrams may trail the TCP signal through a relay).
+    /// After SERVER_SENT with packets missing, the least time to keep taking datagrams
+    /// before asking for repairs (datagrams may trail the TCP signal through a relay). The
+    /// window used is learnt: 1.5 × the latest a datagram of the last [`SPREAD_ROUNDS`]
+    /// rounds arrived after its round's SERVER_SENT, at least `settle`, at most
+    /// `settle_max`.
     pub settle: Duration,
+    /// The longest settle window; zero asks for repairs at SERVER_SENT, learning nothing.
+    pub settle_max: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -47,6 +52,7 @@ impl Default for ReceiverConfig {
             extensions: true,
             max_round_bytes: 1 << 30,
             settle: Duration::from_millis(3),
+            settle_max: Duration::from_millis(50),
         }
     }
 }
@@ -111,6 +117,11 @@ pub struct RecvStats {
     pub sha256: [u8; 32],
     /// Whether the extensions were in use.
     pub extended: bool,
+    /// Datagrams that arrived after this receiver had asked for their repair (each one
+    /// repaired and received: the settle window was too short for it).
+    pub late: u64,
+    /// The settle window the next round would use.
+    pub settle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +140,8 @@ enum State {
 
 const EMPTY: u8 = 0;
 const HELD: u8 = 1;
+/// Rounds whose arrival spread the settle window covers.
+pub const SPREAD_ROUNDS: usize = 8;
 /// Repair requests per round before giving up.
 const MAX_REQUESTS: u32 = 16;
 
@@ -146,6 +159,8 @@ pub struct Receiver {
     data: Vec<u8>,
     lens: Vec<u32>,
     marks: Vec<u8>,
+    /// Slots this receiver asked to be repaired this round.
+    asked: Vec<bool>,
     held: u32,
     checks: Vec<[u8; CHECK_LEN]>,
     round_digest: Option<[u8; 32]>,
@@ -165,6 +180,12 @@ pub struct Receiver {
     settle_until: Option<Instant>,
     /// Whether this round's settle time was granted.
     settled: bool,
+    /// When this round's SERVER_SENT arrived.
+    sent_at: Option<Instant>,
+    /// The latest a datagram of this round arrived after its SERVER_SENT.
+    late_max: Duration,
+    /// `late_max` of the previous rounds, newest last.
+    spread: VecDeque<Duration>,
     /// An error found while handling a datagram, reported by the next `handle_*` call.
     failed: Option<RecvError>,
     /// Whether the sender may be waiting on other receivers (longer patience).
@@ -179,6 +200,7 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver that has just connected at `now`.
     pub fn new(cfg: ReceiverConfig, now: Instant) -> Receiver {
+        let settle = cfg.settle.min(cfg.settle_max);
         Receiver {
             cfg,
             state: State::Greeting,
@@ -191,6 +213,7 @@ impl Receiver {
             data: Vec::new(),
             lens: Vec::new(),
             marks: Vec::new(),
+            asked: Vec::new(),
             held: 0,
             checks: Vec::new(),
             round_digest: None,
@@ -206,11 +229,17 @@ impl Receiver {
             now,
             settle_until: None,
             settled: false,
+            sent_at: None,
+            late_max: Duration::ZERO,
+            spread: VecDeque::new(),
             failed: None,
             patient: true,
             size_window: false,
             expected: None,
-            stats: RecvStats::default(),
+            stats: RecvStats {
+                settle,
+                ..RecvStats::default()
+            },
         }
     }
 
@@ -393,6 +422,14 @@ impl Receiver {
     }
 
     fn start_round(&mut self, h: BufferHeader) -> Result<(), RecvError> {
+        if self.sent_at.take().is_some() {
+            if self.spread.len() == SPREAD_ROUNDS {
+                self.spread.pop_front();
+            }
+            self.spread.push_back(self.late_max);
+            self.stats.settle = self.settle_window();
+        }
+        self.late_max = Duration::ZERO;
         self.round = h;
         self.sent_seen = false;
         self.settled = false;
@@ -409,6 +446,8 @@ impl Receiver {
         self.lens.resize(n, 0);
         self.marks.clear();
         self.marks.resize(n, EMPTY);
+        self.asked.clear();
+        self.asked.resize(n, false);
         let mut ready = Vec::with_capacity(9);
         if self.ext && self.first_round {
             ready.extend_from_slice(
@@ -520,6 +559,7 @@ impl Receiver {
                     return Err(RecvError::Protocol("SERVER_SENT out of turn".into()));
                 }
                 self.sent_seen = true;
+                self.sent_at = Some(self.now);
                 self.patient = false;
                 self.after_sent()?;
             }
@@ -535,9 +575,10 @@ impl Receiver {
             ));
         }
         if self.held < self.round.pkt_count {
-            if !self.settled && !self.cfg.settle.is_zero() && self.state == State::Receiving {
+            let window = self.settle_window();
+            if !self.settled && !window.is_zero() && self.state == State::Receiving {
                 self.settled = true;
-                self.settle_until = Some(self.now + self.cfg.settle);
+                self.settle_until = Some(self.now + window);
                 return Ok(());
             }
             if self.requests >= MAX_REQUESTS {
@@ -547,13 +588,13 @@ impl Receiver {
             }
             self.requests += 1;
             let base = self.round.packet_id_base;
-            let missing: Vec<u32> = self
-                .marks
-                .iter()
-                .enumerate()
-                .filter(|(_, &m)| m != HELD)
-                .map(|(i, _)| base.wrapping_add(i as u32))
-                .collect();
+            let mut missing = Vec::new();
+            for (i, &m) in self.marks.iter().enumerate() {
+                if m != HELD {
+                    self.asked[i] = true;
+                    missing.push(base.wrapping_add(i as u32));
+                }
+            }
             let mut b = Vec::new();
             wire::encode_req(&missing, &mut b);
             self.expect = missing.into();
@@ -675,11 +716,18 @@ impl Receiver {
                 return;
             }
         };
+        let off = h.seq.wrapping_sub(self.round.packet_id_base);
+        if let (Some(t), true) = (self.sent_at, off < self.round.pkt_count) {
+            // A datagram of this round after its SERVER_SENT: how late datagrams trail.
+            self.late_max = self.late_max.max(now.saturating_duration_since(t));
+            if self.asked.get(off as usize) == Some(&true) {
+                self.stats.late += 1;
+            }
+        }
         if self.state != State::Receiving || (self.sent_seen && self.settle_until.is_none()) {
             self.stats.duplicates += 1;
             return;
         }
-        let off = h.seq.wrapping_sub(self.round.packet_id_base);
         if off >= self.round.pkt_count {
             self.stats.duplicates += 1;
             return;
@@ -712,6 +760,17 @@ impl Receiver {
                 self.failed = Some(e);
             }
         }
+    }
+
+    /// How long to keep taking datagrams after SERVER_SENT before asking for repairs: 1.5 ×
+    /// the latest arrival after SERVER_SENT over the last [`SPREAD_ROUNDS`] rounds, within
+    /// the configured bounds.
+    fn settle_window(&self) -> Duration {
+        if self.cfg.settle_max.is_zero() {
+            return Duration::ZERO;
+        }
+        let learnt = self.spread.iter().max().copied().unwrap_or_default() * 3 / 2;
+        learnt.max(self.cfg.settle).min(self.cfg.settle_max)
     }
 
     fn store(&mut self, i: usize, payload: &[u8]) {

@@ -267,12 +267,14 @@ pub fn summary_line(r: &RecvReport) -> String {
     let mbps = crate::mbps(s.bytes, r.seconds);
     format!(
         "daisy-recv: summary bytes={} packets={} repaired={} duplicates={} rejected={} \
-         seconds={:.3} mbps={:.1} sha256={}",
+         late={} settle_ms={:.1} seconds={:.3} mbps={:.1} sha256={}",
         s.bytes,
         s.packets,
         s.repaired,
         s.duplicates,
         s.rejected,
+        s.late,
+        s.settle.as_secs_f64() * 1e3,
         r.seconds,
         mbps,
         crate::wire::hex(&s.sha256)

@@ -286,7 +286,10 @@ fn refuse<S: NetStream>(mut s: S, greeting: [u8; 16]) {
 }
 
 /// Formats the sender's summary line. `failed` lists the dropped receivers as `ID@ADDRESS`
-/// separated by commas (`-` for none); `missing` counts those that never connected.
+/// separated by commas (`-` for none); `missing` counts those that never connected. The
+/// `rate_*` fields are the pacing rate's trajectory in MB/s (`-` without rounds) and `losses`
+/// the worst receiver's lost packets per round, run-length encoded (`30*12` is 12 rounds of
+/// 30; see [`SenderStats::losses_compact`]).
 pub fn summary_line(r: &SendReport) -> String {
     let s = &r.stats;
     let mbps = crate::mbps(s.bytes, r.seconds);
@@ -299,9 +302,20 @@ pub fn summary_line(r: &SendReport) -> String {
             .collect::<Vec<_>>()
             .join(",")
     };
+    let rates = match s.rate_summary() {
+        Some((start, min, last, mean)) => format!(
+            "rate_start={:.1} rate_min={:.1} rate_final={:.1} rate_mean={:.1}",
+            start / 1e6,
+            min / 1e6,
+            last / 1e6,
+            mean / 1e6
+        ),
+        None => "rate_start=- rate_min=- rate_final=- rate_mean=-".to_string(),
+    };
     format!(
         "daisy-send: summary bytes={} packets={} repaired={} duplicates={} dropped_receivers={} \
-         completed_receivers={} failed={failed} missing={} seconds={:.3} mbps={:.1} sha256={}",
+         completed_receivers={} failed={failed} missing={} seconds={:.3} mbps={:.1} {rates} \
+         losses={} sha256={}",
         s.bytes,
         s.packets,
         s.repaired,
@@ -311,6 +325,56 @@ pub fn summary_line(r: &SendReport) -> String {
         s.missing,
         r.seconds,
         mbps,
+        s.losses_compact(),
         crate::wire::hex(&s.sha256)
     )
+}
+
+/// The summary as one JSON object (`daisy-send --json` prints it on stdout): the summary
+/// line's counters, `delivery` (`"all"`, `"partial"`, `"failed"`), `failed` as objects with
+/// `id`, `addr` and `reason`, `rate_mbps` with `start`, `min`, `final` and `mean` (`null`
+/// without rounds), and `rounds`, one object per round with data: `rate_mbps`, `packets`
+/// and `lost` (the worst receiver's repair requests).
+pub fn summary_json(r: &SendReport) -> String {
+    let s = &r.stats;
+    let mb = |x: f64| x / 1e6;
+    let rate = s.rate_summary().map(|(start, min, last, mean)| {
+        serde_json::json!({
+            "start": mb(start),
+            "min": mb(min),
+            "final": mb(last),
+            "mean": mb(mean),
+        })
+    });
+    let delivery = match r.delivery {
+        Delivery::All => "all",
+        Delivery::Partial => "partial",
+        Delivery::Failed => "failed",
+    };
+    serde_json::json!({
+        "bytes": s.bytes,
+        "packets": s.packets,
+        "repaired": s.repaired,
+        "duplicates": s.duplicates,
+        "completed_receivers": s.completed,
+        "dropped_receivers": s.dropped.len(),
+        "extended_receivers": s.extended,
+        "missing": s.missing,
+        "failed": s.dropped.iter().map(|d| serde_json::json!({
+            "id": d.id.0,
+            "addr": d.addr.to_string(),
+            "reason": d.reason.to_string(),
+        })).collect::<Vec<_>>(),
+        "delivery": delivery,
+        "seconds": r.seconds,
+        "mbps": crate::mbps(s.bytes, r.seconds),
+        "sha256": crate::wire::hex(&s.sha256),
+        "rate_mbps": rate,
+        "rounds": s.rounds.iter().map(|x| serde_json::json!({
+            "rate_mbps": mb(x.rate),
+            "packets": x.packets,
+            "lost": x.lost,
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
 }

@@ -110,6 +110,86 @@ const BATCH: u32 = 64;
 /// Most packets emitted by one `handle_timeout` call, so the shell keeps serving TCP.
 const MAX_PER_TURN: u32 = 1024;
 
+/// Rounds of history the rate controller compares a round against.
+const HISTORY: usize = 8;
+/// Rate growth after a round without congestive loss: fast while none was seen within
+/// [`HISTORY`] rounds, slow near a rate where it was.
+const GROW_FAST: f64 = 1.25;
+const GROW_SLOW: f64 = 1.05;
+/// Loss fraction above the baseline tolerated as noise (plus three binomial deviations).
+const TOLERANCE: f64 = 0.002;
+/// Most a single round's cut takes off the rate.
+const CUT_FLOOR: f64 = 0.3;
+
+/// The adaptive rate controller: tells rate-independent loss from congestive loss by how the
+/// worst receiver's loss responds to the rate, using only what every receiver (plain or
+/// extended) reports: the packets it asks to be repaired.
+///
+/// A round's loss is compared with the *baseline*: the least loss seen in recent rounds sent
+/// at this rate or slower, or the round's own loss when the rate was just lowered and the
+/// loss did not fall with it (loss that does not follow the rate is not congestion). Loss
+/// above the baseline (plus noise) is congestive: the rate is cut by that fraction, which
+/// brings it to what got through. Otherwise the rate grows. Rate-independent loss thus
+/// costs at most one small cut, while loss that grows with the rate is cut back each time.
+#[derive(Debug, Default)]
+struct RateControl {
+    /// Recent rounds, oldest first: (rate, loss fraction).
+    history: VecDeque<(f64, f64)>,
+    /// Rounds since the last congestive cut, while within [`HISTORY`].
+    since_cut: Option<usize>,
+}
+
+impl RateControl {
+    /// The next round's rate after a round at `rate` of `packets` packets, of which the worst
+    /// receiver asked `lost` to be repaired.
+    fn next_rate(&mut self, rate: f64, lost: f64, packets: f64) -> f64 {
+        let loss = (lost / packets).clamp(0.0, 1.0);
+        let tol = |base: f64| TOLERANCE + 3.0 * (base / packets).sqrt();
+        let mut base = self
+            .history
+            .iter()
+            .filter(|(r, _)| *r <= rate)
+            .map(|(_, l)| *l)
+            .fold(f64::INFINITY, f64::min);
+        if let Some(&(prev_rate, prev_loss)) = self.history.back() {
+            if rate < prev_rate && loss >= prev_loss - tol(prev_loss) {
+                // Slower, yet no less loss: that loss does not depend on the rate.
+                base = loss;
+                self.since_cut = None;
+            }
+        }
+        if !base.is_finite() {
+            base = 0.0;
+        }
+        self.since_cut = self.since_cut.map(|n| n + 1).filter(|&n| n < HISTORY);
+        let excess = loss - base;
+        let next = if excess > tol(base) {
+            self.since_cut = Some(0);
+            rate * (1.0 - excess).max(CUT_FLOOR)
+        } else if self.since_cut.is_some() {
+            rate * GROW_SLOW
+        } else {
+            rate * GROW_FAST
+        };
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((rate, loss));
+        next.clamp(RATE_MIN, RATE_MAX)
+    }
+}
+
+/// One round as the sender saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundStat {
+    /// Pacing rate of its multicast, bytes per second.
+    pub rate: f64,
+    /// Packets in the round.
+    pub packets: u32,
+    /// Packets the worst receiver asked to be repaired.
+    pub lost: u32,
+}
+
 /// What the shell must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -235,6 +315,55 @@ pub struct SenderStats {
     pub missing: usize,
     /// Final pacing rate, bytes per second.
     pub rate: f64,
+    /// Every round with data, in order.
+    pub rounds: Vec<RoundStat>,
+}
+
+impl SenderStats {
+    /// The rate trajectory over the rounds with data: (start, min, final, mean), bytes per
+    /// second; the mean weighs each round by its packets (the rate the data was paced at on
+    /// average). `None` before the first round.
+    pub fn rate_summary(&self) -> Option<(f64, f64, f64, f64)> {
+        let first = self.rounds.first()?;
+        let last = self.rounds.last()?;
+        let min = self
+            .rounds
+            .iter()
+            .map(|r| r.rate)
+            .fold(f64::INFINITY, f64::min);
+        let packets: f64 = self.rounds.iter().map(|r| f64::from(r.packets)).sum();
+        let time: f64 = self
+            .rounds
+            .iter()
+            .map(|r| f64::from(r.packets) / r.rate)
+            .sum();
+        Some((first.rate, min, last.rate, packets / time))
+    }
+
+    /// The worst receiver's losses per round, run-length encoded: `LOST` or `LOST*ROUNDS`
+    /// separated by commas, e.g. `0*3,30*12,0`; `-` when there were no rounds.
+    pub fn losses_compact(&self) -> String {
+        let mut runs: Vec<(u32, usize)> = Vec::new();
+        for r in &self.rounds {
+            match runs.last_mut() {
+                Some((l, n)) if *l == r.lost => *n += 1,
+                _ => runs.push((r.lost, 1)),
+            }
+        }
+        if runs.is_empty() {
+            return "-".into();
+        }
+        runs.iter()
+            .map(|&(l, n)| {
+                if n == 1 {
+                    l.to_string()
+                } else {
+                    format!("{l}*{n}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +417,7 @@ pub struct Sender {
     tokens: f64,
     refill_at: Instant,
     rate: f64,
+    control: RateControl,
     stats: SenderStats,
 }
 
@@ -318,6 +448,7 @@ impl Sender {
             tokens: BURST_MIN,
             refill_at: now,
             rate,
+            control: RateControl::default(),
             stats: SenderStats {
                 rate,
                 ..SenderStats::default()
@@ -867,10 +998,9 @@ impl Sender {
         }
     }
 
-    /// After a round: slow down when repairs exceeded a fraction of the round, speed up when
-    /// there were none (AIMD-like, on the worst receiver).
+    /// After a round: records it and sets the next round's rate (see [`RateControl`]).
     fn adapt_rate(&mut self) {
-        if self.cfg.rate.is_some() || self.round.pkt_count == 0 {
+        if self.round.pkt_count == 0 {
             return;
         }
         let worst = self
@@ -879,18 +1009,18 @@ impl Sender {
             .filter(|r| r.alive)
             .map(|r| r.asked.len())
             .max()
-            .unwrap_or(0) as f64;
-        let loss = worst / f64::from(self.round.pkt_count);
-        self.rate = if loss > 0.01 {
-            self.rate * 0.5
-        } else if loss > 0.002 {
-            self.rate * 0.85
-        } else if loss == 0.0 {
-            self.rate * 1.1
-        } else {
-            self.rate
+            .unwrap_or(0);
+        self.stats.rounds.push(RoundStat {
+            rate: self.rate,
+            packets: self.round.pkt_count,
+            lost: u32::try_from(worst).unwrap_or(u32::MAX),
+        });
+        if self.cfg.rate.is_some() {
+            return;
         }
-        .clamp(RATE_MIN, RATE_MAX);
+        self.rate =
+            self.control
+                .next_rate(self.rate, worst as f64, f64::from(self.round.pkt_count));
         self.stats.rate = self.rate;
     }
 
@@ -1080,6 +1210,58 @@ mod tests {
         // Not asked for, or not known: the round info alone.
         assert_eq!(answer_to_hello(CAP_CHECKS, Some(3)), round);
         assert_eq!(answer_to_hello(CAP_CHECKS | CAP_SIZE, None), round);
+    }
+
+    /// Rates a controller picks over `rounds` rounds of 10 000 packets, with `lost(rate)`.
+    fn trajectory(rounds: usize, lost: impl Fn(f64) -> f64) -> Vec<f64> {
+        let mut c = RateControl::default();
+        let mut rate = RATE_START;
+        let mut out = vec![rate];
+        for _ in 0..rounds {
+            rate = c.next_rate(rate, lost(rate), 10_000.0);
+            out.push(rate);
+        }
+        out
+    }
+
+    #[test]
+    fn a_constant_loss_count_costs_one_small_cut() {
+        let r = trajectory(6, |_| 50.0);
+        assert!((r[1] - RATE_START * 0.995).abs() < 1.0, "{r:?}");
+        for w in r[1..].windows(2) {
+            assert!((w[1] / w[0] - GROW_FAST).abs() < 1e-9, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn loss_growing_with_the_rate_is_cut_to_the_capacity() {
+        let cap = 100e6;
+        let r = trajectory(20, |rate| 10_000.0 * (1.0 - cap / rate).max(0.0));
+        assert!(
+            (r[1] - RATE_START * 0.3).abs() < 1.0,
+            "at most 0.3x at once: {r:?}"
+        );
+        for &x in &r[4..] {
+            assert!(x > 0.9 * cap && x < 1.1 * cap, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn losses_are_run_length_encoded() {
+        let mut st = SenderStats::default();
+        assert_eq!(st.losses_compact(), "-");
+        assert_eq!(st.rate_summary(), None);
+        for (rate, lost) in [(100e6, 0), (100e6, 0), (50e6, 30), (200e6, 0)] {
+            st.rounds.push(RoundStat {
+                rate,
+                packets: 100,
+                lost,
+            });
+        }
+        assert_eq!(st.losses_compact(), "0*2,30,0");
+        // 400 packets in 1 + 1 + 2 + 0.5 time units.
+        let mean = 400.0 / (100.0 / 100e6 * 2.0 + 100.0 / 50e6 + 100.0 / 200e6);
+        assert_eq!(st.rate_summary(), Some((100e6, 50e6, 200e6, mean)));
     }
 
     #[test]

@@ -585,3 +585,110 @@ fn isolated_sender_through_the_monitor() {
     assert_eq!(field(&es, "daisy-send", "sha256"), sha_hex(&data));
     assert_eq!(field(&es, "daisy-send", "completed_receivers"), "2");
 }
+
+#[test]
+fn json_summary_reports_the_rate_trajectory_and_losses() {
+    let port = 18_613;
+    let (file, data) = input("json.in", 3 << 20, 41);
+    let mut s = sender_cmd(port, 2, &file, &["--json", "--packets-per-buffer", "256"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-send");
+    let mut stdout = s.stdout.take().expect("stdout");
+    let outs = [tmp("json.o1"), tmp("json.o2")];
+    let r1 = receiver(port, &outs[0], &[]);
+    let r2 = receiver(
+        port,
+        &outs[1],
+        &["--test-drop-percent", "2", "--test-seed", "9"],
+    );
+    let (ok1, e1) = finish(r1, "receiver 1");
+    let (ok2, e2) = finish(r2, "receiver 2");
+    let (oks, es) = finish(s, "sender");
+    assert!(ok1 && ok2 && oks, "failed:\n{e1}\n{e2}\n{es}");
+    for o in &outs {
+        assert!(std::fs::read(o).expect("output") == data, "{o:?} differs");
+    }
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).expect("read stdout");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one JSON object on one line: {text}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(j["bytes"], data.len() as u64);
+    assert_eq!(j["completed_receivers"], 2);
+    assert_eq!(j["delivery"], "all");
+    assert_eq!(j["failed"].as_array().map(Vec::len), Some(0));
+    assert_eq!(j["sha256"], sha_hex(&data).as_str());
+    let rounds = j["rounds"].as_array().expect("rounds");
+    // 3 MiB in rounds of 256 × 1460 bytes.
+    assert_eq!(rounds.len(), (3usize << 20).div_ceil(256 * 1460));
+    let packets: u64 = rounds.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
+    assert_eq!(j["packets"].as_u64(), Some(packets));
+    let lost: Vec<u64> = rounds.iter().map(|r| r["lost"].as_u64().unwrap()).collect();
+    assert!(
+        lost.iter().sum::<u64>() > 0,
+        "2 % dropped, yet no losses: {lost:?}"
+    );
+    assert!(j["repaired"].as_u64().unwrap() >= lost.iter().sum::<u64>());
+    let rate: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["rate_mbps"].as_f64().unwrap())
+        .collect();
+    let traj = &j["rate_mbps"];
+    let get = |k: &str| traj[k].as_f64().unwrap_or_else(|| panic!("rate_mbps.{k}"));
+    assert_eq!(get("start"), rate[0]);
+    assert_eq!(get("final"), *rate.last().unwrap());
+    assert_eq!(
+        get("min"),
+        rate.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    let max = rate.iter().copied().fold(0.0, f64::max);
+    assert!(get("min") <= get("mean") && get("mean") <= max);
+    // The summary line on stderr says the same.
+    let field_f = |k: &str| field(&es, "daisy-send", k).parse::<f64>().unwrap();
+    assert!((field_f("rate_start") - get("start")).abs() < 0.1);
+    assert!((field_f("rate_final") - get("final")).abs() < 0.1);
+    let runs = field(&es, "daisy-send", "losses");
+    let expanded: Vec<u64> = runs
+        .split(',')
+        .flat_map(|run| {
+            let (l, n) = run.split_once('*').unwrap_or((run, "1"));
+            std::iter::repeat_n(l.parse::<u64>().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(expanded, lost, "losses={runs}");
+    // The receivers report their learnt settle window (at least the 3 ms floor) and late
+    // datagrams.
+    for e in [&e1, &e2] {
+        assert!(field(e, "daisy-recv", "late").parse::<u64>().is_ok());
+        let settle: f64 = field(e, "daisy-recv", "settle_ms").parse().unwrap();
+        assert!((3.0..=50.0).contains(&settle), "settle_ms={settle}");
+    }
+}
+
+#[test]
+fn json_summary_without_rounds_has_a_null_trajectory() {
+    let port = 18_614;
+    let (file, _) = input("json-empty.in", 0, 43);
+    let mut s = sender_cmd(port, 1, &file, &["--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn daisy-send");
+    let mut stdout = s.stdout.take().expect("stdout");
+    let out = tmp("json-empty.out");
+    let r = receiver(port, &out, &[]);
+    let (okr, er) = finish(r, "receiver");
+    let (oks, es) = finish(s, "sender");
+    assert!(okr && oks, "failed:\n{er}\n{es}");
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).expect("read stdout");
+    let j: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(j["bytes"], 0);
+    assert!(j["rate_mbps"].is_null());
+    assert_eq!(j["rounds"].as_array().map(Vec::len), Some(0));
+    assert_eq!(field(&es, "daisy-send", "losses"), "-");
+    assert_eq!(field(&es, "daisy-send", "rate_start"), "-");
+}

@@ -39,6 +39,20 @@ struct Net {
     corrupt: f64,
     /// Probability per datagram of an additional forged copy (valid additive sum, wrong data).
     forge: f64,
+    /// Rate-independent loss: receiver `r` drops every packet with
+    /// `(seq + 7919 r) % every == 0`, a fixed count per round at any rate (0: none).
+    every: u32,
+    /// A bottleneck in front of all receivers: datagrams queue in `buffer` bytes drained at
+    /// `bytes_per_sec`, and those finding it full are lost (loss that grows with the rate).
+    bottleneck: Option<Bottleneck>,
+    /// Steps every datagram takes longer than the TCP connection (a relay's latency).
+    trail: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bottleneck {
+    bytes_per_sec: f64,
+    buffer: f64,
 }
 
 const CLEAN: Net = Net {
@@ -47,6 +61,9 @@ const CLEAN: Net = Net {
     delay: 0.0,
     corrupt: 0.0,
     forge: 0.0,
+    every: 0,
+    bottleneck: None,
+    trail: 0,
 };
 
 struct SimRx {
@@ -98,12 +115,15 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
     let t0 = Instant::now();
     let mut now = t0;
     let ext_sender = scfg.extensions;
+    let deadline = scfg.deadline;
     let mut s = Sender::new(scfg, now).expect("config");
     let rcfg = |ext| ReceiverConfig {
-        deadline: Duration::from_millis(300),
+        deadline,
         extensions: ext,
         max_round_bytes: 1 << 24,
+        // Nothing assumed: the window is learnt from how late datagrams trail SERVER_SENT.
         settle: Duration::ZERO,
+        settle_max: Duration::from_millis(50),
     };
     let mut rxs: Vec<SimRx> = kinds
         .iter()
@@ -142,6 +162,9 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
 
     let mut cursor = 0usize;
     let mut step = 0u32;
+    // Bottleneck queue: bytes held, as of step `queue_at`.
+    let mut queued = 0.0f64;
+    let mut queue_at = 0u32;
     loop {
         step += 1;
         assert!(
@@ -164,7 +187,23 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                         let (h, p) = s.datagram(i).expect("packet in round");
                         let mut d = h.to_vec();
                         d.extend_from_slice(p);
-                        for r in rxs.iter_mut() {
+                        let seq = wire::parse_datagram(&d).expect("own datagram").0.seq;
+                        let mut arrive = step + net.trail;
+                        if let Some(b) = net.bottleneck {
+                            let per_step = b.bytes_per_sec * STEP.as_secs_f64();
+                            queued = (queued - per_step * f64::from(step - queue_at)).max(0.0);
+                            queue_at = step;
+                            if queued + d.len() as f64 > b.buffer {
+                                continue;
+                            }
+                            queued += d.len() as f64;
+                            arrive += (queued / per_step) as u32;
+                        }
+                        for (ri, r) in rxs.iter_mut().enumerate() {
+                            if net.every > 0 && seq.wrapping_add(7919 * ri as u32) % net.every == 0
+                            {
+                                continue;
+                            }
                             if rng.gen_bool(net.corrupt) {
                                 let mut c = d.clone();
                                 let k = rng.gen_range(12..c.len());
@@ -196,9 +235,9 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                                 continue;
                             }
                             let due = if rng.gen_bool(net.delay) {
-                                step + rng.gen_range(1..5)
+                                arrive + rng.gen_range(1..5)
                             } else {
-                                step
+                                arrive
                             };
                             r.udp.push((due, d.clone()));
                             if rng.gen_bool(net.dup) {
@@ -331,6 +370,7 @@ fn lossy_network_is_repaired() {
             delay: 0.1,
             corrupt: 0.1,
             forge: 0.0,
+            ..CLEAN
         };
         let o = run(
             seed,
@@ -356,6 +396,7 @@ fn forged_datagrams_never_reach_extended_output() {
             delay: 0.2,
             corrupt: 0.0,
             forge: 0.1,
+            ..CLEAN
         };
         let o = run(seed, &[Kind::Ext, Kind::Ext], net, sender_cfg(2), 120_000);
         assert!(o.success);
@@ -477,4 +518,159 @@ fn empty_input() {
     assert!(o.success);
     assert_complete(&o, &[0, 1]);
     assert_eq!(o.stats.packets, 0);
+}
+
+/// Rounds big enough that the pacing rate, not the sender's 10 ms burst, shapes them.
+fn rate_cfg(clients: usize) -> SenderConfig {
+    SenderConfig {
+        payload_size: 1400,
+        packets_per_buffer: 8000,
+        // The simulated TCP carries about 10 MB/s: repairing a round sent far above a
+        // bottleneck takes it most of a second.
+        deadline: Duration::from_secs(5),
+        ..sender_cfg(clients)
+    }
+}
+
+/// Bytes for 12 rounds of [`rate_cfg`].
+const RATE_LEN: usize = 12 * 8000 * 1400;
+
+/// (start, min, final, mean) in MB/s, printed for the record.
+fn rates(name: &str, o: &Outcome) -> (f64, f64, f64, f64) {
+    let (a, b, c, d) = o.stats.rate_summary().expect("rounds");
+    let mb = |x: f64| x / 1e6;
+    eprintln!(
+        "{name}: rate MB/s start={:.0} min={:.0} final={:.0} mean={:.0} losses={}",
+        mb(a),
+        mb(b),
+        mb(c),
+        mb(d),
+        o.stats.losses_compact()
+    );
+    (mb(a), mb(b), mb(c), mb(d))
+}
+
+/// The mean rate of the second half of the rounds, MB/s.
+fn settled_rate(o: &Outcome) -> f64 {
+    let r = &o.stats.rounds;
+    let tail = &r[r.len() / 2..];
+    tail.iter().map(|x| x.rate).sum::<f64>() / tail.len() as f64 / 1e6
+}
+
+#[test]
+fn rate_independent_loss_does_not_pull_the_rate_down() {
+    let clean = run(30, &[Kind::Ext, Kind::Plain], CLEAN, rate_cfg(2), RATE_LEN);
+    assert_complete(&clean, &[0, 1]);
+    let (_, _, clean_final, clean_mean) = rates("clean", &clean);
+    // A fixed 0.5 % of each round (every 200th packet), and random 0.5 % loss.
+    let fixed = Net {
+        every: 200,
+        ..CLEAN
+    };
+    let random = Net {
+        loss: 0.005,
+        ..CLEAN
+    };
+    for (name, net) in [("fixed 0.5 %", fixed), ("random 0.5 %", random)] {
+        let o = run(31, &[Kind::Ext, Kind::Plain], net, rate_cfg(2), RATE_LEN);
+        assert!(o.success, "{name}");
+        assert_complete(&o, &[0, 1]);
+        assert!(
+            o.stats.rounds.iter().all(|r| r.lost > 0),
+            "{name}: loss each round"
+        );
+        let (_, _, fin, mean) = rates(name, &o);
+        assert!(
+            fin >= 0.7 * clean_final && mean >= 0.7 * clean_mean,
+            "{name}: final {fin:.0} / mean {mean:.0} MB/s against clean {clean_final:.0} / \
+             {clean_mean:.0}"
+        );
+    }
+}
+
+const CAPACITY: f64 = 50e6;
+
+/// A 50 MB/s bottleneck with a 15 ms queue (the sender's 10 ms bursts fit at that rate).
+fn congested() -> Net {
+    Net {
+        bottleneck: Some(Bottleneck {
+            bytes_per_sec: CAPACITY,
+            buffer: CAPACITY * 0.015,
+        }),
+        ..CLEAN
+    }
+}
+
+#[test]
+fn congestion_brings_the_rate_to_the_capacity() {
+    let o = run(
+        32,
+        &[Kind::Ext, Kind::Plain],
+        congested(),
+        rate_cfg(2),
+        RATE_LEN,
+    );
+    assert!(o.success);
+    assert_complete(&o, &[0, 1]);
+    let (start, _, fin, _) = rates("congested", &o);
+    let c = CAPACITY / 1e6;
+    assert!(start > 10.0 * c, "starts far above the capacity");
+    let settled = settled_rate(&o);
+    eprintln!("congested: settled {settled:.0} MB/s, capacity {c:.0}");
+    assert!(fin <= 1.3 * c && settled <= 1.3 * c, "above the capacity");
+    assert!(settled >= 0.5 * c, "collapsed below the capacity");
+}
+
+#[test]
+fn congestion_with_rate_independent_loss_settles_at_the_capacity() {
+    let net = Net {
+        every: 200,
+        ..congested()
+    };
+    let o = run(
+        33,
+        &[Kind::Ext, Kind::Plain, Kind::Ext],
+        net,
+        rate_cfg(3),
+        RATE_LEN,
+    );
+    assert!(o.success);
+    assert_complete(&o, &[0, 1, 2]);
+    let (_, _, fin, _) = rates("congested + fixed 0.5 %", &o);
+    let c = CAPACITY / 1e6;
+    let settled = settled_rate(&o);
+    eprintln!("congested + fixed 0.5 %: settled {settled:.0} MB/s, capacity {c:.0}");
+    assert!(fin <= 1.3 * c && settled <= 1.3 * c, "above the capacity");
+    assert!(settled >= 0.5 * c, "collapsed below the capacity");
+}
+
+#[test]
+fn datagrams_trailing_the_end_of_round_are_waited_for_not_repaired() {
+    // Every datagram arrives 4 ms after it was sent, SERVER_SENT at once: the first round's
+    // tail is asked for before it arrives; from then on the receivers wait long enough.
+    let net = Net { trail: 20, ..CLEAN };
+    let o = run(
+        34,
+        &[Kind::Ext, Kind::Plain],
+        net,
+        sender_cfg(2),
+        32 * 1000 * 10,
+    );
+    assert!(o.success);
+    assert_complete(&o, &[0, 1]);
+    let first = o.stats.rounds[0].lost;
+    let late: u64 = o.rxs.iter().map(|r| r.core.stats().late).sum();
+    let settle = o.rxs[0].core.stats().settle;
+    eprintln!(
+        "trailing 4 ms: first round lost {first}, later {}, late {late}, window {settle:?}",
+        o.stats.losses_compact()
+    );
+    assert!(first > 0, "the first round's window was too short");
+    assert!(late > 0 && late <= 2 * u64::from(first));
+    assert!(
+        o.stats.rounds[1..].iter().all(|r| r.lost == 0),
+        "repairs after the window was learnt: {}",
+        o.stats.losses_compact()
+    );
+    assert!(settle >= Duration::from_millis(4) && settle <= Duration::from_millis(50));
 }

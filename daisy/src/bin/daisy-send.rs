@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use daisy::net::{ArcaNet, McastOptions, StdNet};
-use daisy::send_shell::{run_sender, summary_line, SendOptions, SendReport};
+use daisy::send_shell::{run_sender, summary_json, summary_line, SendOptions, SendReport};
 use daisy::sender::{Delivery, SenderConfig};
 use daisy::wire::{DEFAULT_GROUP, DEFAULT_PORT, MAX_PACKETS_PER_BUFFER};
 
@@ -88,6 +88,10 @@ struct Args {
     /// No progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     no_progress: bool,
+    /// Also print the summary as one JSON object on stdout, for scripts (the summary line
+    /// stays on stderr).
+    #[arg(long)]
+    json: bool,
     /// Input file; stdin when omitted or `-`.
     file: Option<String>,
 }
@@ -118,6 +122,9 @@ fn main() -> ExitCode {
                 );
             }
             eprintln!("{}", summary_line(&r));
+            if args.json {
+                println!("{}", summary_json(&r));
+            }
             match r.delivery {
                 Delivery::All => ExitCode::SUCCESS,
                 Delivery::Partial => {
