@@ -1548,10 +1548,7 @@ fn hostile_secs() -> f64 {
 #[test]
 fn hostile_guests_do_not_hurt_a_well_behaved_one() {
     let _serial = serial();
-    let seed = std::env::var("ARCA_HOSTILE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0xA2CA_0001);
+    let seed = hostile_seed();
     let tcp_echo = echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));

@@ -181,15 +181,7 @@ fn an_ipv4_address_inside_an_ipv6_one_is_judged_as_ipv4() {
         .parse()
         .unwrap();
     u.send_to(b"not through 6to4", six_to_four).unwrap();
-    let deadline = Instant::now() + STEP;
-    let err = loop {
-        if let Some(e) = u.take_error().unwrap() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no error reported");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(next_error(&u).kind(), ErrorKind::PermissionDenied);
 
     let st = only_session(&m);
     assert_eq!((st.policy.denied, st.policy.udp_denied), (refused, 1));
@@ -412,15 +404,7 @@ fn a_denied_datagram_is_dropped_and_reported() {
         (&b"for you"[..], u.local_addr().unwrap())
     );
     // The denial is reported once, asynchronously, as a refused send would be.
-    let deadline = Instant::now() + STEP;
-    let err = loop {
-        if let Some(e) = u.take_error().unwrap() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no error reported");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(next_error(&u).kind(), ErrorKind::PermissionDenied);
     assert!(u.take_error().unwrap().is_none(), "taken once");
     let r = denied.recv_from(&mut buf);
     assert!(
@@ -554,5 +538,17 @@ fn a_guest_cannot_name_close_or_take_another_guests_resources() {
     while bs.bind_udp_reuse(uport).is_err() {
         assert!(Instant::now() < deadline, "port never released");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The next error a UDP socket reports (`take_error`), within [`STEP`].
+fn next_error(u: &arca::UdpSocket) -> std::io::Error {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(e) = u.take_error().unwrap() {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no error reported");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

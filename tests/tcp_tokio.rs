@@ -18,11 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn async_echo_and_accept() {
     let m = InProcMonitor::start("tcp-tokio", Config::default());
     let s = m.session();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
             // Out to a host echo server, 4 MiB each way.
@@ -84,11 +80,7 @@ fn traffic_on_one_connection_leaves_idle_readers_asleep() {
     const ROUND_TRIPS: usize = 200;
     let m = InProcMonitor::start("tcp-tokio-idle", Config::default());
     let s = m.session();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
             let mut busy = AsyncTcpStream::connect(&s, echo_server()).await.unwrap();
@@ -142,4 +134,13 @@ fn traffic_on_one_connection_leaves_idle_readers_asleep() {
         .await
         .expect("async test timed out");
     });
+}
+
+/// A two-thread tokio runtime for a test.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
