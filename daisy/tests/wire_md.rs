@@ -9,8 +9,9 @@ use daisy::wire::{
     self, BufferHeader, ExtHello, Greeting, GreetingExt, PacketHeader, BUFFER_HEADER_LEN,
     CHECK_LEN, CLIENT_DONE, CLIENT_READY, CLIENT_REQ, DEFAULT_GROUP, DEFAULT_PORT, EXT_CHECKS,
     EXT_CHECKS_HEAD_LEN, EXT_END, EXT_END_LEN, EXT_HELLO, EXT_HELLO_LEN, EXT_MAGIC,
-    EXT_MAX_PAYLOAD, EXT_NEED_CHECKS, EXT_ROUND, EXT_ROUND_LEN, GREETING_LEN, GREET_FLAG_FULL,
-    MAX_PACKETS_PER_BUFFER, PACKET_HEADER_LEN, PLAIN_MAX_PAYLOAD, SERVER_SENT,
+    EXT_MAX_PAYLOAD, EXT_NEED_CHECKS, EXT_ROUND, EXT_ROUND_LEN, EXT_SIZE, EXT_SIZE_LEN,
+    GREETING_LEN, GREET_FLAG_FULL, MAX_PACKETS_PER_BUFFER, PACKET_HEADER_LEN, PLAIN_MAX_PAYLOAD,
+    SERVER_SENT,
 };
 
 const SPEC: &str = include_str!("../WIRE.md");
@@ -195,6 +196,7 @@ fn the_message_table_matches_the_type_bytes_and_lengths() {
             typed(EXT_CHECKS),
             format!("{EXT_CHECKS_HEAD_LEN} + {CHECK_LEN} × count"),
         ),
+        ("EXT_SIZE", typed(EXT_SIZE), EXT_SIZE_LEN.to_string()),
     ]
     .into_iter()
     .map(|(n, t, l)| (n.to_string(), (t, l)))
@@ -347,6 +349,13 @@ fn the_extension_tables_match_the_encoders() {
     ]);
     let msg = wire::encode_end(&digest, 0x0807_0605_0403_0201);
     check_layout(&layouts("EXT_END")[0], 0, &msg, &fields);
+
+    let fields = BTreeMap::from([
+        ("type", Want::Int(u64::from(EXT_SIZE))),
+        ("total", Want::Int(0x0807_0605_0403_0201)),
+    ]);
+    let msg = wire::encode_size(0x0807_0605_0403_0201);
+    check_layout(&layouts("EXT_SIZE")[0], 0, &msg, &fields);
 }
 
 #[test]
@@ -360,6 +369,7 @@ fn every_layout_table_is_checked() {
         "EXT_ROUND",
         "EXT_CHECKS",
         "EXT_END",
+        "EXT_SIZE",
     ];
     for t in tables() {
         if t.heading.ends_with("Messages") {

@@ -138,13 +138,16 @@ pub(crate) fn send_from_ring<'a>(
     batch: impl Iterator<Item = (&'a SockAddr, &'a ReadSegments)>,
     gso: bool,
 ) -> Result<usize, SendError> {
-    let batch: Vec<_> = batch.collect();
     // Every payload is one or two iovecs (it may wrap around the ring's end).
-    let iovs: Vec<([libc::iovec; 2], usize)> = batch.iter().map(|(_, p)| p.iovecs()).collect();
-    let datagrams: Vec<RawDatagram<'_>> = batch
+    let iovs: Vec<(&SockAddr, [libc::iovec; 2], usize)> = batch
+        .map(|(to, p)| {
+            let (v, n) = p.iovecs();
+            (to, v, n)
+        })
+        .collect();
+    let datagrams: Vec<RawDatagram<'_>> = iovs
         .iter()
-        .zip(&iovs)
-        .map(|((to, _), (v, n))| RawDatagram {
+        .map(|(to, v, n)| RawDatagram {
             to,
             payload: v.get(..*n).unwrap_or(&[]),
         })
