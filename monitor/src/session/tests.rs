@@ -32,7 +32,7 @@ struct Harness {
     /// Replies read but not yet claimed by [`Harness::answer`].
     unclaimed: Vec<Frame>,
     /// The guest's end of the session socket.
-    _sock: OwnedFd,
+    guest_sock: OwnedFd,
 }
 
 impl Harness {
@@ -92,7 +92,7 @@ impl Harness {
             next_rid: 1,
             clock: None,
             unclaimed: Vec::new(),
-            _sock: theirs,
+            guest_sock: theirs,
         }
     }
 
@@ -627,4 +627,42 @@ impl Seen {
             }
         }
     }
+}
+
+/// A guest that writes to its session socket (it should send nothing after
+/// attaching) has what it sent discarded a turn's worth at a time: one event
+/// never reads without bound, and the rest is read on later turns.
+#[test]
+fn packets_on_the_session_socket_are_read_a_bounded_turn_at_a_time() {
+    let mut h = Harness::new(ALLOW_LOOPBACK);
+    h.hello();
+    let packets = SOCKET_READS * 3 + 5;
+    for _ in 0..packets {
+        nix::sys::socket::send(
+            h.guest_sock.as_raw_fd(),
+            b"noise",
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .expect("the socket buffer holds them");
+    }
+    h.with_ctx(|s, ctx| s.on_event(SessionSource::Socket, true, false, ctx));
+    assert!(h.session.socket_pending, "more than a turn's worth is left");
+    assert!(h.session.has_ready_work());
+    let mut turns = 1;
+    while h.session.socket_pending {
+        h.with_ctx(|s, ctx| s.run_ready(ctx));
+        turns += 1;
+        assert!(turns <= 10, "drained in a bounded number of turns");
+    }
+    assert_eq!(turns, 4, "{packets} packets at {SOCKET_READS} a turn");
+    assert!(h.session.ended().is_none(), "noise is not a hang-up");
+    let ok = h.call(&Message::Close {
+        handle: Handle::Listener(ListenerId(99)),
+    });
+    assert_eq!(
+        ok,
+        Message::CloseErr {
+            code: ErrorCode::NotFound
+        }
+    );
 }
