@@ -504,6 +504,7 @@ impl Monitor {
                 release: &mut release,
                 config,
                 reuse,
+                net: &crate::net::Kernel,
                 now: Instant::now(),
             };
             f(&mut ctx)

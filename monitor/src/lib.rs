@@ -21,6 +21,7 @@ pub mod config;
 pub mod event_loop;
 pub mod guest;
 pub mod handoff;
+pub mod net;
 pub mod policy;
 pub mod ratelimit;
 pub mod relay;

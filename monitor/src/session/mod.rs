@@ -10,6 +10,10 @@
 //! `PermissionDenied`, limits `QuotaExceeded`; each refusal is counted in
 //! [`SessionStats::policy`] and logged with the session, the request and the
 //! rule or limit involved.
+//!
+//! The session opens its sockets through [`crate::net::Net`] and reads the
+//! time from [`Ctx::now`]: the loop lends it the kernel and its clock, the
+//! unit tests (`tests.rs`) a network that fails on cue and a clock they set.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, ErrorKind};
@@ -74,6 +78,8 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     /// Who holds reuse-bound UDP ports among the monitor's guests.
     pub reuse: &'a crate::udp::ReuseOwners,
+    /// Opens the guest's sockets ([`crate::net::Kernel`] in the loop).
+    pub net: &'a dyn crate::net::Net,
     /// The time as the loop read it for this turn: the session reads no
     /// clock of its own for what it decides (connect rates, deadlines).
     pub now: Instant,

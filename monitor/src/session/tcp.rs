@@ -19,7 +19,7 @@ impl Session {
         } else {
             backlog.min(65535)
         };
-        let sock = match bind_listener(addr, backlog) {
+        let sock = match ctx.net.listen(addr, backlog) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(session = self.id, request = rid.0, %addr, error = %e, "listen failed");
@@ -82,7 +82,7 @@ impl Session {
             let Some(&rid) = l.pending.front() else {
                 return;
             };
-            match l.sock.accept() {
+            match ctx.net.accept(&l.sock) {
                 Ok((sock, peer)) => {
                     l.pending.pop_front();
                     if let Err(code) = self.admission.incoming(rid) {
@@ -180,7 +180,7 @@ impl Session {
         if let Err(code) = self.admission.connect(ctx.now, rid, addr, in_flight) {
             return self.reply(rid, Message::ConnectErr { code });
         }
-        let mut sock = match mio::net::TcpStream::connect(addr) {
+        let mut sock = match ctx.net.connect(addr) {
             Ok(s) => s,
             Err(e) => {
                 return self.reply(
@@ -193,7 +193,7 @@ impl Session {
         };
         // On loopback the handshake is usually over by the time connect(2) returns: answer
         // now, without registering the socket to learn it from the next turn.
-        if let Some(outcome) = connect_outcome(&sock) {
+        if let Some(outcome) = ctx.net.connect_outcome(&sock) {
             return self.answer_connect(rid, addr, sock, outcome, ctx);
         }
         let (id, token) = match self.register_conn(&mut sock, ctx) {
@@ -231,7 +231,7 @@ impl Session {
             return;
         };
         let Some(sock) = c.sock.as_ref() else { return };
-        let Some(outcome) = connect_outcome(sock) else {
+        let Some(outcome) = ctx.net.connect_outcome(sock) else {
             return; // still in progress
         };
         let opened = outcome
@@ -381,48 +381,5 @@ impl Session {
                 ),
             },
         }
-    }
-}
-
-/// `socket` + `SO_REUSEADDR` + `bind` + `listen(backlog)`, non-blocking.
-fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {
-    use nix::sys::socket::{
-        self as s, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
-    };
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = s::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    s::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    if addr.is_ipv6() {
-        s::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-    }
-    s::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    let backlog =
-        s::Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(s::Backlog::MAXCONN);
-    s::listen(&fd, backlog)?;
-    Ok(mio::net::TcpListener::from_std(
-        std::net::TcpListener::from(fd),
-    ))
-}
-
-/// The outcome of a non-blocking connect: `None` while it is still in progress.
-/// A peer address means connected (one system call, the usual answer on
-/// loopback); otherwise `SO_ERROR` tells a failure from a handshake in flight.
-fn connect_outcome(sock: &mio::net::TcpStream) -> Option<io::Result<()>> {
-    match sock.peer_addr() {
-        Ok(_) => Some(Ok(())),
-        Err(e) if e.kind() == ErrorKind::NotConnected => match sock.take_error() {
-            Ok(Some(e)) | Err(e) => Some(Err(e)),
-            Ok(None) => None,
-        },
-        Err(e) => Some(Err(e)),
     }
 }

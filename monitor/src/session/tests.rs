@@ -5,8 +5,11 @@
 //! random sequence over every message type asserts the session's invariants
 //! after every step.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{TcpListener, UdpSocket};
+
+use nix::errno::Errno;
 
 use arca_wire::{FrameHeader, MembershipOp, HEADER_LEN};
 use rand::rngs::StdRng;
@@ -14,6 +17,118 @@ use rand::{Rng, SeedableRng};
 use shm_ring::NoNotify;
 
 use super::*;
+use crate::net::{Kernel, Net};
+
+/// A call of [`Net`] whose outcome a test can script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Call {
+    Connect,
+    /// [`Net::connect_outcome`]: how a handshake in flight ends.
+    Handshake,
+    Listen,
+    Accept,
+    BindUdp,
+}
+
+impl Call {
+    /// Errors the kernel can give for this call, for random scripts.
+    fn errors(self) -> &'static [Errno] {
+        match self {
+            Call::Connect => &[
+                Errno::ECONNREFUSED,
+                Errno::ENETUNREACH,
+                Errno::EMFILE,
+                Errno::EADDRNOTAVAIL,
+            ],
+            Call::Handshake => &[Errno::ECONNREFUSED, Errno::ETIMEDOUT, Errno::EHOSTUNREACH],
+            Call::Listen => &[Errno::EADDRINUSE, Errno::EACCES, Errno::EMFILE],
+            Call::Accept => &[
+                Errno::EMFILE,
+                Errno::ENFILE,
+                Errno::ECONNABORTED,
+                Errno::ENOBUFS,
+            ],
+            Call::BindUdp => &[Errno::EADDRINUSE, Errno::EACCES, Errno::EMFILE],
+        }
+    }
+}
+
+/// The kernel, except where the test says otherwise: a call with a scripted
+/// error fails with it (one call per entry), a random script fails calls at
+/// a given rate, and while `held` every handshake stays in flight.
+#[derive(Default)]
+struct ScriptedNet {
+    errors: RefCell<HashMap<Call, Vec<Errno>>>,
+    random: RefCell<Option<(StdRng, f64)>>,
+    held: Cell<bool>,
+}
+
+impl ScriptedNet {
+    /// The next `call` fails with `errno`.
+    fn fail(&self, call: Call, errno: Errno) {
+        self.errors
+            .borrow_mut()
+            .entry(call)
+            .or_default()
+            .insert(0, errno);
+    }
+
+    fn take(&self, call: Call) -> Option<io::Error> {
+        if let Some(e) = self.errors.borrow_mut().get_mut(&call).and_then(Vec::pop) {
+            return Some(e.into());
+        }
+        let mut random = self.random.borrow_mut();
+        let (rng, rate) = random.as_mut()?;
+        if !rng.gen_bool(*rate) {
+            return None;
+        }
+        let errors = call.errors();
+        Some(errors[rng.gen_range(0..errors.len())].into())
+    }
+}
+
+impl Net for ScriptedNet {
+    fn connect(&self, addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
+        match self.take(Call::Connect) {
+            Some(e) => Err(e),
+            None => Kernel.connect(addr),
+        }
+    }
+
+    fn connect_outcome(&self, sock: &mio::net::TcpStream) -> Option<io::Result<()>> {
+        if self.held.get() {
+            return None;
+        }
+        match self.take(Call::Handshake) {
+            Some(e) => Some(Err(e)),
+            None => Kernel.connect_outcome(sock),
+        }
+    }
+
+    fn listen(&self, addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {
+        match self.take(Call::Listen) {
+            Some(e) => Err(e),
+            None => Kernel.listen(addr, backlog),
+        }
+    }
+
+    fn accept(
+        &self,
+        listener: &mio::net::TcpListener,
+    ) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+        match self.take(Call::Accept) {
+            Some(e) => Err(e),
+            None => Kernel.accept(listener),
+        }
+    }
+
+    fn bind_udp(&self, addr: SocketAddr, reuse: bool) -> io::Result<mio::net::UdpSocket> {
+        match self.take(Call::BindUdp) {
+            Some(e) => Err(e),
+            None => Kernel.bind_udp(addr, reuse),
+        }
+    }
+}
 
 struct Harness {
     poll: mio::Poll,
@@ -33,6 +148,8 @@ struct Harness {
     unclaimed: Vec<Frame>,
     /// The guest's end of the session socket.
     guest_sock: OwnedFd,
+    /// The network the session's sockets come from.
+    net: ScriptedNet,
 }
 
 impl Harness {
@@ -56,6 +173,7 @@ impl Harness {
         let mut tokens = HashMap::new();
         let mut next_token = 1;
         let reuse = crate::udp::ReuseOwners::default();
+        let net = ScriptedNet::default();
         let session = {
             let mut alloc = |src| {
                 let t = Token(next_token);
@@ -69,6 +187,7 @@ impl Harness {
                 release: &mut |_| {},
                 config: &config,
                 reuse: &reuse,
+                net: &net,
                 now: Instant::now(),
             };
             Session::new(1, mine, &mut ctx).unwrap()
@@ -93,6 +212,7 @@ impl Harness {
             clock: None,
             unclaimed: Vec::new(),
             guest_sock: theirs,
+            net,
         }
     }
 
@@ -110,6 +230,7 @@ impl Harness {
             config,
             reuse,
             session,
+            net,
             ..
         } = self;
         let mut released = Vec::new();
@@ -127,6 +248,7 @@ impl Harness {
                 release: &mut release,
                 config,
                 reuse,
+                net: &*net,
                 now,
             };
             f(session, &mut ctx)
@@ -390,22 +512,15 @@ fn a_refused_connect_and_a_denied_one_are_answered_with_their_codes() {
 
 /// A connect's deadline is kept in the session's time, which the loop
 /// passes in: it fires when that time passes it, not before, and takes the
-/// pending connect (and its timer) with it.
+/// pending connect (and its timer) with it. The handshake is held in flight
+/// by the scripted network.
 #[test]
 fn a_connect_deadline_fires_by_the_time_passed_in() {
     let mut h = Harness::new(ALLOW_LOOPBACK);
     h.hello();
-    // A listener whose accept queue is full: the kernel drops the SYN.
-    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    full.listen(0).unwrap();
-    let addr = full.local_addr().unwrap().as_socket().unwrap();
-    let _queued: Vec<_> = (0..2)
-        .filter_map(|_| {
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).ok()
-        })
-        .collect();
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = host.local_addr().unwrap();
+    h.net.held.set(true);
     let t0 = Instant::now();
     h.clock = Some(t0);
     let rid = h.send(&Message::ConnectRequest {
@@ -433,9 +548,150 @@ fn a_connect_deadline_fires_by_the_time_passed_in() {
     h.check_invariants();
 }
 
-/// Random requests of every type, good and bad, in a seeded sequence: each
-/// request is answered at most once, the session's tables and counters agree
-/// after every step, and its teardown frees every pipe.
+/// Each call's failure, as the kernel would report it, reaches the guest as
+/// the reply to the request that made the call, and leaves nothing held.
+#[test]
+fn socket_call_failures_are_answered_with_their_codes() {
+    let mut h = Harness::new(ALLOW_LOOPBACK);
+    h.hello();
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = host.local_addr().unwrap();
+    let connect = Message::ConnectRequest {
+        addr,
+        timeout_ms: 0,
+    };
+    let cases = [
+        (
+            Call::Connect,
+            Errno::ENETUNREACH,
+            ErrorCode::NetworkUnreachable,
+        ),
+        (
+            Call::Connect,
+            Errno::EMFILE,
+            ErrorCode::from_io(&Errno::EMFILE.into()),
+        ),
+        (
+            Call::Handshake,
+            Errno::ECONNREFUSED,
+            ErrorCode::ConnectionRefused,
+        ),
+        (
+            Call::Handshake,
+            Errno::EHOSTUNREACH,
+            ErrorCode::HostUnreachable,
+        ),
+    ];
+    for (call, errno, code) in cases {
+        h.net.fail(call, errno);
+        assert_eq!(
+            h.call(&connect),
+            Message::ConnectErr { code },
+            "{call:?} {errno}"
+        );
+    }
+    h.net.fail(Call::Listen, Errno::EADDRINUSE);
+    assert_eq!(
+        h.call(&Message::ListenRequest {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            backlog: 0
+        }),
+        Message::ListenErr {
+            code: ErrorCode::AddrInUse
+        }
+    );
+    h.net.fail(Call::BindUdp, Errno::EACCES);
+    assert_eq!(
+        h.call(&Message::UdpBind {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            flags: 0
+        }),
+        Message::UdpBindErr {
+            code: ErrorCode::PermissionDenied
+        }
+    );
+    let st = h.session.stats();
+    assert_eq!((st.conns, st.listeners, st.udp_sockets), (0, 0, 0));
+    assert_eq!(st.alloc.allocated, st.fixed_bytes, "no pipe left behind");
+    h.check_invariants();
+    // The next calls go through: a failure is one request's, not the session's.
+    assert!(matches!(h.call(&connect), Message::ConnectOk { .. }));
+}
+
+/// An accept that fails for want of descriptors is answered with that error;
+/// the listener and its other pending accepts carry on, and the connection
+/// still waiting in the kernel's queue goes to the next accept. An aborted
+/// connection is skipped without an answer.
+#[test]
+fn an_accept_failure_ends_one_accept_and_the_listener_carries_on() {
+    let mut h = Harness::new(ALLOW_LOOPBACK);
+    h.hello();
+    let Message::ListenOk { listener, local } = h.call(&Message::ListenRequest {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        backlog: 4,
+    }) else {
+        panic!("listen refused");
+    };
+    let first = h.send(&Message::AcceptRequest { listener });
+    let second = h.send(&Message::AcceptRequest { listener });
+    h.turn();
+    h.net.fail(Call::Accept, Errno::EMFILE);
+    h.net.fail(Call::Accept, Errno::ECONNABORTED);
+    let _peer = std::net::TcpStream::connect(local).unwrap();
+    assert_eq!(
+        h.answer(first),
+        Message::AcceptErr {
+            code: ErrorCode::from_io(&Errno::EMFILE.into())
+        }
+    );
+    assert!(matches!(
+        h.answer(second),
+        Message::IncomingConnection { listener: l, .. } if l == listener
+    ));
+    let st = h.session.stats();
+    assert_eq!((st.conns, st.listeners), (1, 1));
+    h.check_invariants();
+}
+
+/// A connect whose handshake never ends holds its request until its
+/// connection is closed (a guest that guesses the id can): the close answers
+/// the connect as aborted and frees its id and timer.
+#[test]
+fn a_close_ends_a_connect_in_flight() {
+    let mut h = Harness::new(ALLOW_LOOPBACK);
+    h.hello();
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    h.net.held.set(true);
+    let rid = h.send(&Message::ConnectRequest {
+        addr: host.local_addr().unwrap(),
+        timeout_ms: u32::MAX,
+    });
+    h.turn();
+    assert!(h.replies().is_empty(), "still connecting");
+    let st = h.session.stats();
+    assert_eq!((st.conns, st.timers, st.requests_in_flight), (1, 1, 1));
+    let id = *h.session.conns.keys().next().unwrap();
+    assert_eq!(
+        h.call(&Message::Close {
+            handle: Handle::Connection(id)
+        }),
+        Message::CloseOk
+    );
+    assert_eq!(
+        h.answer(rid),
+        Message::ConnectErr {
+            code: ErrorCode::ConnectionAborted
+        }
+    );
+    let st = h.session.stats();
+    assert_eq!((st.conns, st.timers, st.requests_in_flight), (0, 0, 0));
+    h.check_invariants();
+}
+
+/// Random requests of every type, good and bad, in a seeded sequence, over a
+/// network whose calls fail at random: each request is answered at most
+/// once, the session's tables and counters agree after every step, and its
+/// teardown frees every pipe.
 #[test]
 fn a_random_sequence_of_every_message_type_keeps_the_session_consistent() {
     let seeds: Vec<u64> = match std::env::var("ARCA_SESSION_SEED") {
@@ -453,6 +709,9 @@ fn random_sequence(seed: u64, steps: usize) {
         "[limits]\nconnections = 8\nudp_sockets = 4\nlisteners = 3\nrequests_in_flight = 12\n{ALLOW_LOOPBACK}"
     ));
     h.hello();
+    // One socket call in ten fails as the kernel might, and handshakes are
+    // now and then held in flight.
+    *h.net.random.borrow_mut() = Some((StdRng::seed_from_u64(!seed), 0.1));
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     host.set_nonblocking(true).unwrap();
     let host_addr = host.local_addr().unwrap();
@@ -478,6 +737,9 @@ fn random_sequence(seed: u64, steps: usize) {
                 ls[rng.gen_range(0..ls.len())]
             }
         };
+        if rng.gen_bool(0.05) {
+            h.net.held.set(!h.net.held.get());
+        }
         let msg = match rng.gen_range(0..14) {
             0 => Message::ListenRequest {
                 addr: if rng.gen_bool(0.8) {

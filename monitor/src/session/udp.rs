@@ -58,7 +58,10 @@ impl Session {
                 .admission
                 .over_quota(None, "udp pipe", "pipe memory", limit));
         }
-        let mut sock = crate::udp::bind(addr, reuse).map_err(|e| ErrorCode::from_io(&e))?;
+        let mut sock = ctx
+            .net
+            .bind_udp(addr, reuse)
+            .map_err(|e| ErrorCode::from_io(&e))?;
         let local = sock.local_addr().map_err(|e| ErrorCode::from_io(&e))?;
         let claim = match reuse.then(|| ctx.reuse.claim(owner, local)) {
             Some(Err(e)) => return Err(ErrorCode::from_io(&e)),
