@@ -239,11 +239,19 @@ fn parse_args() -> Result<Opts, String> {
                 link_set = true;
             }
             "--drop-every" => {
-                link.drop_every = Some(u32::try_from(num(val()?)?.max(2)).unwrap_or(u32::MAX));
+                let v = val()?;
+                link.drop_every = match v.parse::<u32>() {
+                    Ok(n) if n >= 2 => Some(n),
+                    _ => return Err(format!("--drop-every {v}: not a whole number >= 2")),
+                };
                 link_set = true;
             }
             "--rate-mbit" => {
-                link.rate_mbit = Some(u32::try_from(num(val()?)?.max(1)).unwrap_or(u32::MAX));
+                let v = val()?;
+                link.rate_mbit = match v.parse::<u32>() {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => return Err(format!("--rate-mbit {v}: not a whole number >= 1")),
+                };
                 link_set = true;
             }
             "--delay-ms" => {
