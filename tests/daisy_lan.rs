@@ -7,7 +7,8 @@
 //! has `sch_netem`), every copy's SHA-256 checked; a receiver on a rate-limited link slows
 //! the transfer, which still completes, and the sender's rate controller backs off; a
 //! receiver losing every 200th datagram, a fixed count per round at any rate, does not pull
-//! the rate down.
+//! the rate down; a bed asked for what it cannot make (no receivers, nine, a delay without
+//! `sch_netem`) says why and leaves no namespace behind.
 //!
 //! Needs root, iproute2 and nftables (prints `SKIPPED: …` otherwise). The binaries come
 //! from the test's own target directory, as for `tests/daisy.rs`. Tests run one at a time,
@@ -422,4 +423,66 @@ fn a_fixed_loss_per_round_does_not_collapse_the_rate() {
         fin >= 0.7 * start,
         "final rate {fin} MB/s below 70 % of the start ({start} MB/s): {rounds:?}"
     );
+}
+
+/// The namespaces of this process's beds that exist now.
+fn our_namespaces() -> Vec<String> {
+    let prefix = format!("arcalan-{}-", std::process::id());
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_bed_refuses_what_it_cannot_make_and_leaves_nothing_behind() {
+    let Some((_guard, _bins, _isolated)) = setup() else {
+        return;
+    };
+    let bad = [
+        (vec![], "1 to 8 receivers"),
+        (vec![Link::default(); 9], "1 to 8 receivers"),
+        (
+            vec![Link {
+                drop_every: Some(1),
+                ..Link::default()
+            }],
+            "drop_every must be >= 2",
+        ),
+        (
+            vec![Link {
+                loss_percent: 101.0,
+                ..Link::default()
+            }],
+            "is not 0 to 100",
+        ),
+    ];
+    for (links, why) in bad {
+        let err = LanBed::create(&links).expect_err(why);
+        assert!(err.contains(why), "`{err}` does not say `{why}`");
+    }
+    let delayed = [
+        Link::default(),
+        Link {
+            delay: Some(Duration::from_millis(2)),
+            ..Link::default()
+        },
+    ];
+    match LanBed::create(&delayed) {
+        Ok(bed) => {
+            assert!(LanBed::delay_available());
+            assert_eq!(our_namespaces().len(), 4, "{:?}", our_namespaces());
+            drop(bed);
+        }
+        Err(e) => {
+            assert!(!LanBed::delay_available(), "{e}");
+            assert!(e.contains("receiver 2") && e.contains("sch_netem"), "{e}");
+        }
+    }
+    // A refused bed deletes what it had made; a dropped one everything.
+    assert_eq!(our_namespaces(), Vec::<String>::new());
 }
