@@ -256,15 +256,17 @@ impl LanBed {
     fn build(&mut self) -> Result<(), String> {
         let br = self.bridge_ns();
         self.add_ns(br.clone())?;
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        in_ns(
+        ip(&[
+            "-n",
             &br,
-            "sh",
-            &[
-                "-c",
-                "echo 0 > /sys/class/net/br0/bridge/multicast_snooping",
-            ],
-        )?;
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         ip(&["-n", &br, "link", "set", "br0", "up"])?;
         if !LanBed::delay_available() {
             if let Some(i) = self.links.iter().position(|l| l.delay.is_some()) {
