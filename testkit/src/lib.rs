@@ -12,6 +12,7 @@
 //!   a guest in a role.
 //! - [`bins`]: where the workspace's binaries are, and building them with `$CARGO`.
 //! - [`daisy_run`]: the Daisy binaries and their summary lines.
+//! - [`lan_bed`]: a LAN of network namespaces with lossy, rate-limited, delayed links.
 //! - [`twoproc`]: re-execute the current binary in a named role and hand it file
 //!   descriptors; the child side reads them back.
 //! - [`shm_link`]: one shm-ring pipe between a parent (owner) and a child (peer), handed
@@ -32,6 +33,7 @@ pub mod bins;
 pub mod child;
 pub mod daisy_run;
 pub mod in_proc;
+pub mod lan_bed;
 pub mod monitor_proc;
 pub mod pattern;
 pub mod procfs;
