@@ -1,4 +1,4 @@
-//! The monitor confines itself once set up (README.md, "Confinement"): what
+//! The monitor confines itself once set up (SECURITY.md): what
 //! it may still do, and the steps that take everything else away.
 //!
 //! In order, for the whole process:
@@ -376,7 +376,7 @@ fn unsigned(v: libc::c_int) -> u64 {
 }
 
 /// The system calls the confined monitor makes, each with the arguments it
-/// passes where they are cheap to check (README.md, "Confinement", says why
+/// passes where they are cheap to check (SECURITY.md says why
 /// each is there). An empty rule list allows the call outright; the kernel's
 /// seccomp cache (Linux 5.11+) then skips the filter for it altogether, which
 /// is what keeps the relay's hot calls free.
@@ -473,7 +473,9 @@ pub fn allowlist(plan: &Plan) -> Result<Rules, seccompiler::BackendError> {
     let ioctls = [libc::FIONBIO, libc::FIONREAD, libc::TIOCOUTQ, libc::FIOCLEX];
     rules.insert(
         libc::SYS_ioctl,
-        // Requests are `unsigned int` to the kernel; the cast only widens.
+        // `libc::Ioctl` is `c_ulong` on glibc (the cast is a no-op) and
+        // `c_int` on musl; the kernel compares the low 32 bits either way.
+        #[allow(clippy::unnecessary_cast)]
         any_of(1, &ioctls.map(|r| r as u64))?,
     );
     let fcntls = [

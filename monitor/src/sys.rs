@@ -257,7 +257,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
             line.push_number(nr);
         }
     }
-    line.push(b"; stopping (POLICY.md has no say here: see README.md, \"Confinement\")\n");
+    line.push(b"; stopping (SECURITY.md)\n");
     let bytes = line.as_bytes();
     // SAFETY: `write` and `_exit` are async-signal-safe; `bytes` is a live
     // stack buffer of that length.
