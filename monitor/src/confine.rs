@@ -706,3 +706,80 @@ pub mod test_hooks {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{AddrRule, PortRange, Proto};
+
+    fn listen_on(ports: Vec<PortRange>, action: Action) -> Policy {
+        let mut p = Policy::default();
+        p.listen = vec![AddrRule {
+            action,
+            nets: vec!["127.0.0.0/8".parse().unwrap()],
+            ports,
+            proto: Proto::Any,
+        }];
+        p
+    }
+
+    #[test]
+    fn a_capability_is_kept_only_for_allowed_privileged_ports() {
+        assert!(!needs_privileged_ports(&Policy::default(), 1024));
+        let http = listen_on(vec![PortRange { lo: 80, hi: 80 }], Action::Allow);
+        assert!(needs_privileged_ports(&http, 1024));
+        // The kernel lets anyone bind 80 when its unprivileged start is lower.
+        assert!(!needs_privileged_ports(&http, 80));
+        let denied = listen_on(vec![PortRange { lo: 80, hi: 80 }], Action::Deny);
+        assert!(!needs_privileged_ports(&denied, 1024));
+        let ephemeral = listen_on(vec![PortRange { lo: 0, hi: 0 }], Action::Allow);
+        assert!(!needs_privileged_ports(&ephemeral, 1024));
+        let all = listen_on(vec![PortRange::ANY], Action::Allow);
+        assert!(needs_privileged_ports(&all, 1024));
+    }
+
+    #[test]
+    fn the_allowlist_filters_sockets_and_signals_only_runs_guest() {
+        let serve = allowlist(&Plan::default()).unwrap();
+        for nr in [libc::SYS_execve, libc::SYS_open, libc::SYS_openat, libc::SYS_ptrace] {
+            assert!(!serve.contains_key(&nr), "{:?} allowed", syscall_name(nr as i32));
+        }
+        assert!(!serve.contains_key(&libc::SYS_kill), "serve signals nobody");
+        assert_eq!(serve.get(&libc::SYS_socket).map(Vec::len), Some(4));
+        assert_eq!(serve.get(&libc::SYS_read).map(Vec::len), Some(0));
+        let run = allowlist(&Plan {
+            guest_pid: Some(4242),
+            ..Plan::default()
+        })
+        .unwrap();
+        assert_eq!(run.get(&libc::SYS_kill).map(Vec::len), Some(1));
+        assert!(run.contains_key(&libc::SYS_wait4));
+        assert!(filters(&Plan::default()).is_ok());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn syscalls_are_named_by_number() {
+        assert_eq!(syscall_name(0), Some("read"));
+        assert_eq!(syscall_name(257), Some("openat"));
+        assert_eq!(syscall_name(59), Some("execve"));
+        assert_eq!(syscall_name(-1), None);
+        assert_eq!(syscall_name(100_000), None);
+    }
+
+    #[test]
+    fn the_report_line_formats_numbers_and_stops_at_its_capacity() {
+        let mut l = ReportLine::new();
+        l.push(b"n=");
+        l.push_number(0);
+        l.push(b",");
+        l.push_number(-257);
+        l.push(b",");
+        l.push_number(i32::MAX);
+        assert_eq!(l.as_bytes(), b"n=0,-257,2147483647");
+        for _ in 0..100 {
+            l.push(b"xxxx");
+        }
+        assert_eq!(l.as_bytes().len(), 256);
+    }
+}
