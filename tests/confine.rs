@@ -330,3 +330,45 @@ fn an_unknown_user_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such user: no-such-user-arca"), "{err}");
 }
+
+#[test]
+fn run_confines_the_monitor_and_not_its_guest() {
+    // The guest (started before confinement) waits, bounded, for its parent's filter, then
+    // prints its parent's fields and its own.
+    let script = r#"
+        for _ in $(seq 200); do
+            grep -q '^Seccomp:[[:space:]]*2' /proc/$PPID/status && break
+            sleep 0.05
+        done
+        grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/$PPID/status | sed 's/^/monitor /'
+        grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/^/guest /'
+        exit 7
+    "#;
+    let mut cmd = Command::new(monitor());
+    cmd.args(["run", "--", "/bin/sh", "-c", script])
+        .env_remove("ARCA_CONFINE_TEST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut proc = Proc::spawn("confine-run", &mut cmd).expect("spawn arca-monitor run");
+    let mut out = String::new();
+    proc.child_mut()
+        .stdout
+        .take()
+        .expect("stdout piped")
+        .read_to_string(&mut out)
+        .unwrap();
+    let st = proc.wait(Instant::now() + STEP).unwrap();
+    assert_eq!(st.code(), Some(7), "{}; stdout:\n{out}", describe(st));
+    let field = |who: &str, name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{who} {name}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {who} {name} in:\n{out}"))
+    };
+    assert_eq!(field("monitor", "Seccomp"), "2");
+    assert_eq!(field("monitor", "NoNewPrivs"), "1");
+    assert_eq!(field("monitor", "CapEff"), "0000000000000000");
+    assert_eq!(field("guest", "Seccomp"), "0");
+    assert_eq!(field("guest", "NoNewPrivs"), "0");
+}
