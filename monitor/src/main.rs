@@ -133,17 +133,21 @@ const USAGE: u8 = 2;
 
 const SERVE_EXIT_STATUS: &str = "\
 Exit status:
-  0  stopped by SIGINT or SIGTERM
-  1  the monitor failed while serving
-  2  bad usage or configuration, or a socket path it refuses to replace";
+  0    stopped by SIGINT or SIGTERM
+  1    the monitor failed while serving, or could not confine itself
+  2    bad usage or configuration, or a socket path it refuses to replace
+  159  the monitor's confinement stopped a forbidden system call (SECURITY.md)";
 
 const EXIT_STATUS: &str = "\
 Exit status:
   the guest's own status; 128+N when a signal N ended it
-  1    the monitor failed while serving (the guest is killed)
+  1    the monitor failed while serving, or could not confine itself (the guest
+       is killed)
   2    bad usage or configuration (arguments, sizes, policy file)
   126  PROGRAM could not be executed
   127  PROGRAM was not found
+  159  the monitor's confinement stopped a forbidden system call (SECURITY.md);
+       also a guest's own 159, or its death by SIGSYS
 
 Stopping: the first SIGINT or SIGTERM is passed on to the guest; a second one,
 or --grace seconds without the guest exiting, kills it (SIGKILL).";
@@ -404,8 +408,8 @@ fn main() -> ExitCode {
             print,
         } => return policy_command(*print_default, check.as_deref(), *print),
     };
-    if let Command::Run { confine, .. } | Command::Serve { confine, .. } = &cli.command {
-        if confine.no_confine {
+    if let Command::Run { confine: how, .. } | Command::Serve { confine: how, .. } = &cli.command {
+        if how.no_confine {
             tracing::warn!(
                 "--no-confine: NOT CONFINED. The monitor keeps every system call, file and \
                  capability it started with; a compromise of it is a compromise of this user"
@@ -429,14 +433,14 @@ fn main() -> ExitCode {
             isolate,
             grace,
             program,
-            confine,
+            confine: how,
             ..
         } => run(
             *isolate,
             Duration::from_secs_f64(*grace),
             config,
             program,
-            !confine.no_confine,
+            !how.no_confine,
         ),
         Command::Serve {
             socket,
@@ -446,7 +450,7 @@ fn main() -> ExitCode {
             max_sessions,
             max_sessions_per_uid,
             user,
-            confine,
+            confine: how,
             ..
         } => {
             let user = match user.as_deref().map(confine::User::lookup).transpose() {
@@ -467,7 +471,7 @@ fn main() -> ExitCode {
                 ..config
             };
             match config.validate() {
-                Ok(()) => serve(socket, access, config, user, !confine.no_confine),
+                Ok(()) => serve(socket, access, config, user, !how.no_confine),
                 Err(e) => {
                     eprintln!("arca-monitor: {e}");
                     return ExitCode::from(USAGE);
