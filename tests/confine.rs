@@ -20,9 +20,13 @@ use arca::ArcaSession;
 use arca_testkit::bins::{cargo_build, monitor_bin, profile_dir};
 use arca_testkit::child::{describe, Proc};
 use arca_testkit::monitor_proc::{socket_path, wait_for_socket};
+use arca_testkit::raw_guest::{listen_and_accept, RawGuest};
 use arca_testkit::servers::echo_server;
 use arca_testkit::wait::wait_until;
 use arca_testkit::STEP;
+use arca_wire::{FrameHeader, MessageType, RequestId, MAX_FRAME_PAYLOAD};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// The status of a monitor the seccomp filter stopped: 128 + SIGSYS from its handler, or
 /// SIGSYS itself when the call was made with the signal blocked (the kernel then kills).
@@ -371,4 +375,95 @@ fn run_confines_the_monitor_and_not_its_guest() {
     assert_eq!(field("monitor", "CapEff"), "0000000000000000");
     assert_eq!(field("guest", "Seccomp"), "0");
     assert_eq!(field("guest", "NoNewPrivs"), "0");
+}
+
+fn raw_frame(ty: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).unwrap();
+    let mut f = FrameHeader::new(ty, len, RequestId(id)).to_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Every message type truncated, oversized and (where it makes no real socket) with
+/// random bytes of the right length; unknown types.
+fn malformed_frames(rng: &mut StdRng, first_id: u32) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut id = first_id;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    for ty in MessageType::ALL {
+        let want = usize::from(ty.payload_len());
+        if want > 0 {
+            let len = rng.gen_range(0..want);
+            let payload: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            frames.push(raw_frame(ty.to_u8(), next(), &payload));
+        }
+        let len = rng.gen_range(want + 1..=MAX_FRAME_PAYLOAD);
+        let payload: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        frames.push(raw_frame(ty.to_u8(), next(), &payload));
+        if !matches!(
+            ty,
+            MessageType::ConnectRequest | MessageType::ListenRequest | MessageType::UdpBind
+        ) {
+            let payload: Vec<u8> = (0..want).map(|_| rng.gen()).collect();
+            frames.push(raw_frame(ty.to_u8(), next(), &payload));
+        }
+    }
+    for ty in (0..=u8::MAX)
+        .filter(|t| MessageType::from_u8(*t).is_none())
+        .take(8)
+    {
+        frames.push(raw_frame(ty, next(), &[0xA5; 16]));
+    }
+    frames
+}
+
+#[test]
+fn hostile_guests_do_not_trip_the_filter() {
+    // The error paths (malformed frames answered or refused, pipes closed for cause,
+    // sessions torn down mid-transfer, warnings rate-limited) all run confined, with a
+    // well-behaved guest served after each hostile one.
+    let mut m = Served::start("confine-hostile", &[], None);
+    wait_for_socket(&m.path.clone(), m.proc.child_mut(), STEP);
+    let mut rng = StdRng::seed_from_u64(19);
+    for round in 0..4u32 {
+        let mut g = RawGuest::attach(&m.path);
+        g.hello();
+        let (_conn, mut pipe, mut host) = listen_and_accept(&mut g);
+        host.write_all(&[1u8; 4096]).unwrap();
+        let _ = pipe.write(&[2u8; 4096]);
+        for frame in malformed_frames(&mut rng, 1000 * (round + 1)) {
+            g.try_send_raw(&frame);
+            let _ = g.drain_replies();
+        }
+        let size = g.region.size();
+        for i in 0..512u32 {
+            let off = if i % 2 == 0 {
+                rng.gen_range(0..size)
+            } else {
+                rng.gen_range(0..4096u64)
+            };
+            g.poke_u64(off, rng.gen());
+            if i % 64 == 0 {
+                g.kick(0);
+                g.kick(1);
+            }
+        }
+        drop(g);
+        serve_a_guest(&m.path);
+        assert!(
+            m.proc.try_wait().unwrap().is_none(),
+            "round {round}: the monitor ended; stderr:\n{}",
+            m.stderr()
+        );
+    }
+    assert_eq!(m.stop().code(), Some(0), "stderr:\n{}", m.stderr());
+    let err = m.stderr();
+    assert!(
+        err.contains("malformed frame"),
+        "the hostile frames never reached the monitor's error path:\n{err}"
+    );
+    assert!(!err.contains("forbidden system call"), "{err}");
 }
