@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod confine;
 pub mod event_loop;
 pub mod guest;
 pub mod handoff;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arca_monitor::serve_socket::Access;
 use arca_monitor::session::SetupError;
-use arca_monitor::{guest, Config, GuestOutcome, Monitor, Policy};
+use arca_monitor::{confine, guest, Config, GuestOutcome, Monitor, Policy};
 use clap::{Args, Parser, Subcommand};
 
 /// Gives sandboxed guests TCP and UDP through shared memory: the guest asks,
@@ -44,6 +44,8 @@ enum Command {
         sizes: Sizes,
         #[command(flatten)]
         policy: PolicyFile,
+        #[command(flatten)]
+        confine: ConfineArgs,
         /// The guest program and its arguments.
         #[arg(required = true, last = true, value_name = "PROGRAM ARGS")]
         program: Vec<OsString>,
@@ -74,10 +76,16 @@ enum Command {
         /// Sessions one user may hold at once.
         #[arg(long, value_name = "N", default_value_t = 64)]
         max_sessions_per_uid: usize,
+        /// Once the socket is bound, become this user (a name or a numeric
+        /// uid): no supplementary groups, its primary group. Needs root.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
         #[command(flatten)]
         sizes: Sizes,
         #[command(flatten)]
         policy: PolicyFile,
+        #[command(flatten)]
+        confine: ConfineArgs,
     },
     /// Print the default policy, or check a policy file (POLICY.md).
     Policy {
@@ -93,6 +101,14 @@ enum Command {
         #[arg(long, requires = "check")]
         print: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct ConfineArgs {
+    /// Do not confine the monitor once set up (no seccomp filter, no
+    /// Landlock, capabilities kept): for debugging only, and said so loudly.
+    #[arg(long)]
+    no_confine: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,17 +133,21 @@ const USAGE: u8 = 2;
 
 const SERVE_EXIT_STATUS: &str = "\
 Exit status:
-  0  stopped by SIGINT or SIGTERM
-  1  the monitor failed while serving
-  2  bad usage or configuration, or a socket path it refuses to replace";
+  0    stopped by SIGINT or SIGTERM
+  1    the monitor failed while serving, or could not confine itself
+  2    bad usage or configuration, or a socket path it refuses to replace
+  159  the monitor's confinement stopped a forbidden system call (SECURITY.md)";
 
 const EXIT_STATUS: &str = "\
 Exit status:
   the guest's own status; 128+N when a signal N ended it
-  1    the monitor failed while serving (the guest is killed)
+  1    the monitor failed while serving, or could not confine itself (the guest
+       is killed)
   2    bad usage or configuration (arguments, sizes, policy file)
   126  PROGRAM could not be executed
   127  PROGRAM was not found
+  159  the monitor's confinement stopped a forbidden system call (SECURITY.md);
+       also a guest's own 159, or its death by SIGSYS
 
 Stopping: the first SIGINT or SIGTERM is passed on to the guest; a second one,
 or --grace seconds without the guest exiting, kills it (SIGKILL).";
@@ -192,8 +212,10 @@ fn run(
     grace: Duration,
     config: Config,
     program: &[OsString],
+    confined: bool,
 ) -> anyhow::Result<ExitCode> {
     let (prog, args) = program.split_first().context("no guest program given")?;
+    let bind_privileged_ports = privileged_ports(&config.policy);
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
@@ -225,6 +247,16 @@ fn run(
             return Err(anyhow::Error::new(e).context("setting up the guest's session"));
         }
     }
+    let plan = confine::Plan {
+        guest_pid: i32::try_from(spawned.child.id()).ok(),
+        bind_privileged_ports,
+        ..confine::Plan::default()
+    };
+    if let Err(e) = confine_now(confined, &plan) {
+        let _ = spawned.child.kill();
+        let _ = spawned.child.wait();
+        return Err(e);
+    }
     let GuestOutcome::Exited(status) = monitor
         .run_guest(&mut spawned.child, spawned.pidfd.as_ref(), grace)
         .context("serving the guest")?;
@@ -236,6 +268,58 @@ fn run(
         }
         _ => ExitCode::FAILURE,
     })
+}
+
+/// Whether the policy lets guests listen on ports only a privileged
+/// process may bind (the confined monitor then keeps that one capability).
+fn privileged_ports(policy: &Policy) -> bool {
+    confine::needs_privileged_ports(policy, confine::unprivileged_port_start())
+}
+
+/// Confines the monitor as `plan` says ([`confine::confine`]), or, when
+/// `confined` is off, only switches to `plan.user`.
+fn confine_now(confined: bool, plan: &confine::Plan) -> anyhow::Result<()> {
+    if !confined {
+        if let Some(user) = &plan.user {
+            confine::switch_user(user, false)?;
+        }
+        // The same attempts unconfined, so tests can see them succeed.
+        #[cfg(feature = "confine-test")]
+        {
+            confine::test_hooks::after_landlock();
+            confine::test_hooks::after_confine();
+        }
+        return Ok(());
+    }
+    let report = confine::confine(plan).context("confining the monitor")?;
+    match report.landlock {
+        confine::LandlockState::Full => {}
+        confine::LandlockState::Partial => {
+            tracing::warn!("this kernel's Landlock enforces only part of the file system rules")
+        }
+        confine::LandlockState::Unavailable => tracing::warn!(
+            "Landlock is not available on this kernel: file system access is limited by the \
+             seccomp filter alone"
+        ),
+    }
+    if report.threads > 1 {
+        tracing::warn!(
+            threads = report.threads,
+            "threads started before confinement have the seccomp filter but not Landlock or \
+             the capability drop"
+        );
+    }
+    tracing::info!(
+        landlock = ?report.landlock,
+        bounding_set_dropped = report.bounding_set_dropped,
+        capabilities = format!("{:#x}", report.kept_capabilities),
+        allowed_calls = report.allowed_calls,
+        user = plan.user.as_ref().map(|u| u.name.as_str()),
+        "confined"
+    );
+    #[cfg(feature = "confine-test")]
+    confine::test_hooks::after_confine();
+    Ok(())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -281,8 +365,15 @@ fn fit_descriptor_limit(config: &mut Config) {
     );
 }
 
-fn serve(socket: &std::path::Path, access: Access, mut config: Config) -> anyhow::Result<ExitCode> {
+fn serve(
+    socket: &std::path::Path,
+    access: Access,
+    mut config: Config,
+    user: Option<confine::User>,
+    confined: bool,
+) -> anyhow::Result<ExitCode> {
     fit_descriptor_limit(&mut config);
+    let bind_privileged_ports = privileged_ports(&config.policy);
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
@@ -293,6 +384,13 @@ fn serve(socket: &std::path::Path, access: Access, mut config: Config) -> anyhow
         eprintln!("arca-monitor: {e}");
         return Ok(ExitCode::from(USAGE));
     }
+    let plan = confine::Plan {
+        socket: Some(socket.to_path_buf()),
+        bind_privileged_ports,
+        user,
+        ..confine::Plan::default()
+    };
+    confine_now(confined, &plan)?;
     monitor.run().context("serving guests")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -310,6 +408,14 @@ fn main() -> ExitCode {
             print,
         } => return policy_command(*print_default, check.as_deref(), *print),
     };
+    if let Command::Run { confine: how, .. } | Command::Serve { confine: how, .. } = &cli.command {
+        if how.no_confine {
+            tracing::warn!(
+                "--no-confine: NOT CONFINED. The monitor keeps every system call, file and \
+                 capability it started with; a compromise of it is a compromise of this user"
+            );
+        }
+    }
     // Bad configuration is a usage error (2), like clap's own.
     let config = match policy
         .load()
@@ -327,8 +433,15 @@ fn main() -> ExitCode {
             isolate,
             grace,
             program,
+            confine: how,
             ..
-        } => run(*isolate, Duration::from_secs_f64(*grace), config, program),
+        } => run(
+            *isolate,
+            Duration::from_secs_f64(*grace),
+            config,
+            program,
+            !how.no_confine,
+        ),
         Command::Serve {
             socket,
             socket_mode,
@@ -336,8 +449,17 @@ fn main() -> ExitCode {
             allow_gid,
             max_sessions,
             max_sessions_per_uid,
+            user,
+            confine: how,
             ..
         } => {
+            let user = match user.as_deref().map(confine::User::lookup).transpose() {
+                Ok(user) => user,
+                Err(e) => {
+                    eprintln!("arca-monitor: --user: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            };
             let access = Access {
                 mode: *socket_mode,
                 uids: allow_uid.clone(),
@@ -349,7 +471,7 @@ fn main() -> ExitCode {
                 ..config
             };
             match config.validate() {
-                Ok(()) => serve(socket, access, config),
+                Ok(()) => serve(socket, access, config, user, !how.no_confine),
                 Err(e) => {
                     eprintln!("arca-monitor: {e}");
                     return ExitCode::from(USAGE);

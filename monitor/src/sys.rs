@@ -194,3 +194,184 @@ pub(crate) fn recv_into(fd: BorrowedFd<'_>, room: Option<&WriteSegments>) -> io:
     // total length.
     unsafe { udp_batch::recv_raw(fd, iov, libc::MSG_DONTWAIT) }
 }
+
+/// Offset of `si_syscall` in a SIGSYS `siginfo_t` on 64-bit Linux: after
+/// `si_signo`, `si_errno`, `si_code` and padding (16 bytes) comes the union
+/// whose `_sigsys` member is `{ void *_call_addr; int _syscall; unsigned int
+/// _arch; }` (include/uapi/asm-generic/siginfo.h).
+#[cfg(target_pointer_width = "64")]
+const SI_SYSCALL_OFFSET: usize = 24;
+
+/// The exit status of a monitor stopped by its seccomp filter: 128 + SIGSYS,
+/// what a shell reports for a process that signal killed.
+pub(crate) const EXIT_FORBIDDEN_CALL: i32 = 128 + libc::SIGSYS;
+
+/// Installs the SIGSYS handler that reports a system call the seccomp filter
+/// refused (`SECCOMP_RET_TRAP`) on stderr, naming it, and ends the process
+/// with [`EXIT_FORBIDDEN_CALL`].
+///
+/// # Errors
+/// The `sigaction` error.
+#[cfg(target_pointer_width = "64")]
+pub(crate) fn install_sigsys_reporter() -> io::Result<()> {
+    // SAFETY: an all-zero `sigaction` is a valid value (no flags, empty mask,
+    // null handler) that is filled in below.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_sigsys;
+    sa.sa_sigaction = handler as libc::sighandler_t;
+    sa.sa_flags = libc::SA_SIGINFO;
+    // SAFETY: `sa.sa_mask` is a valid, owned `sigset_t`; `sa` lives across
+    // the call and the old action is not asked for. The handler only makes
+    // async-signal-safe calls (see `on_sigsys`).
+    let rc = unsafe {
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(target_pointer_width = "64")]
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let nr = if info.is_null() {
+        -1
+    } else {
+        // SAFETY: the kernel passes a valid `siginfo_t` (128 bytes) to an
+        // SA_SIGINFO handler; for a seccomp SIGSYS its `_sigsys._syscall`
+        // member is at SI_SYSCALL_OFFSET. An unaligned read needs no more.
+        unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>()) }
+    };
+    let mut line = crate::confine::ReportLine::new();
+    line.push(b"arca-monitor: confinement: forbidden system call ");
+    match crate::confine::syscall_name(nr) {
+        Some(name) => {
+            line.push(name.as_bytes());
+            line.push(b" (");
+            line.push_number(nr);
+            line.push(b")");
+        }
+        None => {
+            line.push(b"number ");
+            line.push_number(nr);
+        }
+    }
+    line.push(b"; stopping (SECURITY.md)\n");
+    let bytes = line.as_bytes();
+    // SAFETY: `write` and `_exit` are async-signal-safe; `bytes` is a live
+    // stack buffer of that length.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(EXIT_FORBIDDEN_CALL);
+    }
+}
+
+/// `capget`/`capset`'s header (`_LINUX_CAPABILITY_VERSION_3`, this thread).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One half (capabilities 0–31 or 32–63) of `capset`'s data.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets this thread's effective and permitted capabilities to `keep` (a bit
+/// per capability number) and its inheritable set to nothing.
+///
+/// # Errors
+/// The `capset` error (`EPERM` when `keep` holds one not permitted now).
+pub(crate) fn set_capabilities(keep: u64) -> io::Result<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |bits: u64| {
+        let bits = u32::try_from(bits & u64::from(u32::MAX)).unwrap_or(0);
+        CapData {
+            effective: bits,
+            permitted: bits,
+            inheritable: 0,
+        }
+    };
+    let data = [half(keep), half(keep >> 32)];
+    // SAFETY: `header` and `data` are live, properly laid out (repr(C)) and
+    // sized for version 3 (two data elements); the kernel only reads `data`.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The capability numbers this kernel knows: 0 to this, inclusive.
+fn last_capability() -> u32 {
+    (0..64u32)
+        // SAFETY: PR_CAPBSET_READ takes a plain integer and reads nothing
+        // from memory; it fails with EINVAL past the last capability.
+        .take_while(|&cap| unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } >= 0)
+        .last()
+        .unwrap_or(0)
+}
+
+/// Drops every capability but `keep` from this thread's bounding set, and
+/// clears its ambient set.
+///
+/// # Errors
+/// The first `prctl` error (`EPERM` without `CAP_SETPCAP`).
+pub(crate) fn drop_bounding_set(keep: u64) -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes plain integers.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    // EINVAL: a kernel without ambient capabilities (before 4.3).
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        return Err(io::Error::last_os_error());
+    }
+    for cap in 0..=last_capability() {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_READ and PR_CAPBSET_DROP take plain integers.
+        let held = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        // SAFETY: as above.
+        if held == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `ptrace(PTRACE_TRACEME)`: a call the confined monitor must never make,
+/// attempted on request by the `confine-test` build.
+#[cfg(feature = "confine-test")]
+pub(crate) fn ptrace_traceme() -> io::Result<()> {
+    // SAFETY: PTRACE_TRACEME takes no memory arguments.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_TRACEME,
+            0,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
