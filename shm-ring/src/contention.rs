@@ -83,8 +83,8 @@ pub fn cpu_contended() -> bool {
 }
 
 /// Marks the CPU contended as a slow yield ending now would (for tests of spin-waits).
-#[doc(hidden)]
-pub fn mark_contended() {
+#[cfg(test)]
+pub(crate) fn mark_contended() {
     let end = now();
     STATE.note_yield(end.saturating_sub(nanos(CONTENDED_YIELD)), end);
 }

@@ -78,7 +78,7 @@ pub use bitmap::{NotifyBitmap, SlotNotify};
 pub use buddy::{
     AllocError, AllocStats, Allocation, BuddyAllocator, ConfigError, FreeError, ShmAllocator,
 };
-pub use contention::{cpu_contended, mark_contended, yield_cpu, BACKOFF, CONTENDED_YIELD};
+pub use contention::{cpu_contended, yield_cpu, BACKOFF, CONTENDED_YIELD};
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;
 pub use header::{RingHeader, LINE, RING_HEADER_SIZE};

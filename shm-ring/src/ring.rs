@@ -1105,7 +1105,7 @@ mod tests {
         // finds the CPU contended.
         let start = Instant::now();
         let ready = spin_until(Duration::from_secs(5), || {
-            crate::mark_contended();
+            crate::contention::mark_contended();
             false
         });
         assert!(!ready);
