@@ -1,15 +1,17 @@
-//! shm-ring between two real processes, against a Unix socketpair, pipe(2)
-//! and a bare eventfd ping-pong carried between the *same* two processes in
-//! the same run.
+//! shm-ring between two real processes against the limits of the same two processes and
+//! CPUs, measured in the same run: a minimal reference SPSC ring, the cache-line floor and a
+//! cross-core copy; and against a Unix socketpair, pipe(2) and a bare eventfd ping-pong.
 //!
 //! ```text
 //! cargo bench --bench ring
+//! ARCA_BENCH_SHORT=1 cargo bench --bench ring     # smoke run, a few seconds
 //! ```
 //!
 //! The bench binary re-executes itself as the peer (`ARCA_TWOPROC_ROLE=ring-peer`,
 //! see `arca_testkit::twoproc`) and hands it one shm-ring pipe (region memfd,
-//! four doorbells, liveness socket), one end of a socketpair, one end of each
-//! of two pipes, two eventfds and a control socket. The parent then drives
+//! four doorbells, liveness socket), the reference pipe's memfd, the memfds of
+//! the cache line and of the copy buffer, one end of a socketpair, one end of
+//! each of two pipes, two eventfds and a control socket. The parent then drives
 //! one *phase* at a time: it sends a command byte on the control socket, the
 //! peer serves that phase until an in-band stop marker, and answers with a
 //! status byte.
@@ -18,22 +20,40 @@
 //!   bytes (after an 8-byte length header); the peer drains with 256 KiB reads
 //!   and sends a 1-byte ack when it has everything. One iteration = 1 MiB.
 //!   `shm` uses blocking `SyncStream` halves without timeouts, `shm_timeout`
-//!   the same with a 30 s timeout on every call.
+//!   the same with a 30 s timeout on every call; `reference` the reference
+//!   ring (below), both sides spinning.
 //! - `round_trip_64B`: a 64-byte message to the peer and back. The shm
 //!   variants: `shm_poll` (both sides spin on non-blocking `read`/`write`),
 //!   `shm_block_nospin` (`SyncStream` with spin 0: every wait sleeps on its
-//!   doorbell), `shm_block_spin10us` (the default spin before sleeping).
+//!   doorbell), `shm_block_spin10us` (the default spin before sleeping);
+//!   `reference_poll` the reference ring, both sides spinning;
+//!   `cache_line_floor` one atomic word bounced between the two CPUs.
+//! - `cross_core_copy`: 1 MiB per iteration through one 256 KiB shared buffer,
+//!   a chunk at a time: the parent copies a chunk in and flags it, the peer
+//!   copies it out and flags it back — the two copies every ring byte costs,
+//!   plus a handoff per chunk and without overlap.
+//!
+//! The reference ring has shm-ring's pipe layout (DATAPIPE.md §3: headers at
+//! 0 and 1024 with `tail` and `head` on their own 128-byte lines, data from
+//! 4096) and its index protocol (each side loads the peer's index once per
+//! call, `Acquire`, and publishes its own with `Release`), but no validation,
+//! no closed flags, no doorbells or need-wakeup fence: what a ring costs with
+//! nothing but the copies and the index lines. At the end the bench prints
+//! shm-ring's figures as fractions of it, with the targets.
 //!
 //! The parent's bench thread is pinned to CPU 0 and the peer to CPU 1, so
 //! every run measures the same placement (on a VM a cross-CPU wake costs tens
 //! of µs, a same-CPU one a few, and an unpinned run flips between them). The
 //! blocking round trips are then repeated with both on CPU 0 (`*_same_cpu`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +71,8 @@ const BATCH: u64 = 1 << 20;
 const DRAIN_BUF: usize = 256 << 10;
 /// Round-trip message size.
 const MSG: usize = 64;
+/// The cross-core copy's shared buffer: one chunk moves per handoff.
+const COPY_CHUNK: usize = 256 << 10;
 /// Polling loops give up after this long without progress; socket reads and
 /// the `shm_timeout` variant time out after it. The other shm streams have
 /// no timeout (`SyncWriter::write` reads the clock on every call when one is
@@ -75,35 +97,67 @@ mod cmd {
     pub const ECHO_PIPE: u8 = b'q';
     pub const ECHO_EVENTFD: u8 = b'v';
     pub const ECHO_LINE: u8 = b'L';
+    pub const SINK_REF: u8 = b'R';
+    pub const ECHO_REF: u8 = b'r';
+    pub const COPY_OUT: u8 = b'C';
 }
 
-/// One shared page holding the word of the cache-line ping-pong: the floor
-/// for any polling round trip between these two CPUs, measured in the same
-/// run (on a VM it moves with where the host puts the vCPUs).
-struct Line(memmap2::MmapMut);
+/// A shared memfd mapping: a flag word at offset 0, and past the first page (if the mapping
+/// is longer) a buffer. The cache-line ping-pong uses the word alone: the floor for any
+/// polling round trip between these two CPUs, measured in the same run (on a VM it moves
+/// with where the host puts the vCPUs). The cross-core copy uses both.
+struct Shared(memmap2::MmapRaw);
 
-impl Line {
-    fn create() -> io::Result<(Self, OwnedFd)> {
-        let fd = nix::sys::memfd::memfd_create(
-            c"ring-bench-line",
-            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-        )?;
+impl Shared {
+    fn create(name: &std::ffi::CStr, len: u64) -> io::Result<(Self, OwnedFd)> {
+        let fd =
+            nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
         let file = File::from(fd);
-        file.set_len(4096)?;
+        file.set_len(len)?;
         let peer = file.as_fd().try_clone_to_owned()?;
         Ok((Self::map(&file)?, peer))
     }
 
     fn map(file: &File) -> io::Result<Self> {
-        // SAFETY: the memfd is ours and the peer's only; both touch the page
-        // solely through the atomic below.
-        Ok(Self(unsafe { memmap2::MmapMut::map_mut(file)? }))
+        let map = memmap2::MmapRaw::map_raw(file)?;
+        if map.len() < 4096 {
+            return Err(io::Error::other(format!(
+                "shared mapping of {} bytes, need at least 4096",
+                map.len()
+            )));
+        }
+        Ok(Self(map))
     }
 
-    fn word(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: the mapping is page-aligned, 4096 bytes long and lives as
-        // long as `self`; every access to it is atomic.
-        unsafe { &*self.0.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page-aligned, at least 4096 bytes long (checked in `map`)
+        // and lives as long as `self`; every access to its first word is atomic.
+        unsafe { &*self.0.as_mut_ptr().cast::<AtomicU64>() }
+    }
+
+    /// Bytes in the buffer past the first page.
+    fn buf_len(&self) -> usize {
+        self.0.len() - 4096
+    }
+
+    /// Copies `src` into the buffer at its start.
+    fn copy_in(&self, src: &[u8]) {
+        assert!(src.len() <= self.buf_len());
+        // SAFETY: the buffer spans [4096, len) of the live mapping and `src` fits in it
+        // (asserted); the peer does not touch the buffer until the flag word says so, and
+        // the two never overlap (one is private memory).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.as_mut_ptr().add(4096), src.len())
+        }
+    }
+
+    /// Copies the start of the buffer into `dst`.
+    fn copy_out(&self, dst: &mut [u8]) {
+        assert!(dst.len() <= self.buf_len());
+        // SAFETY: as in `copy_in`, the other way round.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.0.as_ptr().add(4096), dst.as_mut_ptr(), dst.len())
+        }
     }
 }
 
@@ -112,8 +166,7 @@ const LINE_STOP: u64 = u64::MAX;
 
 /// Spins until `word` holds a value for which `done` holds; gives up after
 /// [`IO_TIMEOUT`].
-fn spin_for(word: &std::sync::atomic::AtomicU64, done: impl Fn(u64) -> bool) -> io::Result<u64> {
-    use std::sync::atomic::Ordering;
+fn spin_for(word: &AtomicU64, done: impl Fn(u64) -> bool) -> io::Result<u64> {
     let mut spins = 0u32;
     let mut since: Option<Instant> = None;
     loop {
@@ -131,15 +184,15 @@ fn spin_for(word: &std::sync::atomic::AtomicU64, done: impl Fn(u64) -> bool) -> 
 
 /// The peer's side of the line ping-pong: answers each odd ping `v` with
 /// `v + 1` until [`LINE_STOP`].
-fn echo_line(line: &Line) -> io::Result<()> {
+fn echo_line(line: &Shared) -> io::Result<()> {
     let word = line.word();
     loop {
         let v = spin_for(word, |v| v % 2 == 1)?;
         if v == LINE_STOP {
-            word.store(0, std::sync::atomic::Ordering::Release);
+            word.store(0, Ordering::Release);
             return Ok(());
         }
-        word.store(v + 1, std::sync::atomic::Ordering::Release);
+        word.store(v + 1, Ordering::Release);
     }
 }
 
@@ -202,6 +255,231 @@ fn set_timeout(rd: &mut Rd, wr: &mut Wr, timeout: Option<Duration>) {
 fn set_spin(rd: &mut Rd, wr: &mut Wr, spin: Duration) {
     rd.consumer().set_spin(spin);
     wr.producer().set_spin(spin);
+}
+
+// --------------------------------------------------------- reference ring
+
+/// Offsets of the reference pipe, as in shm-ring's pipe block (DATAPIPE.md §3).
+mod layout {
+    /// Header of the ring the peer writes (`to_owner`); `tail` at +0, `head` at +128.
+    pub const TO_OWNER: usize = 0;
+    /// Header of the ring the owner writes (`to_peer`).
+    pub const TO_PEER: usize = 1024;
+    pub const TAIL: usize = 0;
+    pub const HEAD: usize = 128;
+    /// Data of `to_owner`; `to_peer`'s follows it.
+    pub const DATA: usize = 4096;
+}
+
+/// The reference pipe: a memfd holding two rings in shm-ring's layout, each [`RING`] bytes.
+/// See the crate docs for what it leaves out.
+struct RefPipe(Arc<memmap2::MmapRaw>);
+
+/// One side of a reference ring: the shared header and data, and this side's own index,
+/// which lives here and is only published.
+struct RefSide {
+    map: Arc<memmap2::MmapRaw>,
+    header: usize,
+    data: usize,
+    /// Bytes this side has ever written (producer) or read (consumer).
+    index: u64,
+}
+
+impl RefPipe {
+    const LEN: u64 = layout::DATA as u64 + 2 * RING;
+
+    fn create() -> io::Result<(Self, OwnedFd)> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"ring-bench-reference",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )?;
+        let file = File::from(fd);
+        file.set_len(Self::LEN)?;
+        let peer = file.as_fd().try_clone_to_owned()?;
+        Ok((Self::map(&file)?, peer))
+    }
+
+    fn map(file: &File) -> io::Result<Self> {
+        let map = memmap2::MmapRaw::map_raw(file)?;
+        if (map.len() as u64) < Self::LEN {
+            return Err(io::Error::other(format!(
+                "reference pipe of {} bytes, need {}",
+                map.len(),
+                Self::LEN
+            )));
+        }
+        Ok(Self(Arc::new(map)))
+    }
+
+    fn side(&self, header: usize, data: usize) -> RefSide {
+        RefSide {
+            map: Arc::clone(&self.0),
+            header,
+            data,
+            index: 0,
+        }
+    }
+
+    /// The owner's (parent's) ends: a producer on `to_peer`, a consumer on `to_owner`.
+    fn owner(&self) -> (RefWriter, RefReader) {
+        let to_peer_data = layout::DATA + RING as usize;
+        (
+            RefWriter(self.side(layout::TO_PEER, to_peer_data)),
+            RefReader(self.side(layout::TO_OWNER, layout::DATA)),
+        )
+    }
+
+    /// The peer's ends: a producer on `to_owner`, a consumer on `to_peer`.
+    fn peer(&self) -> (RefWriter, RefReader) {
+        let to_peer_data = layout::DATA + RING as usize;
+        (
+            RefWriter(self.side(layout::TO_OWNER, layout::DATA)),
+            RefReader(self.side(layout::TO_PEER, to_peer_data)),
+        )
+    }
+}
+
+impl RefSide {
+    fn word(&self, field: usize) -> &AtomicU64 {
+        // SAFETY: `header + field` is 0, 128, 1024 or 1152: 8-aligned (the mapping is
+        // page-aligned) and inside the live mapping, which `map` checked is `RefPipe::LEN`
+        // long and which `self` keeps alive; both processes access it only atomically.
+        unsafe {
+            &*self
+                .map
+                .as_mut_ptr()
+                .add(self.header + field)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    /// Copies `len` bytes between `buf` and the ring's data at stream position `at`, in
+    /// at most two pieces; `into_ring` picks the direction.
+    ///
+    /// # Safety
+    /// `buf` is valid for `len` bytes (reads if `into_ring`, writes otherwise), `len <=
+    /// RING`, and the ring bytes `[at, at + len)` are this side's under the index protocol
+    /// (free space for the producer, published bytes for the consumer).
+    unsafe fn copy(&self, at: u64, buf: *mut u8, len: usize, into_ring: bool) {
+        let off = (at % RING) as usize;
+        let first = len.min(RING as usize - off);
+        // SAFETY: `data + off + first <= data + RING` and `data + len - first <= data +
+        // RING`, both inside the mapping (`RefPipe::LEN`); `buf` is valid for `len` bytes
+        // (the caller's promise) and is private memory, so the ranges never overlap.
+        unsafe {
+            let ring = self.map.as_mut_ptr().add(self.data);
+            let (a, b) = (ring.add(off), buf.add(first));
+            if into_ring {
+                std::ptr::copy_nonoverlapping(buf, a, first);
+                std::ptr::copy_nonoverlapping(b, ring, len - first);
+            } else {
+                std::ptr::copy_nonoverlapping(a, buf, first);
+                std::ptr::copy_nonoverlapping(ring, b, len - first);
+            }
+        }
+    }
+}
+
+/// The producer of a reference ring, spinning while the ring is full.
+struct RefWriter(RefSide);
+
+/// The consumer of a reference ring, spinning while the ring is empty.
+struct RefReader(RefSide);
+
+impl RefWriter {
+    /// Writes what fits of `buf`; 0 if the ring is full.
+    fn try_write(&mut self, buf: &[u8]) -> usize {
+        let s = &mut self.0;
+        // Pairs with the consumer's `Release` store of `head`: its reads of the bytes it
+        // frees are done.
+        let head = s.word(layout::HEAD).load(Ordering::Acquire);
+        let free = RING - s.index.wrapping_sub(head);
+        let n = buf.len().min(free as usize);
+        if n > 0 {
+            // SAFETY: `buf` is valid for `n <= buf.len()` bytes; `[index, index + n)` is
+            // free space (`n <= RING - (tail - head)`), the producer's alone.
+            unsafe { s.copy(s.index, buf.as_ptr().cast_mut(), n, true) };
+            s.index = s.index.wrapping_add(n as u64);
+            // Pairs with the consumer's `Acquire` load of `tail`: the bytes are visible.
+            s.word(layout::TAIL).store(s.index, Ordering::Release);
+        }
+        n
+    }
+}
+
+impl RefReader {
+    /// Reads what is there, up to `buf.len()`; 0 if the ring is empty.
+    fn try_read(&mut self, buf: &mut [u8]) -> usize {
+        let s = &mut self.0;
+        // Pairs with the producer's `Release` store of `tail`.
+        let tail = s.word(layout::TAIL).load(Ordering::Acquire);
+        let used = tail.wrapping_sub(s.index);
+        let n = buf.len().min(used as usize);
+        if n > 0 {
+            // SAFETY: `buf` is valid for `n` bytes; `[index, index + n)` is published
+            // (`n <= tail - head`), the consumer's alone until `head` moves past it.
+            unsafe { s.copy(s.index, buf.as_mut_ptr(), n, false) };
+            s.index = s.index.wrapping_add(n as u64);
+            // Pairs with the producer's `Acquire` load of `head`: the space is free.
+            s.word(layout::HEAD).store(s.index, Ordering::Release);
+        }
+        n
+    }
+}
+
+/// Spins on `step` until it moves a byte; gives up after [`IO_TIMEOUT`] without progress.
+fn spin_io(mut step: impl FnMut() -> usize) -> io::Result<usize> {
+    let mut spins = 0u32;
+    let mut since: Option<Instant> = None;
+    loop {
+        let n = step();
+        if n > 0 {
+            return Ok(n);
+        }
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins & 0xffff == 0 && since.get_or_insert_with(Instant::now).elapsed() > IO_TIMEOUT {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+    }
+}
+
+impl Write for RefWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        spin_io(|| self.try_write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for RefReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        spin_io(|| self.try_read(buf))
+    }
+}
+
+/// The peer's side of the cross-core copy: for each odd flag `v`, copies the buffer out
+/// into private memory and answers `v + 1`, until [`LINE_STOP`].
+fn copy_out(shared: &Shared) -> io::Result<()> {
+    let mut private = vec![0u8; shared.buf_len()];
+    let word = shared.word();
+    loop {
+        let v = spin_for(word, |v| v % 2 == 1)?;
+        if v == LINE_STOP {
+            word.store(0, Ordering::Release);
+            return Ok(());
+        }
+        shared.copy_out(&mut private);
+        std::hint::black_box(&mut private);
+        word.store(v + 1, Ordering::Release);
+    }
 }
 
 // -------------------------------------------------------------- peer side
@@ -272,7 +550,9 @@ fn peer(env: &ChildEnv) -> Result<(), Error> {
     let mut pipe_up = File::from(env.take_fd("PIPE_UP")?);
     let mut ping = File::from(env.take_fd("PING")?);
     let mut pong = File::from(env.take_fd("PONG")?);
-    let line = Line::map(&File::from(env.take_fd("LINE")?))?;
+    let line = Shared::map(&File::from(env.take_fd("LINE")?))?;
+    let copy = Shared::map(&File::from(env.take_fd("COPY")?))?;
+    let (mut ref_wr, mut ref_rd) = RefPipe::map(&File::from(env.take_fd("REF")?))?.peer();
     loop {
         let mut c = [0u8; 1];
         if control.read(&mut c)? == 0 {
@@ -303,6 +583,9 @@ fn peer(env: &ChildEnv) -> Result<(), Error> {
             cmd::ECHO_PIPE => echo(&mut pipe_down, &mut pipe_up),
             cmd::ECHO_EVENTFD => echo_eventfd(&mut ping, &mut pong),
             cmd::ECHO_LINE => echo_line(&line),
+            cmd::SINK_REF => sink(&mut ref_rd, &mut ref_wr),
+            cmd::ECHO_REF => echo(&mut ref_rd, &mut ref_wr),
+            cmd::COPY_OUT => copy_out(&copy),
             other => Err(io::Error::other(format!("unknown command {other}"))),
         };
         control.write_all(&[u8::from(r.is_err())])?;
@@ -322,8 +605,13 @@ struct Bench {
     pipe_up: File,
     ping: File,
     pong: File,
-    line: Line,
+    line: Shared,
+    copy: Shared,
+    ref_wr: RefWriter,
+    ref_rd: RefReader,
     payload: Vec<u8>,
+    /// The cross-core copy's source chunk.
+    payload_copy: Vec<u8>,
     /// CPUs available when the bench started (before any pinning).
     cpus: usize,
     // Dropped last: kills and reaps the peer if it is still running.
@@ -366,7 +654,10 @@ impl Bench {
         let (down_r, pipe_down) = pipe()?;
         let (pipe_up, up_w) = pipe()?;
         let (ping, pong) = (eventfd()?, eventfd()?);
-        let (line, line_peer) = Line::create()?;
+        let (line, line_peer) = Shared::create(c"ring-bench-line", 4096)?;
+        let (copy, copy_peer) = Shared::create(c"ring-bench-copy", 4096 + COPY_CHUNK as u64)?;
+        let (ref_pipe, ref_peer) = RefPipe::create()?;
+        let (ref_wr, ref_rd) = ref_pipe.owner();
         let cmd = ChildCommand::new(ROLE)
             .fd("CONTROL", control_peer.into())
             .fd("SOCK", sock_peer.into())
@@ -374,7 +665,9 @@ impl Bench {
             .fd("PIPE_UP", up_w.into())
             .fd("PING", ping.as_fd().try_clone_to_owned()?)
             .fd("PONG", pong.as_fd().try_clone_to_owned()?)
-            .fd("LINE", line_peer);
+            .fd("LINE", line_peer)
+            .fd("COPY", copy_peer)
+            .fd("REF", ref_peer);
         let peer = link.hand_to(cmd)?.spawn()?;
         let (rd, wr) = link.into_end().into_stream(None).split();
         Ok(Self {
@@ -387,7 +680,11 @@ impl Bench {
             ping,
             pong,
             line,
+            copy,
+            ref_wr,
+            ref_rd,
             payload: vec![0xa5; 64 << 10],
+            payload_copy: vec![0x5a; COPY_CHUNK],
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
             peer,
         })
@@ -463,6 +760,33 @@ fn round_trips(wr: &mut impl Write, rd: &mut impl Read, iters: u64) -> Duration 
     start.elapsed()
 }
 
+thread_local! {
+    /// Every timed call criterion made, per bench id: nanoseconds per iteration, in order.
+    static RECORDED: RefCell<HashMap<String, Vec<f64>>> = RefCell::new(HashMap::new());
+}
+
+/// Notes one timed call of bench `id` (`group/function`) and hands its time back to criterion.
+fn rec(id: &str, iters: u64, d: Duration) -> Duration {
+    RECORDED.with(|r| {
+        r.borrow_mut()
+            .entry(id.to_owned())
+            .or_default()
+            .push(d.as_nanos() as f64 / iters.max(1) as f64);
+    });
+    d
+}
+
+/// The time per iteration of bench `id`: the median of its last [`Sizes::samples`] calls
+/// (criterion's samples, which follow its warm-up calls), in nanoseconds.
+fn recorded(id: &str) -> Option<f64> {
+    RECORDED.with(|r| {
+        let r = r.borrow();
+        let v = r.get(id)?;
+        let keep = v.len().min(sizes().samples);
+        arca_testkit::stats::median(&v[v.len() - keep..])
+    })
+}
+
 fn throughput(c: &mut Criterion, b: &mut Bench) {
     for size in [64usize, 1024, 64 << 10] {
         let label = if size >= 1024 {
@@ -470,38 +794,96 @@ fn throughput(c: &mut Criterion, b: &mut Bench) {
         } else {
             format!("{size}B")
         };
-        let mut g = c.benchmark_group(format!("throughput/{label}"));
+        let group = format!("throughput/{label}");
+        let mut g = c.benchmark_group(&group);
         g.throughput(Throughput::Bytes(BATCH));
 
         for (name, timeout) in [("shm", None), ("shm_timeout", Some(IO_TIMEOUT))] {
             b.begin(&[cmd::SINK_SHM, u8::from(timeout.is_some())]);
             set_timeout(&mut b.rd, &mut b.wr, timeout);
             set_spin(&mut b.rd, &mut b.wr, shm_ring::DEFAULT_SPIN);
+            let id = format!("{group}/{name}");
             g.bench_function(BenchmarkId::from_parameter(name), |bn| {
-                bn.iter_custom(|iters| stream(&mut b.wr, &mut b.rd, &b.payload, size, iters))
+                bn.iter_custom(|iters| {
+                    rec(
+                        &id,
+                        iters,
+                        stream(&mut b.wr, &mut b.rd, &b.payload, size, iters),
+                    )
+                })
             });
             b.wr.write_all(&0u64.to_le_bytes()).unwrap();
             set_timeout(&mut b.rd, &mut b.wr, None);
             b.end(name);
         }
 
+        b.begin(&[cmd::SINK_REF]);
+        let id = format!("{group}/reference");
+        g.bench_function(BenchmarkId::from_parameter("reference"), |bn| {
+            bn.iter_custom(|iters| {
+                rec(
+                    &id,
+                    iters,
+                    stream(&mut b.ref_wr, &mut b.ref_rd, &b.payload, size, iters),
+                )
+            })
+        });
+        b.ref_wr.write_all(&0u64.to_le_bytes()).unwrap();
+        b.end("sink reference");
+
         b.begin(&[cmd::SINK_SOCK]);
+        let id = format!("{group}/socketpair");
         g.bench_function(BenchmarkId::from_parameter("socketpair"), |bn| {
-            bn.iter_custom(|iters| stream(&mut &b.sock, &mut &b.sock, &b.payload, size, iters))
+            bn.iter_custom(|iters| {
+                rec(
+                    &id,
+                    iters,
+                    stream(&mut &b.sock, &mut &b.sock, &b.payload, size, iters),
+                )
+            })
         });
         (&b.sock).write_all(&0u64.to_le_bytes()).unwrap();
         b.end("sink socketpair");
 
         b.begin(&[cmd::SINK_PIPE]);
+        let id = format!("{group}/pipe");
         g.bench_function(BenchmarkId::from_parameter("pipe"), |bn| {
             bn.iter_custom(|iters| {
-                stream(&mut b.pipe_down, &mut b.pipe_up, &b.payload, size, iters)
+                rec(
+                    &id,
+                    iters,
+                    stream(&mut b.pipe_down, &mut b.pipe_up, &b.payload, size, iters),
+                )
             })
         });
         b.pipe_down.write_all(&0u64.to_le_bytes()).unwrap();
         b.end("sink pipe");
         g.finish();
     }
+
+    // The two copies every ring byte costs, one chunk at a time.
+    let mut g = c.benchmark_group("cross_core_copy");
+    g.throughput(Throughput::Bytes(BATCH));
+    b.begin(&[cmd::COPY_OUT]);
+    g.bench_function("1MiB", |bn| {
+        bn.iter_custom(|iters| {
+            let word = b.copy.word();
+            let mut v = word.load(Ordering::Acquire);
+            let chunk = &b.payload_copy[..];
+            let start = Instant::now();
+            for _ in 0..iters * (BATCH / COPY_CHUNK as u64) {
+                b.copy.copy_in(chunk);
+                let ping = v + 1;
+                // Pairs with the peer's `Acquire` load: the chunk is visible before the flag.
+                word.store(ping, Ordering::Release);
+                v = spin_for(word, |w| w == ping + 1).unwrap();
+            }
+            rec("cross_core_copy/1MiB", iters, start.elapsed())
+        })
+    });
+    b.copy.word().store(LINE_STOP, Ordering::Release);
+    b.end("copy out");
+    g.finish();
 }
 
 fn round_trip(c: &mut Criterion, b: &mut Bench) {
@@ -518,30 +900,41 @@ fn round_trip(c: &mut Criterion, b: &mut Bench) {
                 poll_write_all(b.wr.producer(), &msg).unwrap();
                 poll_read_exact(b.rd.consumer(), &mut back).unwrap();
             }
-            start.elapsed()
+            rec("round_trip_64B/shm_poll", iters, start.elapsed())
         })
     });
     poll_write_all(b.wr.producer(), &stop).unwrap();
     b.end("echo shm poll");
+
+    b.begin(&[cmd::ECHO_REF]);
+    g.bench_function("reference_poll", |bn| {
+        bn.iter_custom(|iters| {
+            rec(
+                "round_trip_64B/reference_poll",
+                iters,
+                round_trips(&mut b.ref_wr, &mut b.ref_rd, iters),
+            )
+        })
+    });
+    b.ref_wr.write_all(&stop).unwrap();
+    b.end("echo reference");
 
     // The floor under `shm_poll`: one cache line, one atomic each way.
     b.begin(&[cmd::ECHO_LINE]);
     g.bench_function("cache_line_floor", |bn| {
         bn.iter_custom(|iters| {
             let word = b.line.word();
-            let mut v = word.load(std::sync::atomic::Ordering::Acquire);
+            let mut v = word.load(Ordering::Acquire);
             let start = Instant::now();
             for _ in 0..iters {
                 let ping = v + 1;
-                word.store(ping, std::sync::atomic::Ordering::Release);
+                word.store(ping, Ordering::Release);
                 v = spin_for(word, |w| w == ping + 1).unwrap();
             }
-            start.elapsed()
+            rec("round_trip_64B/cache_line_floor", iters, start.elapsed())
         })
     });
-    b.line
-        .word()
-        .store(LINE_STOP, std::sync::atomic::Ordering::Release);
+    b.line.word().store(LINE_STOP, Ordering::Release);
     b.end("echo line");
     blocking_round_trips(&mut g, b, "");
     g.finish();
@@ -562,8 +955,9 @@ fn blocking_round_trips(
             &mut b.wr,
             Duration::from_micros(u64::from(spin_us)),
         );
+        let id = format!("round_trip_64B/{name}{suffix}");
         g.bench_function(format!("{name}{suffix}"), |bn| {
-            bn.iter_custom(|iters| round_trips(&mut b.wr, &mut b.rd, iters))
+            bn.iter_custom(|iters| rec(&id, iters, round_trips(&mut b.wr, &mut b.rd, iters)))
         });
         b.wr.write_all(&stop).unwrap();
         b.end(name);
@@ -571,20 +965,29 @@ fn blocking_round_trips(
     set_spin(&mut b.rd, &mut b.wr, shm_ring::DEFAULT_SPIN);
 
     b.begin(&[cmd::ECHO_SOCK]);
+    let id = format!("round_trip_64B/socketpair{suffix}");
     g.bench_function(format!("socketpair{suffix}"), |bn| {
-        bn.iter_custom(|iters| round_trips(&mut &b.sock, &mut &b.sock, iters))
+        bn.iter_custom(|iters| rec(&id, iters, round_trips(&mut &b.sock, &mut &b.sock, iters)))
     });
     (&b.sock).write_all(&stop).unwrap();
     b.end("echo socketpair");
 
     b.begin(&[cmd::ECHO_PIPE]);
+    let id = format!("round_trip_64B/pipe{suffix}");
     g.bench_function(format!("pipe{suffix}"), |bn| {
-        bn.iter_custom(|iters| round_trips(&mut b.pipe_down, &mut b.pipe_up, iters))
+        bn.iter_custom(|iters| {
+            rec(
+                &id,
+                iters,
+                round_trips(&mut b.pipe_down, &mut b.pipe_up, iters),
+            )
+        })
     });
     b.pipe_down.write_all(&stop).unwrap();
     b.end("echo pipe");
 
     b.begin(&[cmd::ECHO_EVENTFD]);
+    let id = format!("round_trip_64B/eventfd{suffix}");
     g.bench_function(format!("eventfd{suffix}"), |bn| {
         bn.iter_custom(|iters| {
             let mut v = [0u8; 8];
@@ -593,7 +996,7 @@ fn blocking_round_trips(
                 b.ping.write_all(&1u64.to_ne_bytes()).unwrap();
                 b.pong.read_exact(&mut v).unwrap();
             }
-            start.elapsed()
+            rec(&id, iters, start.elapsed())
         })
     });
     b.ping.write_all(&EVENTFD_STOP.to_ne_bytes()).unwrap();
@@ -609,6 +1012,104 @@ fn round_trip_same_cpu(c: &mut Criterion, b: &mut Bench) {
     g.finish();
 }
 
+/// What a ratio must be for its target to be met.
+#[derive(Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+    None,
+}
+
+/// One line of the summary: `value` of `what` against `limit`, as a ratio.
+fn summary_line(what: &str, value: &str, limit: &str, ratio: Option<f64>, target: Target) {
+    let (r, t, met) = match (ratio, target) {
+        (None, _) => ("n/a".to_string(), String::new(), "—"),
+        (Some(r), Target::AtLeast(x)) => (
+            format!("{r:.2}×"),
+            format!("≥ {x}×"),
+            if r >= x { "yes" } else { "no" },
+        ),
+        (Some(r), Target::AtMost(x)) => (
+            format!("{r:.2}×"),
+            format!("≤ {x}×"),
+            if r <= x { "yes" } else { "no" },
+        ),
+        (Some(r), Target::None) => (format!("{r:.2}×"), "—".into(), "—"),
+    };
+    println!("| {what} | {value} | {limit} | {r} | {t} | {met} |");
+}
+
+/// shm-ring against its same-run limits, from the recorded samples.
+fn summary() {
+    let gbs =
+        |ns: Option<f64>| ns.map_or("n/a".into(), |ns| format!("{:.2} GB/s", BATCH as f64 / ns));
+    let ns = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1} ns"));
+    let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.2} µs", v / 1e3));
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    println!("\nshm-ring against its same-run limits (medians of criterion's samples)\n");
+    println!("| measure | shm-ring | limit | ratio | target | met? |");
+    println!("|---|---|---|---|---|---|");
+    for label in ["64B", "1KiB", "64KiB"] {
+        let shm = recorded(&format!("throughput/{label}/shm"));
+        let reference = recorded(&format!("throughput/{label}/reference"));
+        summary_line(
+            &format!("throughput, {label} writes (÷ reference ring)"),
+            &gbs(shm),
+            &gbs(reference),
+            div(reference, shm),
+            Target::AtLeast(0.8),
+        );
+    }
+    let copy = recorded("cross_core_copy/1MiB");
+    summary_line(
+        "throughput, 64KiB writes (÷ cross-core copy)",
+        &gbs(recorded("throughput/64KiB/shm")),
+        &gbs(copy),
+        div(copy, recorded("throughput/64KiB/shm")),
+        Target::None,
+    );
+    let poll = recorded("round_trip_64B/shm_poll");
+    let reference = recorded("round_trip_64B/reference_poll");
+    let floor = recorded("round_trip_64B/cache_line_floor");
+    summary_line(
+        "polling round trip, 64 B (÷ reference ring)",
+        &ns(poll),
+        &ns(reference),
+        div(poll, reference),
+        Target::AtMost(1.3),
+    );
+    summary_line(
+        "polling round trip, 64 B (÷ cache-line floor)",
+        &ns(poll),
+        &ns(floor),
+        div(poll, floor),
+        Target::None,
+    );
+    summary_line(
+        "reference ring round trip (÷ cache-line floor)",
+        &ns(reference),
+        &ns(floor),
+        div(reference, floor),
+        Target::None,
+    );
+    for suffix in ["", "_same_cpu"] {
+        let shm = recorded(&format!("round_trip_64B/shm_block_nospin{suffix}"));
+        let efd = recorded(&format!("round_trip_64B/eventfd{suffix}"));
+        let place = if suffix.is_empty() {
+            "CPU 0 ↔ 1"
+        } else {
+            "same CPU"
+        };
+        summary_line(
+            &format!("blocking round trip, {place} (÷ eventfd)"),
+            &us(shm),
+            &us(efd),
+            div(shm, efd),
+            Target::AtMost(1.2),
+        );
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let mut b = Bench::spawn().expect("spawn the peer process");
     // One CPU each: the placement the monitor and a guest will have, and the
@@ -618,13 +1119,38 @@ fn benches(c: &mut Criterion) {
     round_trip(c, &mut b);
     round_trip_same_cpu(c, &mut b);
     b.finish();
+    summary();
+}
+
+/// Criterion's settings: full, or a smoke run with `ARCA_BENCH_SHORT` set (not empty or 0).
+#[derive(Clone, Copy)]
+struct Sizes {
+    samples: usize,
+    warm_up: Duration,
+    measure: Duration,
+}
+
+fn sizes() -> Sizes {
+    match std::env::var("ARCA_BENCH_SHORT").as_deref() {
+        Err(_) | Ok("" | "0") => Sizes {
+            samples: 20,
+            warm_up: Duration::from_millis(1000),
+            measure: Duration::from_secs(3),
+        },
+        Ok(_) => Sizes {
+            samples: 10,
+            warm_up: Duration::from_millis(20),
+            measure: Duration::from_millis(100),
+        },
+    }
 }
 
 fn config() -> Criterion {
+    let s = sizes();
     Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(1000))
-        .measurement_time(Duration::from_secs(3))
+        .sample_size(s.samples)
+        .warm_up_time(s.warm_up)
+        .measurement_time(s.measure)
         .nresamples(20_000)
 }
 

@@ -1,68 +1,118 @@
-//! TCP through the monitor against direct loopback TCP and a socat relay, in
-//! the same run.
+//! TCP through `arca-monitor`, run as its own process the way users run it, against direct
+//! loopback TCP between the same two processes, quiet and under a standard CPU load, in the
+//! same run.
 //!
-//! Run: `cargo bench --bench tcp` (socat from Debian's packages for the relay
-//! rows; they are skipped with a note when it is missing).
+//! Run: `cargo bench --bench tcp`; `ARCA_BENCH_SHORT=1 cargo bench --bench tcp` is a smoke
+//! run of a few seconds.
 //!
-//! The host's sink and echo servers (std::net, a thread per connection) run in
-//! a process of their own — this binary again, in a server role — so the
-//! baseline is two processes on loopback. This process holds the client — a
-//! plain `std::net` client for the baseline, or a guest using `arca` — and, on
-//! a thread, the monitor's event loop for the arca rows. Each round runs every
-//! column back to back; each figure is the median over the rounds.
+//! Processes:
+//! - the host's sink and echo servers (std::net, a thread per connection): this binary again,
+//!   in a server role;
+//! - `arca-monitor serve --socket PATH` (built by `cargo build -p arca-monitor`, which this
+//!   bench runs first when started by Cargo);
+//! - this process: the client, either a plain `std::net` client straight to the servers
+//!   (direct) or a guest attached to the monitor with `ArcaSession::attach` (monitor);
+//! - with socat installed, `socat TCP-LISTEN,fork TCP:…` as a classic user-space relay
+//!   (quiet rounds only).
 //!
-//! Environment: `ARCA_BENCH_SIDE=direct|monitor|relay` runs one column,
-//! `ARCA_BENCH_ROUNDS` prints every round, `ARCA_BENCH_PHASES` times the
-//! phases of a connection, `ARCA_BENCH_SOURCE=stream` sends from 32 MiB of
-//! data instead of one cache-hot buffer. `--only 64KiB|1KiB|rtt|conn` runs
-//! one row; `--quick` smaller trials.
+//! Each round runs every row quiet, then again beside one busy-loop process per CPU
+//! (`arca_testkit::load`), each column back to back, so drift hits the columns and both
+//! loads alike. A cell is the median over the rounds; a ratio is the median of the per-round
+//! monitor ÷ direct ratios (range in brackets). The monitor's CPU per GiB is its user +
+//! system time over every bulk trial of the row divided by the bytes moved
+//! (`/proc/PID/stat`).
+//!
+//! Environment: `ARCA_BENCH_SHORT=1` (one round, small trials), `ARCA_BENCH_LOAD=quiet|loaded`
+//! (one load only), `ARCA_BENCH_SIDE=direct|monitor|relay` (one column, for profiling; the
+//! ratio is then meaningless), `ARCA_BENCH_ROUNDS` (print every round), `ARCA_BENCH_PHASES`
+//! (a connection's phases), `ARCA_BENCH_SOURCE=stream` (send from 32 MiB of data rather than
+//! one cache-hot buffer). Argument `--only 64KiB|1KiB|rtt|conn` runs one row.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use arca::ArcaSession;
-use arca_monitor::{Config, Monitor, MonitorHandle};
+use arca_testkit::bins::{cargo_build, monitor_bin, profile_dir};
+use arca_testkit::child::Proc;
+use arca_testkit::load::BusyLoad;
+use arca_testkit::monitor_proc::{socket_path, wait_for_socket};
+use arca_testkit::procfs::cpu_time;
+use arca_testkit::stats::{median, quantile};
 
-const TRIALS: usize = 7;
+type Error = Box<dyn std::error::Error>;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Trial sizes and round counts.
+#[derive(Clone, Copy)]
+struct Sizes {
+    rounds: usize,
+    /// Bytes per bulk trial.
+    bulk: usize,
+    /// Exchanges per round-trip trial.
+    rtts: usize,
+    /// Connections per connection-rate trial.
+    conns: usize,
+    /// A trial stops early past this (under load a round trip can take milliseconds).
+    cap: Duration,
 }
 
+const FULL: Sizes = Sizes {
+    rounds: 7,
+    bulk: 512 << 20,
+    rtts: 20_000,
+    conns: 2_000,
+    cap: Duration::from_secs(4),
+};
+
+const SHORT: Sizes = Sizes {
+    rounds: 1,
+    bulk: 16 << 20,
+    rtts: 500,
+    conns: 100,
+    cap: Duration::from_secs(1),
+};
+
 trait Client: Read + Write {
-    fn finish_write(&mut self);
-    fn nodelay(&mut self);
+    fn finish_write(&mut self) -> std::io::Result<()>;
+    fn nodelay(&mut self) -> std::io::Result<()>;
 }
 
 impl Client for TcpStream {
-    fn finish_write(&mut self) {
-        self.shutdown(std::net::Shutdown::Write).unwrap();
+    fn finish_write(&mut self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
-    fn nodelay(&mut self) {
-        self.set_nodelay(true).unwrap();
+    fn nodelay(&mut self) -> std::io::Result<()> {
+        self.set_nodelay(true)
+    }
+}
+
+impl<C: Client + ?Sized> Client for Box<C> {
+    fn finish_write(&mut self) -> std::io::Result<()> {
+        (**self).finish_write()
+    }
+    fn nodelay(&mut self) -> std::io::Result<()> {
+        (**self).nodelay()
     }
 }
 
 impl Client for arca::TcpStream {
-    fn finish_write(&mut self) {
-        self.shutdown(std::net::Shutdown::Write).unwrap();
+    fn finish_write(&mut self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
-    fn nodelay(&mut self) {
-        self.set_nodelay(true).unwrap();
+    fn nodelay(&mut self) -> std::io::Result<()> {
+        self.set_nodelay(true)
     }
 }
 
-/// Sends `total` bytes in `write`-sized writes, waits for the sink's count;
-/// returns bytes per second.
+/// Sends up to `total` bytes in `write`-sized writes (stopping after `cap`), waits for the
+/// sink's count; returns (bytes, seconds).
 ///
 /// Each write sends the same cache-hot `write`-byte buffer, unless
-/// `ARCA_BENCH_SOURCE=stream`: then the writes walk through 32 MiB (more than
-/// the caches hold), as a sender of data it did not just touch would.
-fn throughput<C: Client>(mut c: C, write: usize, total: usize) -> f64 {
+/// `ARCA_BENCH_SOURCE=stream`: then the writes walk through 32 MiB (more than the caches
+/// hold), as a sender of data it did not just touch would.
+fn bulk<C: Client>(mut c: C, write: usize, total: usize, cap: Duration) -> (u64, f64) {
     let source = if std::env::var("ARCA_BENCH_SOURCE").is_ok_and(|v| v == "stream") {
         vec![0x5au8; 32 << 20]
     } else {
@@ -71,59 +121,65 @@ fn throughput<C: Client>(mut c: C, write: usize, total: usize) -> f64 {
     let start = Instant::now();
     let mut sent = 0;
     let mut off = 0;
-    while sent < total {
-        c.write_all(&source[off..off + write]).unwrap();
+    while sent < total && (sent % (64 << 20) != 0 || start.elapsed() < cap) {
+        c.write_all(&source[off..off + write]).expect("bulk write");
         off = (off + write) % (source.len() - write + 1);
         sent += write;
     }
-    c.finish_write();
+    c.finish_write().expect("shutdown after bulk");
     let mut count = [0u8; 8];
-    c.read_exact(&mut count).unwrap();
+    c.read_exact(&mut count).expect("the sink's count");
     let secs = start.elapsed().as_secs_f64();
-
     assert_eq!(
         u64::from_le_bytes(count),
         sent as u64,
         "sink saw every byte"
     );
-    sent as f64 / secs
+    (sent as u64, secs)
 }
 
-/// Mean round trip of `n` 64-byte request/response exchanges, in seconds.
-fn round_trip<C: Client>(mut c: C, n: usize) -> f64 {
-    c.nodelay();
+/// Round trips of 64-byte request/response exchanges (up to `n`, stopping after `cap`), in
+/// seconds each.
+fn round_trips<C: Client>(mut c: C, n: usize, cap: Duration) -> Vec<f64> {
+    c.nodelay().expect("TCP_NODELAY");
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
     for _ in 0..200 {
-        c.write_all(&msg).unwrap();
-        c.read_exact(&mut back).unwrap();
+        c.write_all(&msg).expect("warm-up write");
+        c.read_exact(&mut back).expect("warm-up read");
     }
+    let mut times = Vec::with_capacity(n);
     let start = Instant::now();
-    for _ in 0..n {
-        c.write_all(&msg).unwrap();
-        c.read_exact(&mut back).unwrap();
+    while times.len() < n && (times.len() % 64 != 0 || start.elapsed() < cap) {
+        let t = Instant::now();
+        c.write_all(&msg).expect("write");
+        c.read_exact(&mut back).expect("read");
+        times.push(t.elapsed().as_secs_f64());
     }
-    start.elapsed().as_secs_f64() / n as f64
+    times
 }
 
-/// Connections per second: connect, one 64-byte exchange, close.
+/// Connections per second (up to `n`, stopping after `cap`): connect, one 64-byte exchange,
+/// close.
 ///
-/// With `ARCA_BENCH_PHASES` set it also prints the median time of each phase
-/// (for finding where a path loses; the clock reads cost a little).
-fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize) -> f64 {
+/// With `ARCA_BENCH_PHASES` set it also prints the spread of each phase (for finding where a
+/// path loses; the clock reads cost a little).
+fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize, cap: Duration) -> f64 {
     let msg = [1u8; 64];
     let mut back = [0u8; 64];
     let phases = std::env::var_os("ARCA_BENCH_PHASES").is_some();
     let mut times: [Vec<f64>; 3] = Default::default();
     let start = Instant::now();
-    for _ in 0..n {
+    let mut done = 0;
+    while done < n && (done % 16 != 0 || start.elapsed() < cap) {
         let t0 = Instant::now();
         let mut c = connect();
         let t1 = Instant::now();
-        c.write_all(&msg).unwrap();
-        c.read_exact(&mut back).unwrap();
+        c.write_all(&msg).expect("write");
+        c.read_exact(&mut back).expect("read");
         let t2 = Instant::now();
         drop(c);
+        done += 1;
         if phases {
             let t3 = Instant::now();
             for (v, d) in times.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
@@ -131,14 +187,12 @@ fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize) -> f64 {
             }
         }
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let rate = done as f64 / start.elapsed().as_secs_f64();
     if phases {
-        let spread = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let spread = |v: Vec<f64>| {
+            let at = |q| quantile(&v, q).unwrap_or(f64::NAN);
             format!(
-                "{:.1} ({:.1}–{:.1}, p99 {:.1}, mean {mean:.1})",
+                "{:.1} ({:.1}–{:.1}, p99 {:.1})",
                 at(0.5),
                 at(0.1),
                 at(0.9),
@@ -146,72 +200,91 @@ fn conn_rate(mut connect: impl FnMut() -> Box<dyn Client>, n: usize) -> f64 {
             )
         };
         let [c, x, d] = times.map(spread);
-        eprintln!(
-            "  phases, µs, median (p10–p90, p99, mean): connect {c}, exchange {x}, close {d}"
-        );
+        eprintln!("  phases, µs, median (p10–p90, p99): connect {c}, exchange {x}, close {d}");
     }
     rate
 }
 
-struct Served {
-    handle: MonitorHandle,
-    path: PathBuf,
+/// The host's sink and echo servers, in a process of their own (this binary again, in the
+/// server role): the baseline is two processes talking over loopback, and the monitor path
+/// ends at the same servers.
+struct Servers {
+    _proc: Proc,
+    sink: SocketAddr,
+    echo: SocketAddr,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.handle.stop();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn monitor() -> (Served, ArcaSession) {
-    let path = std::env::temp_dir().join(format!("arca-bench-{}.sock", std::process::id()));
-    let mut m = Monitor::new(Config::default()).unwrap();
-    m.listen_unix(&path).unwrap();
-    let handle = m.handle();
-    std::thread::spawn(move || m.run());
-    let session = ArcaSession::attach(&path).unwrap();
-    (Served { handle, path }, session)
-}
-
-/// The host's sink and echo servers, in a process of their own (this binary
-/// again, in the server role): the baseline is two processes talking over
-/// loopback, and the monitor path ends at the same servers.
-struct Servers(Child);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn servers() -> (Servers, SocketAddr, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("ARCA_BENCH_SERVER_ROLE", "1")
+fn servers() -> Result<Servers, Error> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.env("ARCA_BENCH_SERVER_ROLE", "1")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench servers", &mut cmd)?;
+    let out = proc.child_mut().stdout.take().ok_or("servers: no stdout")?;
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let mut addrs = line.split_whitespace().map(|a| a.parse().unwrap());
-    let (sink, echo) = (addrs.next().unwrap(), addrs.next().unwrap());
-    (Servers(child), sink, echo)
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    let mut addrs = line.split_whitespace().map(str::parse::<SocketAddr>);
+    match (addrs.next(), addrs.next()) {
+        (Some(Ok(sink)), Some(Ok(echo))) => Ok(Servers {
+            _proc: proc,
+            sink,
+            echo,
+        }),
+        _ => Err(format!("servers printed {line:?}, not two addresses").into()),
+    }
 }
 
-/// The server role: starts the servers, prints their addresses, and lives until
-/// its parent closes stdin (or dies).
+/// The server role: starts the servers, prints their addresses, and lives until its parent
+/// closes stdin (or dies).
 fn serve_servers() {
     let sink = arca_testkit::servers::count_sink();
     let echo = arca_testkit::servers::echo_server();
     println!("{sink} {echo}");
-    let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+}
+
+/// `arca-monitor serve` in its own process, and this process attached to it as a guest.
+struct MonitorProc {
+    proc: Proc,
+    path: PathBuf,
+}
+
+impl Drop for MonitorProc {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Builds the monitor when Cargo started this bench (`cargo bench` sets `CARGO`), so the
+/// figures are of the code in the tree; otherwise uses the binary found next to this one.
+fn monitor() -> Result<(MonitorProc, ArcaSession), Error> {
+    if std::env::var_os("CARGO").is_some() && std::env::var_os("ARCA_MONITOR_BIN").is_none() {
+        cargo_build(
+            &profile_dir()?,
+            &["-p", "arca-monitor", "--bin", "arca-monitor"],
+            Duration::from_secs(1200),
+        )?;
+    }
+    let bin = monitor_bin();
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: cargo build --release -p arca-monitor",
+            bin.display()
+        )
+        .into());
+    }
+    let path = socket_path("bench-tcp");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("serve").arg("--socket").arg(&path);
+    let mut m = MonitorProc {
+        proc: Proc::spawn("arca-monitor", &mut cmd)?,
+        path,
+    };
+    wait_for_socket(&m.path, m.proc.child_mut(), Duration::from_secs(20));
+    let session = ArcaSession::attach(&m.path)?;
+    Ok((m, session))
 }
 
 struct Socat(Child, SocketAddr);
@@ -237,160 +310,412 @@ fn socat(target: SocketAddr) -> Option<Socat> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let s = Socat(child, SocketAddr::from(([127, 0, 0, 1], port)));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).is_err() {
+    while TcpStream::connect(s.1).is_err() {
         if Instant::now() > deadline {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some(Socat(child, addr))
+    Some(s)
 }
 
-/// One row's trials: every round runs direct, through the monitor and (with
-/// socat) through the relay back to back, so that the machine's drift over the
-/// run hits all three alike. Medians of each column, and the median of the
-/// per-round ratios.
-struct Row {
-    direct: Vec<f64>,
-    arca: Vec<f64>,
-    relay: Vec<f64>,
+/// Quiet, or beside one busy-loop process per CPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Quiet,
+    Loaded,
 }
 
-impl Row {
-    fn run(
-        trials: usize,
-        mut direct: impl FnMut() -> f64,
-        mut arca: impl FnMut() -> f64,
-        mut relay: Option<impl FnMut() -> f64>,
-    ) -> Self {
-        let mut r = Row {
-            direct: Vec::new(),
-            arca: Vec::new(),
-            relay: Vec::new(),
-        };
-        // `ARCA_BENCH_SIDE=direct|monitor|relay` runs one column only (for
-        // profiling one path; the ratio column is then meaningless).
-        let side = std::env::var("ARCA_BENCH_SIDE").unwrap_or_default();
-        let on = |s: &str| side.is_empty() || side == s;
-        for _ in 0..trials {
-            r.direct.push(if on("direct") { direct() } else { 1.0 });
-            r.arca.push(if on("monitor") { arca() } else { 1.0 });
-            if let Some(f) = relay.as_mut().filter(|_| on("relay")) {
-                r.relay.push(f());
-            }
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Quiet => "quiet",
+            Load::Loaded => "loaded",
         }
-        r
+    }
+}
+
+/// One trial's figure: the headline value (GB/s, k/s or µs), and for round trips the p99.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    value: f64,
+    p99: f64,
+}
+
+/// One side's samples over the rounds of one row under one load.
+#[derive(Default)]
+struct Column {
+    samples: Vec<Sample>,
+}
+
+impl Column {
+    fn values(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.value).collect()
+    }
+    fn p99s(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.p99).collect()
+    }
+}
+
+/// A row under one load: the columns, and the monitor's CPU over the bytes of its bulk trials.
+#[derive(Default)]
+struct Cells {
+    direct: Column,
+    monitor: Column,
+    relay: Column,
+    monitor_cpu: Duration,
+    monitor_bytes: u64,
+}
+
+/// Median of the per-round `a ÷ b` ratios, with their range.
+fn ratio(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(&r).unwrap_or(f64::NAN), lo, hi)
+}
+
+/// What a row's ratio must be for its target to be met.
+#[derive(Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+    None,
+}
+
+impl Target {
+    fn show(self) -> String {
+        match self {
+            Target::AtLeast(x) => format!("≥ {x}×"),
+            Target::AtMost(x) => format!("≤ {x}×"),
+            Target::None => "—".into(),
+        }
+    }
+    fn met(self, r: f64) -> &'static str {
+        match self {
+            Target::AtLeast(x) if r >= x => "yes",
+            Target::AtMost(x) if r <= x => "yes",
+            Target::None => "—",
+            _ => "no",
+        }
+    }
+}
+
+fn print_line(name: &str, load: Load, unit: &str, d: &[f64], m: &[f64], relay: &str, t: Target) {
+    let (r, lo, hi) = ratio(m, d);
+    let med = |v: &[f64]| median(v).unwrap_or(f64::NAN);
+    println!(
+        "| {name} | {} | {:.3} {unit} | {:.3} {unit} | {relay} | {r:.2}× ({lo:.2}–{hi:.2}) | {} | {} |",
+        load.name(),
+        med(d),
+        med(m),
+        t.show(),
+        t.met(r),
+    );
+}
+
+/// The kind of a row, for how it prints.
+#[derive(Clone, Copy)]
+enum Kind {
+    Bulk,
+    RoundTrip,
+    Connections,
+}
+
+/// The bench's processes, the guest session and the load's on/off switch.
+struct Rig {
+    servers: Servers,
+    monitor: MonitorProc,
+    session: ArcaSession,
+    relay_sink: Option<Socat>,
+    relay_echo: Option<Socat>,
+    sizes: Sizes,
+}
+
+impl Rig {
+    /// One trial of `kind` on `side` ("direct", "monitor", "relay"); for bulk rows through
+    /// the monitor, also the monitor's CPU time and the bytes moved.
+    fn trial(&self, kind: Kind, write: usize, side: &str) -> Option<(Sample, Duration, u64)> {
+        let s = self.sizes;
+        let target = match kind {
+            Kind::Bulk => self.servers.sink,
+            Kind::RoundTrip | Kind::Connections => self.servers.echo,
+        };
+        let relay = match kind {
+            Kind::Bulk => self.relay_sink.as_ref(),
+            Kind::RoundTrip | Kind::Connections => self.relay_echo.as_ref(),
+        }
+        .map(|r| r.1);
+        let connect = |side: &str| -> Option<Box<dyn Client>> {
+            Some(match side {
+                "direct" => Box::new(TcpStream::connect(target).expect("direct connect")),
+                "monitor" => Box::new(self.session.connect(target).expect("guest connect")),
+                _ => Box::new(TcpStream::connect(relay?).expect("relay connect")),
+            })
+        };
+        if side == "relay" {
+            relay?;
+        }
+        let cpu0 = cpu_time(self.monitor.proc.id()).unwrap_or_default();
+        let (sample, bytes) = match kind {
+            Kind::Bulk => {
+                let (bytes, secs) = bulk(connect(side)?, write, s.bulk, s.cap);
+                (
+                    Sample {
+                        value: bytes as f64 / secs * 1e-9,
+                        p99: 0.0,
+                    },
+                    bytes,
+                )
+            }
+            Kind::RoundTrip => {
+                let t = round_trips(connect(side)?, s.rtts, s.cap);
+                let q = |q| quantile(&t, q).unwrap_or(f64::NAN) * 1e6;
+                (
+                    Sample {
+                        value: q(0.5),
+                        p99: q(0.99),
+                    },
+                    0,
+                )
+            }
+            Kind::Connections => {
+                let rate = conn_rate(|| connect(side).expect("connect"), s.conns, s.cap);
+                (
+                    Sample {
+                        value: rate * 1e-3,
+                        p99: 0.0,
+                    },
+                    0,
+                )
+            }
+        };
+        let cpu = cpu_time(self.monitor.proc.id()).unwrap_or_default();
+        Some((sample, cpu.saturating_sub(cpu0), bytes))
     }
 
-    fn print(self, name: &str, unit: &str, scale: f64, target: &str) {
-        if std::env::var_os("ARCA_BENCH_ROUNDS").is_some() {
-            let show = |v: &[f64]| {
+    /// Every round of one row under each load in `loads`.
+    fn row(&self, kind: Kind, write: usize, loads: &[Load]) -> Result<Vec<(Load, Cells)>, Error> {
+        let side = std::env::var("ARCA_BENCH_SIDE").unwrap_or_default();
+        let on = |s: &str| side.is_empty() || side == s;
+        let mut out: Vec<(Load, Cells)> = loads.iter().map(|&l| (l, Cells::default())).collect();
+        for _ in 0..self.sizes.rounds {
+            for (load, cells) in &mut out {
+                let _busy = match load {
+                    Load::Quiet => None,
+                    Load::Loaded => Some(BusyLoad::per_cpu()?),
+                };
+                for name in ["direct", "monitor", "relay"] {
+                    if !on(name) || (name == "relay" && *load == Load::Loaded) {
+                        continue;
+                    }
+                    let Some((sample, cpu, bytes)) = self.trial(kind, write, name) else {
+                        continue;
+                    };
+                    match name {
+                        "direct" => cells.direct.samples.push(sample),
+                        "monitor" => {
+                            cells.monitor.samples.push(sample);
+                            cells.monitor_cpu += cpu;
+                            cells.monitor_bytes += bytes;
+                        }
+                        _ => cells.relay.samples.push(sample),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
+    let rounds = std::env::var_os("ARCA_BENCH_ROUNDS").is_some();
+    for (load, c) in rows {
+        let relay = |v: Vec<f64>, unit: &str| {
+            median(&v).map_or_else(|| "n/a".to_string(), |m| format!("{m:.3} {unit}"))
+        };
+        if rounds {
+            let show = |v: Vec<f64>| {
                 v.iter()
-                    .map(|x| format!("{:.2}", x * scale))
+                    .map(|x| format!("{x:.2}"))
                     .collect::<Vec<_>>()
                     .join(" ")
             };
-            eprintln!("  rounds: direct {}", show(&self.direct));
-            eprintln!("  rounds: monitor {}", show(&self.arca));
+            eprintln!(
+                "  {label}, {}: direct {} | monitor {}",
+                load.name(),
+                show(c.direct.values()),
+                show(c.monitor.values())
+            );
         }
-        let ratios = self
-            .direct
-            .iter()
-            .zip(&self.arca)
-            .map(|(d, a)| a / d)
-            .collect::<Vec<_>>();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-        let ratio = median(ratios);
-        let direct = median(self.direct) * scale;
-        let arca = median(self.arca) * scale;
-        let relay = if self.relay.is_empty() {
-            "n/a (no socat)".to_string()
-        } else {
-            format!("{:.3} {unit}", median(self.relay) * scale)
-        };
-        println!(
-            "| {name} | {direct:.3} {unit} | {arca:.3} {unit} | {relay} | {ratio:.2}× ({lo:.2}–{hi:.2}) | {target} |"
-        );
+        let (d, m) = (c.direct.values(), c.monitor.values());
+        match kind {
+            Kind::Bulk => {
+                let t = match (load, label) {
+                    (Load::Quiet, "64 KiB writes") => Target::AtLeast(0.9),
+                    (Load::Quiet, _) => Target::AtLeast(2.0),
+                    (Load::Loaded, _) => Target::AtLeast(0.8),
+                };
+                print_line(
+                    &format!("throughput, {label}"),
+                    *load,
+                    "GB/s",
+                    &d,
+                    &m,
+                    &relay(c.relay.values(), "GB/s"),
+                    t,
+                );
+                let gib = c.monitor_bytes as f64 / f64::from(1u32 << 30);
+                if gib > 0.0 {
+                    // The kernel counts CPU time in ticks (10 ms at 100 Hz): the total
+                    // shows how coarse the figure is.
+                    println!(
+                        "| monitor CPU per GiB, {label} | {} | — | {:.3} s ({:.2} s over {gib:.2} GiB) | — | — | — | — |",
+                        load.name(),
+                        c.monitor_cpu.as_secs_f64() / gib,
+                        c.monitor_cpu.as_secs_f64(),
+                    );
+                }
+            }
+            Kind::RoundTrip => {
+                let t = match load {
+                    Load::Quiet => Target::AtMost(1.2),
+                    Load::Loaded => Target::None,
+                };
+                print_line(
+                    "64 B round trip, p50",
+                    *load,
+                    "µs",
+                    &d,
+                    &m,
+                    &relay(c.relay.values(), "µs"),
+                    t,
+                );
+                let t = match load {
+                    Load::Quiet => Target::None,
+                    Load::Loaded => Target::AtMost(2.0),
+                };
+                print_line(
+                    "64 B round trip, p99",
+                    *load,
+                    "µs",
+                    &c.direct.p99s(),
+                    &c.monitor.p99s(),
+                    &relay(c.relay.p99s(), "µs"),
+                    t,
+                );
+            }
+            Kind::Connections => {
+                let t = match load {
+                    Load::Quiet => Target::AtLeast(0.9),
+                    Load::Loaded => Target::None,
+                };
+                print_line(
+                    "connections/s (connect, 64 B exchange, close)",
+                    *load,
+                    "k/s",
+                    &d,
+                    &m,
+                    &relay(c.relay.values(), "k/s"),
+                    t,
+                );
+            }
+        }
     }
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`. `--quick` runs smaller trials;
-    // `--only KEY` runs one row (`64KiB`, `1KiB`, `rtt` or `conn`), for
-    // profiling.
+fn run() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
     let only = args
         .iter()
         .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned());
-    let wanted = |key: &str| only.as_deref().is_none_or(|o| o == key);
-    let total = if quick { 64 << 20 } else { 512 << 20 };
-    let rtts = if quick { 2_000 } else { 20_000 };
-    let conns = if quick { 200 } else { 2_000 };
-
-    if std::env::var_os("ARCA_BENCH_SERVER_ROLE").is_some() {
-        return serve_servers();
-    }
-    let (_servers, sink_addr, echo_addr) = servers();
-    let (_served, session) = monitor();
-    let relay_sink = socat(sink_addr);
-    let relay_echo = socat(echo_addr);
-
-    println!(
-        "TCP through the monitor vs direct loopback ({TRIALS} interleaved rounds, medians; \
-         ratio: median of the per-round ratios, range in brackets)\n"
-    );
-    println!("| measure | direct | through monitor | socat relay | monitor ÷ direct | target |");
-    println!("|---|---|---|---|---|---|");
-    for (write, key, target) in [(64 << 10, "64KiB", "≥ 0.9×"), (1 << 10, "1KiB", "≥ 2×")] {
-        if !wanted(key) {
-            continue;
+        .map(|i| args.get(i + 1).cloned().ok_or("--only needs a row"))
+        .transpose()?;
+    const KEYS: [&str; 4] = ["64KiB", "1KiB", "rtt", "conn"];
+    if let Some(o) = &only {
+        if !KEYS.contains(&o.as_str()) {
+            return Err(format!("--only {o}: not one of {}", KEYS.join(", ")).into());
         }
-        Row::run(
-            TRIALS,
-            || throughput(TcpStream::connect(sink_addr).unwrap(), write, total),
-            || throughput(session.connect(sink_addr).unwrap(), write, total),
-            relay_sink
-                .as_ref()
-                .map(|s| || throughput(TcpStream::connect(s.1).unwrap(), write, total)),
-        )
-        .print(
-            &format!("throughput, {write} B writes"),
-            "GB/s",
-            1e-9,
-            target,
-        );
+    }
+    let wanted = |key: &str| only.as_deref().is_none_or(|o| o == key);
+    let sizes = match std::env::var("ARCA_BENCH_SHORT").as_deref() {
+        Err(_) | Ok("" | "0") => FULL,
+        Ok(_) => SHORT,
+    };
+    let loads: &[Load] = match std::env::var("ARCA_BENCH_LOAD").as_deref() {
+        Err(_) | Ok("") => &[Load::Quiet, Load::Loaded],
+        Ok("quiet") => &[Load::Quiet],
+        Ok("loaded") => &[Load::Loaded],
+        Ok(other) => {
+            return Err(format!("ARCA_BENCH_LOAD={other}: expected quiet or loaded").into())
+        }
+    };
+    match std::env::var("ARCA_BENCH_SIDE").as_deref() {
+        Err(_) | Ok("" | "direct" | "monitor" | "relay") => {}
+        Ok(other) => {
+            return Err(
+                format!("ARCA_BENCH_SIDE={other}: expected direct, monitor or relay").into(),
+            )
+        }
+    }
+
+    let servers = servers()?;
+    let (monitor, session) = monitor()?;
+    let rig = Rig {
+        relay_sink: socat(servers.sink),
+        relay_echo: socat(servers.echo),
+        servers,
+        monitor,
+        session,
+        sizes,
+    };
+    println!(
+        "TCP through arca-monitor (its own process) vs direct loopback, quiet and beside a \
+         busy-loop process per CPU ({} rounds, medians; ratio: median of the per-round \
+         monitor ÷ direct ratios, range in brackets)\n",
+        sizes.rounds
+    );
+    println!(
+        "| measure | load | direct | monitor | socat relay | monitor ÷ direct | target | met? |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (write, key, label) in [
+        (64 << 10, "64KiB", "64 KiB writes"),
+        (1 << 10, "1KiB", "1 KiB writes"),
+    ] {
+        if wanted(key) {
+            print_row(Kind::Bulk, label, &rig.row(Kind::Bulk, write, loads)?);
+        }
     }
     if wanted("rtt") {
-        Row::run(
-            TRIALS,
-            || round_trip(TcpStream::connect(echo_addr).unwrap(), rtts),
-            || round_trip(session.connect(echo_addr).unwrap(), rtts),
-            relay_echo
-                .as_ref()
-                .map(|s| || round_trip(TcpStream::connect(s.1).unwrap(), rtts)),
-        )
-        .print("64 B round trip", "µs", 1e6, "≤ 1.5×");
+        print_row(
+            Kind::RoundTrip,
+            "64 B round trip",
+            &rig.row(Kind::RoundTrip, 64, loads)?,
+        );
     }
     if wanted("conn") {
-        Row::run(
-            TRIALS,
-            || conn_rate(|| Box::new(TcpStream::connect(echo_addr).unwrap()), conns),
-            || conn_rate(|| Box::new(session.connect(echo_addr).unwrap()), conns),
-            relay_echo
-                .as_ref()
-                .map(|s| || conn_rate(|| Box::new(TcpStream::connect(s.1).unwrap()), conns)),
-        )
-        .print(
-            "connections/s (connect, 64 B exchange, close)",
-            "k/s",
-            1e-3,
-            "≥ 0.7×",
+        print_row(
+            Kind::Connections,
+            "connections",
+            &rig.row(Kind::Connections, 64, loads)?,
         );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("ARCA_BENCH_SERVER_ROLE").is_some() {
+        serve_servers();
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcp bench: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

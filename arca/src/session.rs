@@ -439,11 +439,14 @@ impl Shared {
             shared: self,
             cancel: None,
         };
+        // False once the spin is over: its budget spent, or the CPU contended.
+        let mut spinning = true;
         loop {
             // Past the spin, take a wait set *before* the last look: a reply delivered
             // after it rings the wake bell (see `Waiter::Thread`) or the guest bell, and
             // either stays on the set's ready list.
-            let token = (start.elapsed() >= REQUEST_SPIN).then(|| waiter.prepare());
+            spinning = spinning && start.elapsed() < REQUEST_SPIN;
+            let token = (!spinning).then(|| waiter.prepare());
             match rx.try_recv() {
                 Ok(reply) => return reply,
                 Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
@@ -453,7 +456,7 @@ impl Shared {
                 continue;
             }
             match token {
-                None => shm_ring::spin_step(start, REQUEST_SPIN),
+                None => spinning = shm_ring::spin_step(start, REQUEST_SPIN),
                 Some(t) => match waiter.wait(t, None) {
                     Ok(()) => {}
                     Err(WaitError::PeerGone) => return Err(gone()),
@@ -787,9 +790,12 @@ struct ControlRx {
 fn spin_for_reply(rx: &mut Consumer) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < REPLY_SPIN {
-        shm_ring::spin_step(start, REPLY_SPIN);
+        let spin_on = shm_ring::spin_step(start, REPLY_SPIN);
         if rx.poll_readable() {
             return true;
+        }
+        if !spin_on {
+            break;
         }
     }
     false

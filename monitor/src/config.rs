@@ -64,7 +64,8 @@ pub struct Config {
     /// After doing work, keep polling without sleeping for this long, so a
     /// flowing exchange does not pay a wake per hop. An empty poll yields the
     /// CPU to any thread waiting for it, so the polling never delays the
-    /// guest or a local peer on a machine with few cores.
+    /// guest or a local peer on a machine with few cores; while yields show
+    /// the CPU contended (`shm_ring::cpu_contended`) the loop sleeps instead.
     pub busy_poll: Duration,
     /// Listen backlog when the guest asks for 0.
     pub default_backlog: u32,

@@ -389,12 +389,12 @@ impl Monitor {
         child_exited: Option<&mut bool>,
     ) -> io::Result<()> {
         let now = Instant::now();
-        let mut timeout =
-            if self.busy() || now.duration_since(self.last_work) < self.config.busy_poll {
-                Some(Duration::ZERO)
-            } else {
-                max_wait
-            };
+        let mut timeout = poll_timeout(
+            self.busy(),
+            now.duration_since(self.last_work) < self.config.busy_poll,
+            shm_ring::cpu_contended(),
+            max_wait,
+        );
         if let Some(at) = self
             .sessions
             .values()
@@ -415,8 +415,10 @@ impl Monitor {
         } else if timeout == Some(Duration::ZERO) && !self.busy() {
             // Polling with nothing to do: let any thread that is waiting for this CPU run
             // first (the guest just woken, the peer accepting a connection) — still
-            // runnable, so back without a wake. With nobody waiting this returns at once.
-            std::thread::yield_now();
+            // runnable, so back without a wake. With nobody waiting this returns at once;
+            // a yield that ran another thread for long marks the CPU contended, which ends
+            // the busy poll (`poll_timeout`).
+            shm_ring::yield_cpu();
         }
         let events: Vec<(Token, bool, bool)> = self
             .events
@@ -653,5 +655,38 @@ impl Monitor {
                 unreclaimed: self.unreclaimed,
             });
         }
+    }
+}
+
+/// How long one turn may wait for events: not at all while a session has ready work, nor
+/// in the busy poll after work (`polling`) unless the CPU is contended — a poller that
+/// yields to a CPU hog loses a time slice per event, where a sleeper is woken and scheduled
+/// at once; otherwise `max_wait`.
+fn poll_timeout(
+    busy: bool,
+    polling: bool,
+    contended: bool,
+    max_wait: Option<Duration>,
+) -> Option<Duration> {
+    if busy || (polling && !contended) {
+        Some(Duration::ZERO)
+    } else {
+        max_wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_poll_sleeps_while_the_cpu_is_contended() {
+        let wait = Some(Duration::from_millis(100));
+        assert_eq!(poll_timeout(false, true, false, wait), Some(Duration::ZERO));
+        assert_eq!(poll_timeout(false, true, true, wait), wait);
+        // Ready work is never put off.
+        assert_eq!(poll_timeout(true, true, true, wait), Some(Duration::ZERO));
+        assert_eq!(poll_timeout(true, false, false, None), Some(Duration::ZERO));
+        assert_eq!(poll_timeout(false, false, false, None), None);
     }
 }

@@ -50,6 +50,7 @@
 
 mod bitmap;
 mod buddy;
+mod contention;
 #[cfg(not(loom))]
 mod doorbell;
 mod header;
@@ -77,6 +78,7 @@ pub use bitmap::{NotifyBitmap, SlotNotify};
 pub use buddy::{
     AllocError, AllocStats, Allocation, BuddyAllocator, ConfigError, FreeError, ShmAllocator,
 };
+pub use contention::{cpu_contended, yield_cpu, BACKOFF, CONTENDED_YIELD};
 #[cfg(not(loom))]
 pub use doorbell::Doorbell;
 pub use header::{RingHeader, LINE, RING_HEADER_SIZE};

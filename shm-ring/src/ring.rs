@@ -1020,24 +1020,35 @@ impl Consumer {
 
 /// One step of a spin-wait that began at `start` and may last `budget`: a
 /// short busy pause in the first half, a yield of the CPU in the second.
+/// Returns false when the wait should stop spinning and sleep now, because
+/// the CPU is contended ([`cpu_contended`](crate::cpu_contended)).
 ///
 /// The busy half meets a peer that is streaming on another CPU within
 /// nanoseconds. The yielding half lets a thread that waits for this CPU run
 /// first — on a machine with fewer cores than busy threads that is often the
 /// very peer being waited for (a monitor, a server thread), which a busy spin
 /// would hold off until the spin ends. With nobody waiting a yield returns at
-/// once, so the check still comes every few hundred nanoseconds.
-pub fn spin_step(start: Instant, budget: Duration) {
+/// once, so the check still comes every few hundred nanoseconds. A yield that
+/// ran another thread for a long stretch means the CPU is contended: a spinner
+/// would then lose a whole time slice per wait, where a sleeper is woken and
+/// scheduled at once, so the spin ends there (and every spin of the process
+/// sleeps at once for a while, see the `contention` module).
+pub fn spin_step(start: Instant, budget: Duration) -> bool {
+    if crate::cpu_contended() {
+        return false;
+    }
     if start.elapsed() < budget / 2 {
         for _ in 0..32 {
             std::hint::spin_loop();
         }
+        true
     } else {
-        std::thread::yield_now();
+        !crate::contention::yield_cpu()
     }
 }
 
-/// Polls `ready` for up to `budget`; true if it became ready.
+/// Polls `ready` for up to `budget`; true if it became ready. Ends early,
+/// false, when [`spin_step`] says the CPU is contended.
 fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
     if ready() {
         return true;
@@ -1047,11 +1058,11 @@ fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
     let start = Instant::now();
     loop {
-        spin_step(start, budget);
+        let spin_on = spin_step(start, budget);
         if ready() {
             return true;
         }
-        if start.elapsed() >= budget {
+        if !spin_on || start.elapsed() >= budget {
             return false;
         }
     }
@@ -1081,5 +1092,27 @@ impl Drop for Consumer {
     /// A dropped reader is a closed reader: the writer sees `BrokenPipe`.
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contended_cpu_ends_a_spin_at_once() {
+        // Marked before every look, so a test thread descheduled past the backoff still
+        // finds the CPU contended.
+        let start = Instant::now();
+        let ready = spin_until(Duration::from_secs(5), || {
+            crate::contention::mark_contended();
+            false
+        });
+        assert!(!ready);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "spun {:?}",
+            start.elapsed()
+        );
     }
 }

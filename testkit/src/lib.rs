@@ -17,10 +17,13 @@
 //!   descriptors; the child side reads them back.
 //! - [`shm_link`]: one shm-ring pipe between a parent (owner) and a child (peer), handed
 //!   over through [`twoproc`].
-//! - [`procfs`]: descriptors, resident memory and sockets of a process, from `/proc`.
+//! - [`procfs`]: descriptors, resident memory, CPU time and sockets of a process, from `/proc`.
+//! - [`load`]: a busy-loop process per CPU, the standard load of the benchmarks under
+//!   contention.
 //! - [`wait`]: bounded polling waits.
 //!
 //! Data and peers:
+//! - [`stats`]: medians and quantiles of measurements.
 //! - [`pattern`]: deterministic byte streams with checksums computed without generating
 //!   them, positional streams checkable at any offset, and a reader-side tally.
 //! - [`servers`]: host-side echo and byte-counting servers on 127.0.0.1.
@@ -34,12 +37,14 @@ pub mod child;
 pub mod daisy_run;
 pub mod in_proc;
 pub mod lan_bed;
+pub mod load;
 pub mod monitor_proc;
 pub mod pattern;
 pub mod procfs;
 pub mod raw_guest;
 pub mod servers;
 pub mod shm_link;
+pub mod stats;
 pub mod twoproc;
 pub mod wait;
 

@@ -148,6 +148,33 @@ pub fn udp_bound(pid: Option<u32>, port: u16) -> bool {
     })
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`; `None` once it
+/// is gone or the file cannot be read.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)?;
+    parse_stat_cpu(&text, ticks)
+}
+
+/// User + system time from the text of a `/proc/PID/stat`, whose clock ticks `ticks` times a
+/// second. The command name (field 2) sits in parentheses and may itself hold spaces and
+/// parentheses, so the fields are counted from the last `)`: `utime` and `stime` are fields 14
+/// and 15 of the line.
+pub fn parse_stat_cpu(text: &str, ticks: u64) -> Option<std::time::Duration> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    // After the name: field 3 (state) is the first; utime is field 14, the 12th here.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let total = utime.checked_add(stime)?;
+    let nanos = u128::from(total) * 1_000_000_000 / u128::from(ticks);
+    Some(std::time::Duration::from_nanos(u64::try_from(nanos).ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +190,40 @@ mod tests {
         assert!(!tcp_listening(None, port));
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         assert!(udp_bound(None, u.local_addr().unwrap().port()));
+    }
+    #[test]
+    fn stat_cpu_counts_fields_after_the_last_parenthesis() {
+        // A name with spaces and a ')' of its own; utime 250, stime 50 ticks at 100 Hz.
+        let line = "4242 (a b) c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 \
+                    12345 1000000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        assert_eq!(
+            parse_stat_cpu(line, 100),
+            Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(parse_stat_cpu("4242 (short) S 1 2 3", 100), None);
+        assert_eq!(parse_stat_cpu("no parenthesis at all", 100), None);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows_with_work() {
+        // Work until the kernel has charged 100 ms more (the machine may be busy, so wall
+        // time says little), bounded to 20 s.
+        let pid = std::process::id();
+        let before = cpu_time(pid).expect("own stat");
+        let want = before + std::time::Duration::from_millis(100);
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut now = before;
+        while now < want && start.elapsed() < std::time::Duration::from_secs(20) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            now = cpu_time(pid).expect("own stat");
+        }
+        assert!(
+            now >= want,
+            "{before:?} -> {now:?} in {:?}",
+            start.elapsed()
+        );
     }
 }
