@@ -327,7 +327,7 @@ impl Monitor {
         }
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         for worker in self.idle.drain(..) {
-            let index = self.threads.len() + 1;
+            let index = worker.index();
             let dispatch = dispatch.clone();
             let allowed = allowed.clone();
             let stop = Arc::clone(&self.stop);
@@ -351,8 +351,9 @@ impl Monitor {
             match spawned {
                 Ok(t) => self.threads.push(t),
                 Err(e) => {
-                    // Its link stays: guests handed to it wait in its inbox,
-                    // so no more go there once it is the most loaded.
+                    // The worker went with the closure: its inbox is closed,
+                    // so a guest handed to it is refused (`hand_over`), and
+                    // the monitor stops.
                     tracing::error!(worker = index, error = %e, "could not start a worker thread");
                     self.stop.store(true, Ordering::SeqCst);
                 }

@@ -191,6 +191,11 @@ impl Worker {
         Ok((worker, link))
     }
 
+    /// Its place among the monitor's workers.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// For registering the driver's own sources (tokens below
     /// [`FIRST_DYNAMIC`]).
     pub fn registry(&self) -> &mio::Registry {
