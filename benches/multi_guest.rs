@@ -17,6 +17,8 @@
 //!   in writes of that size; aggregate bytes over the wall time of the slowest;
 //! - 64 B round trip: each client does its share of round trips to the echo
 //!   server; the mean time per round trip, over all clients;
+//! - connections/s: each client opens its share of connections to the echo
+//!   server one after another (connect, one 64 B exchange, close); in all;
 //! - the monitor's CPU time (user + system, from /proc) per GiB moved in the
 //!   64 KiB row.
 //!
@@ -148,6 +150,49 @@ impl Side {
     }
 }
 
+impl Side {
+    /// Every one of `n` clients at once (each on its thread, behind a
+    /// barrier) opens `each` connections to the echo server `to` one after
+    /// another: connect, one 64-byte exchange, close. Returns connections per
+    /// second in all.
+    fn conn_rate(&self, n: usize, to: SocketAddr, each: usize) -> f64 {
+        let sessions: Vec<Option<ArcaSession>> = (0..n)
+            .map(|_| match self {
+                Side::Direct => None,
+                Side::Monitor(path) => Some(ArcaSession::attach(path).unwrap()),
+            })
+            .collect();
+        let barrier = Barrier::new(n + 1);
+        let t = std::thread::scope(|s| {
+            let threads: Vec<_> = sessions
+                .iter()
+                .map(|session| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        let (msg, mut back) = ([1u8; 64], [0u8; 64]);
+                        barrier.wait();
+                        for _ in 0..each {
+                            let mut c: Box<dyn Client> = match session {
+                                None => Box::new(TcpStream::connect(to).unwrap()),
+                                Some(s) => Box::new(s.connect(to).unwrap()),
+                            };
+                            c.write_all(&msg).unwrap();
+                            c.read_exact(&mut back).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let start = Instant::now();
+            for t in threads {
+                t.join().unwrap();
+            }
+            start.elapsed()
+        });
+        (n * each) as f64 / t.as_secs_f64()
+    }
+}
+
 /// `arca-monitor serve --workers W` in its own process.
 struct Served {
     child: Child,
@@ -240,6 +285,7 @@ struct Column {
     bulk64k: Vec<f64>,
     bulk1k: Vec<f64>,
     rtt_us: Vec<f64>,
+    conns_per_s: Vec<f64>,
     cpu_per_gib: Vec<f64>,
 }
 
@@ -260,6 +306,7 @@ fn main() {
     let total: usize = if quick { 64 << 20 } else { 1 << 30 };
     let total_1k: usize = total / 8;
     let rtts: usize = if quick { 2_000 } else { 20_000 };
+    let conns: usize = if quick { 400 } else { 4_000 };
 
     let (_servers, sink, echo) = servers();
     let monitors: Vec<Served> = workers.iter().map(|&w| Served::start(w)).collect();
@@ -309,6 +356,8 @@ fn main() {
                 // Each client's round trips run one after another: its mean
                 // is the wall time over its count.
                 col.rtt_us.push(t.as_secs_f64() * 1e6 / each as f64);
+                col.conns_per_s
+                    .push(side.conn_rate(n, echo, (conns / n).max(20)));
             }
         }
         let row = |label: &str, f: &dyn Fn(&Column) -> f64, unit: &str| {
@@ -335,5 +384,10 @@ fn main() {
             " GB/s",
         );
         row("64 B round trip", &|c| median(c.rtt_us.clone()), " µs");
+        row(
+            "connections/s (connect, 64 B exchange, close)",
+            &|c| median(c.conns_per_s.clone()),
+            "",
+        );
     }
 }
