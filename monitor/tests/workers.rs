@@ -2,7 +2,8 @@
 //! its bytes; the session limits hold across workers; a guest killed on one
 //! worker while guests on the others move bytes; `serve --workers N` stopped
 //! by SIGTERM while every worker is busy. Guests that must die are this test
-//! binary re-executed in a guest role (`guest_entry`). Every wait is bounded.
+//! binary re-executed in a guest role (`guest_entry`). A reuse-bound UDP port
+//! stays one guest's across workers. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -291,4 +292,29 @@ fn serve_refuses_zero_workers_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("workers must be non-zero"), "{err}");
+}
+
+#[test]
+fn a_reuse_bound_udp_port_is_one_guests_across_workers() {
+    let m = InProcMonitor::start("workers-reuse", config(2));
+    let (a, b) = (m.session(), m.session());
+    assert_eq!(per_worker(&m.stats()), vec![1, 1]);
+    let first = a.bind_udp_reuse("127.0.0.1:0").unwrap();
+    let port = first.local_addr().unwrap();
+    let again = a.bind_udp_reuse(port);
+    assert!(again.is_ok(), "its holder binds it again: {again:?}");
+    let e = b.bind_udp_reuse(port).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::AddrInUse,
+        "a guest on the other worker: {e}"
+    );
+    // Released when the holder's last socket on it closes.
+    drop((first, again));
+    let mut got = None;
+    let freed = wait_until(WAIT, || {
+        got = b.bind_udp_reuse(port).ok();
+        got.is_some()
+    });
+    assert!(freed, "the port never came free for the other guest");
 }
