@@ -3,7 +3,8 @@
 //! worker while guests on the others move bytes; `serve --workers N` stopped
 //! by SIGTERM while every worker is busy. Guests that must die are this test
 //! binary re-executed in a guest role (`guest_entry`). A reuse-bound UDP port
-//! stays one guest's across workers. Every wait is bounded.
+//! stays one guest's across workers; `--pin` pins worker i to the i-th allowed
+//! CPU, and only then. Every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -317,4 +318,53 @@ fn a_reuse_bound_udp_port_is_one_guests_across_workers() {
         got.is_some()
     });
     assert!(freed, "the port never came free for the other guest");
+}
+
+/// The CPUs thread `tid` of process `pid` may run on, as /proc lists them.
+fn cpus_allowed(pid: u32, tid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The thread id of `pid`'s thread named `name`.
+fn thread_named(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+}
+
+#[test]
+fn serve_pins_worker_i_to_the_i_th_allowed_cpu_only_when_asked() {
+    let cpus = arca_monitor::cpus::allowed().unwrap();
+    let want = [cpus[0].to_string(), cpus[1 % cpus.len()].to_string()];
+    let m = MonitorProc::serve("workers-pin", &["--workers", "2", "--pin"]);
+    let pid = m.pid();
+    let mut seen = (None, None);
+    let pinned = wait_until(WAIT, || {
+        seen = (
+            cpus_allowed(pid, &pid.to_string()),
+            thread_named(pid, "arca-worker-1").and_then(|t| cpus_allowed(pid, &t)),
+        );
+        seen.0.as_deref() == Some(&want[0]) && seen.1.as_deref() == Some(&want[1])
+    });
+    assert!(pinned, "want {want:?}, threads allow {seen:?}");
+    assert!(m.stop().success());
+
+    // Unpinned, the workers may run wherever the monitor may.
+    let everywhere = cpus_allowed(std::process::id(), &nix::unistd::gettid().to_string());
+    let m = MonitorProc::serve("workers-nopin", &["--workers", "2"]);
+    let pid = m.pid();
+    let mut worker = None;
+    assert!(wait_until(WAIT, || {
+        worker = thread_named(pid, "arca-worker-1");
+        worker.is_some()
+    }));
+    assert_eq!(cpus_allowed(pid, &pid.to_string()), everywhere);
+    assert_eq!(cpus_allowed(pid, worker.as_deref().unwrap()), everywhere);
+    assert!(m.stop().success());
 }
