@@ -4,7 +4,7 @@
 //! Worker 0 runs on the thread that calls [`Monitor::run`] (or
 //! [`Monitor::run_guest`]); workers 1.. get threads of their own when it
 //! starts. Each owns whole sessions in its own event loop
-//! ([`crate::worker`]). Worker 0's loop also carries the front's sources: the
+//! (the `worker` module). Worker 0's loop also carries the front's sources: the
 //! serve socket, the signalfd and the guest's pidfd. An attaching guest is
 //! checked (access rules, then the monitor-wide limits of
 //! [`crate::limits`]) and handed to the least-loaded worker. Workers share
