@@ -1547,13 +1547,43 @@ fn hostile_secs() -> f64 {
 
 #[test]
 fn hostile_guests_do_not_hurt_a_well_behaved_one() {
+    hostile_run("main", config());
+}
+
+/// With two workers the good guest is served by worker 0 and every hostile
+/// guest by worker 1 (the least loaded): a hostile guest keeps no worker from
+/// serving another's guests, and the suite holds with the sessions spread.
+#[test]
+fn hostile_guests_on_another_worker_do_not_hurt_a_well_behaved_one() {
+    let logs = hostile_run(
+        "workers",
+        Config {
+            workers: 2,
+            ..config()
+        },
+    );
+    let attached = |worker: &str| {
+        logs.lines()
+            .filter(|l| l.contains("guest attached") && l.contains(worker))
+            .count()
+    };
+    assert_eq!(attached("worker=0"), 1, "the good guest alone on worker 0");
+    assert!(
+        attached("worker=1") >= 2,
+        "hostile guests on worker 1:\n{logs}"
+    );
+}
+
+/// The hostile rounds against a monitor with `config` beside a good guest;
+/// returns the monitor's logs.
+fn hostile_run(name: &str, config: Config) -> String {
     let _serial = serial();
     let seed = hostile_seed();
     let tcp_echo = echo_server();
     let stop_udp = Arc::new(AtomicBool::new(false));
     let (udp_echo, udp_thread) = host_udp_echo(Arc::clone(&stop_udp));
     let sink = HostSink::bind();
-    let s = Served::start("main", config());
+    let s = Served::start(name, config);
     let baseline = open_fds();
 
     let good = GoodGuest::start(s.path.clone(), tcp_echo, udp_echo, seed);
@@ -1620,6 +1650,7 @@ fn hostile_guests_do_not_hurt_a_well_behaved_one() {
         "hostile: {}; longest without progress {longest_stall}",
         report.summary()
     );
+    logs
 }
 
 // ---- the open findings, one test each ---------------------------------------

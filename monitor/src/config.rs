@@ -32,6 +32,9 @@ pub enum ConfigError {
         /// What it must hold.
         need: u64,
     },
+    /// More workers than [`MAX_WORKERS`].
+    #[error("{0} workers asked for; at most {MAX_WORKERS}")]
+    Workers(usize),
     /// A count or budget that must be non-zero is zero.
     #[error("{0} must be non-zero")]
     Zero(&'static str),
@@ -75,7 +78,15 @@ pub struct Config {
     pub max_sessions: usize,
     /// Sessions one user (by the attaching peer's uid) may hold at once.
     pub max_sessions_per_uid: usize,
+    /// Worker threads, each an event loop owning whole sessions; new guests
+    /// go to the least-loaded one. At most [`MAX_WORKERS`].
+    pub workers: usize,
+    /// Pin worker `i` to the `i`-th CPU the process may use.
+    pub pin: bool,
 }
+
+/// The most workers a monitor runs.
+pub const MAX_WORKERS: usize = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -93,6 +104,8 @@ impl Default for Config {
             policy: Arc::new(Policy::default()),
             max_sessions: 1024,
             max_sessions_per_uid: 64,
+            workers: 1,
+            pin: false,
         }
     }
 }
@@ -153,6 +166,12 @@ impl Config {
         }
         if self.max_sessions == 0 || self.max_sessions_per_uid == 0 {
             return Err(ConfigError::Zero("the session limits"));
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::Zero("workers"));
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::Workers(self.workers));
         }
         Ok(())
     }

@@ -23,9 +23,10 @@
 //!
 //! Landlock and capabilities belong to a thread: threads started after
 //! [`confine`] inherit them, threads started before get only the seccomp
-//! filter and the user switch (a warning says so). `clone3` answers `ENOSYS`
-//! (its flags sit in memory a filter cannot read), so thread creation falls
-//! back to `clone`, whose flags are checked.
+//! filter and the user switch (a warning says so). Two calls get an error
+//! instead of a stop ([`ANSWERED`]): `clone3` answers `ENOSYS` (its flags sit
+//! in memory a filter cannot read), so thread creation falls back to `clone`,
+//! whose flags are checked; `openat` answers `EACCES`, as Landlock does.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -328,29 +329,48 @@ fn target_arch() -> Result<TargetArch, ConfineError> {
         .map_err(|_| ConfineError::Arch(std::env::consts::ARCH))
 }
 
-/// Step 4's programs: the allowlist, and the filter that answers `clone3`
-/// with `ENOSYS`; and how many calls the allowlist holds.
+/// Calls answered with an error instead of stopping the monitor: `clone3`
+/// with `ENOSYS` (glibc then falls back to `clone`, whose flags the
+/// allowlist can check), and opening a file with `EACCES`, the answer
+/// Landlock gives. glibc opens files of its own accord in the middle of
+/// ordinary calls (malloc reads `/proc/sys/vm/overcommit_memory` the first
+/// time a thread's heap shrinks, as when a worker ends) and copes with a
+/// refusal; a stop there would turn a library's habit into a crash.
+const ANSWERED: [(i64, i32); 2] = [
+    (libc::SYS_clone3, libc::ENOSYS),
+    (libc::SYS_openat, libc::EACCES),
+];
+
+/// Step 4's programs: one per [`ANSWERED`] call, then the allowlist (which
+/// lets the answered calls through to their answer); and how many calls the
+/// allowlist holds. Where filters disagree the kernel takes the strictest
+/// action, so an answered call gets its error and anything else not allowed
+/// traps.
 fn filters(plan: &Plan) -> Result<(Vec<BpfProgram>, usize), ConfineError> {
     let arch = target_arch()?;
     let built = |f: Result<SeccompFilter, seccompiler::BackendError>| {
         f.and_then(BpfProgram::try_from)
             .map_err(|e| ConfineError::Filter(e.to_string()))
     };
-    let rules = allowlist(plan).map_err(|e| ConfineError::Filter(e.to_string()))?;
+    let mut rules = allowlist(plan).map_err(|e| ConfineError::Filter(e.to_string()))?;
     let count = rules.len();
-    let allow = built(SeccompFilter::new(
+    let mut programs = Vec::new();
+    for (nr, errno) in ANSWERED {
+        rules.entry(nr).or_default();
+        programs.push(built(SeccompFilter::new(
+            BTreeMap::from([(nr, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno.unsigned_abs()),
+            arch,
+        ))?);
+    }
+    programs.push(built(SeccompFilter::new(
         rules,
         SeccompAction::Trap,
         SeccompAction::Allow,
         arch,
-    ))?;
-    let no_clone3 = built(SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS.unsigned_abs()),
-        arch,
-    ))?;
-    Ok((vec![no_clone3, allow], count))
+    ))?);
+    Ok((programs, count))
 }
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -470,6 +490,13 @@ pub fn allowlist(plan: &Plan) -> Result<Rules, seccompiler::BackendError> {
     }
     rules.insert(libc::SYS_socket, socket);
 
+    // `--pin`: a worker pins the thread it runs on (pid 0, itself) as it
+    // starts, after confinement; no other thread's or process's affinity.
+    rules.insert(
+        libc::SYS_sched_setaffinity,
+        vec![SeccompRule::new(vec![arg(0, SeccompCmpOp::Eq, 0)?])?],
+    );
+
     let ioctls = [libc::FIONBIO, libc::FIONREAD, libc::TIOCOUTQ, libc::FIOCLEX];
     rules.insert(
         libc::SYS_ioctl,
@@ -512,8 +539,6 @@ pub fn allowlist(plan: &Plan) -> Result<Rules, seccompiler::BackendError> {
             thread,
         )?])?],
     );
-    // `clone3` is allowed here and answered ENOSYS by the second filter.
-    rules.insert(libc::SYS_clone3, Vec::new());
     // glibc installs its internal handlers for the first signals past the
     // kernel's 31 (cancellation, set*id broadcast) when it starts the first
     // thread; no other handler changes once confined.

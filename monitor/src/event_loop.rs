@@ -1,110 +1,139 @@
-//! The monitor's one event loop: every guest's doorbell and session socket,
-//! every listening and connected socket, the serve socket, signals and the
-//! guest's exit, in one epoll (mio).
+//! The monitor: worker threads serving guest sessions, and the front that
+//! feeds them.
 //!
-//! Each turn: wait (without sleeping while work is flowing — see
-//! [`Config::busy_poll`]), dispatch each ready source to its session, fire due
-//! connect timeouts, give queued connections their next budgeted slice, and
-//! tear down sessions that ended.
+//! Worker 0 runs on the thread that calls [`Monitor::run`] (or
+//! [`Monitor::run_guest`]); workers 1.. get threads of their own when it
+//! starts. Each owns whole sessions in its own event loop
+//! (the `worker` module). Worker 0's loop also carries the front's sources: the
+//! serve socket, the signalfd and the guest's pidfd. An attaching guest is
+//! checked (access rules, then the monitor-wide limits of
+//! [`crate::limits`]) and handed to the least-loaded worker. Workers share
+//! only those limits, the read-only [`Config`] (its policy an `Arc`) and the
+//! UDP reuse-owner table ([`crate::udp::ReuseOwners`], a mutex taken when a
+//! reuse-bound socket is opened or closed).
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Interest, Token};
 
 use crate::config::Config;
+use crate::limits::{LimitError, Limits, SessionSlot};
 use crate::ratelimit::WarnLimiter;
 use crate::serve_socket::{Access, Peer, ServeSocket, ServeSocketError};
-use crate::session::{Ctx, Session, SessionId, SessionSource, SessionStats};
+use crate::session::{SessionId, SessionStats};
+use crate::worker::{least_loaded, Adoption, Msg, Worker, WorkerLink, WorkerReport};
 
-const WAKER: Token = Token(0);
 const SERVER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CHILD: Token = Token(3);
-const FIRST_DYNAMIC: usize = 16;
 /// How often `run_guest` checks for the guest's exit when it has no pidfd.
 pub const CHILD_POLL: Duration = Duration::from_millis(50);
-
-#[derive(Debug, Clone, Copy)]
-enum Src {
-    Session(SessionId, SessionSource),
-}
 
 /// Resource figures for every live session.
 #[derive(Debug, Clone, Default)]
 pub struct MonitorStats {
-    /// Live sessions and their figures.
+    /// Live sessions and their figures, by id.
     pub sessions: Vec<(SessionId, SessionStats)>,
     /// Sessions ended so far.
     pub ended: u64,
     /// Ended sessions whose allocator still held data-pipe blocks after
     /// teardown (0 unless a connection's resources were not released).
     pub unreclaimed: u64,
+    /// Each worker's share, by worker index.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker's share of the sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Live sessions it serves, by id.
+    pub sessions: Vec<SessionId>,
+    /// Sessions it has ended.
+    pub ended: u64,
 }
 
 /// Controls a monitor running on another thread.
 #[derive(Debug, Clone)]
 pub struct MonitorHandle {
-    waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    stats: mpsc::Sender<mpsc::Sender<MonitorStats>>,
+    links: Vec<WorkerLink>,
 }
 
 impl MonitorHandle {
-    /// Asks the loop to shut down cleanly.
+    /// Asks the monitor to shut down cleanly.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
+        if let Some(front) = self.links.first() {
+            front.wake();
+        }
     }
 
-    /// The current figures, from the loop itself (waits up to 5 s).
+    /// The current figures, from every worker's loop itself (waits up to 5 s
+    /// in all); `None` if a worker does not answer.
     pub fn stats(&self) -> Option<MonitorStats> {
         let (tx, rx) = mpsc::channel();
-        self.stats.send(tx).ok()?;
-        self.waker.wake().ok()?;
-        rx.recv_timeout(Duration::from_secs(5)).ok()
+        for link in &self.links {
+            link.send(Msg::Stats(tx.clone())).ok()?;
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut reports: Vec<WorkerReport> = Vec::with_capacity(self.links.len());
+        while reports.len() < self.links.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            reports.push(rx.recv_timeout(left).ok()?);
+        }
+        reports.sort_by_key(|r| r.index);
+        let mut stats = MonitorStats::default();
+        for r in reports {
+            stats.workers.push(WorkerStats {
+                sessions: r.sessions.iter().map(|(id, _)| *id).collect(),
+                ended: r.ended,
+            });
+            stats.sessions.extend(r.sessions);
+            stats.ended += r.ended;
+            stats.unreclaimed += r.unreclaimed;
+        }
+        stats.sessions.sort_by_key(|(id, _)| *id);
+        Some(stats)
     }
 }
 
 /// The monitor: serves guests until stopped.
 pub struct Monitor {
-    poll: Poll,
-    events: Events,
+    /// Worker 0, run on the caller's thread.
+    worker: Worker,
+    /// Workers 1.., until their threads start.
+    idle: Vec<Worker>,
+    /// Every worker's link, by index.
+    links: Vec<WorkerLink>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    /// Whether [`start_workers`](Self::start_workers) ran.
+    started: bool,
     config: Config,
-    reuse: crate::udp::ReuseOwners,
-    sessions: HashMap<SessionId, Session>,
-    tokens: HashMap<Token, Src>,
-    next_token: usize,
+    limits: Arc<Limits>,
     next_session: SessionId,
-    ended: u64,
-    unreclaimed: u64,
     server: Option<ServeSocket>,
     access: Access,
-    /// The attaching peer's user of each session that came through the
-    /// serve socket (for the per-user session limit).
-    session_uids: HashMap<SessionId, u32>,
     /// Bounds the warnings refused attaches can cause.
     refusals_logged: WarnLimiter,
     signals: Option<nix::sys::signalfd::SignalFd>,
     /// Stop signals read and not yet acted on by [`Monitor::run_guest`].
     stop_signals: Vec<StopSignal>,
-    waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    stats_tx: mpsc::Sender<mpsc::Sender<MonitorStats>>,
-    stats_rx: mpsc::Receiver<mpsc::Sender<MonitorStats>>,
-    last_work: Instant,
 }
 
 impl std::fmt::Debug for Monitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Monitor")
-            .field("sessions", &self.sessions.len())
+            .field("workers", &self.links.len())
+            .field("sessions", &self.worker.sessions.len())
             .finish_non_exhaustive()
     }
 }
@@ -114,10 +143,8 @@ impl std::fmt::Debug for Monitor {
 enum Refusal {
     #[error("user {0} is not allowed to attach (--allow-uid, --allow-gid)")]
     NotAllowed(u32),
-    #[error("the monitor serves its limit of {0} sessions")]
-    Sessions(usize),
-    #[error("user {0} holds its limit of {1} sessions")]
-    UserSessions(u32, usize),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// A stop signal as the monitor received it.
@@ -151,7 +178,10 @@ pub enum GuestOutcome {
 }
 
 impl Monitor {
-    /// A monitor with no guests yet.
+    /// A monitor with no guests yet, and `config.workers` workers whose
+    /// threads start with [`run`](Self::run) or [`run_guest`](Self::run_guest)
+    /// (so they inherit the signal mask [`handle_signals`](Self::handle_signals)
+    /// sets, and the caller's `tracing` subscriber).
     ///
     /// # Errors
     /// An invalid `config`, or the epoll set-up failing.
@@ -159,40 +189,38 @@ impl Monitor {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (stats_tx, stats_rx) = mpsc::channel();
+        let reuse = crate::udp::ReuseOwners::default();
+        let (worker, front) = Worker::new(0, config.clone(), reuse.clone())?;
+        let mut links = vec![front];
+        let mut idle = Vec::with_capacity(config.workers - 1);
+        for index in 1..config.workers {
+            let (w, link) = Worker::new(index, config.clone(), reuse.clone())?;
+            idle.push(w);
+            links.push(link);
+        }
         Ok(Self {
-            poll,
-            events: Events::with_capacity(1024),
+            worker,
+            idle,
+            links,
+            threads: Vec::new(),
+            started: false,
+            limits: Limits::new(config.max_sessions, config.max_sessions_per_uid),
             config,
-            reuse: crate::udp::ReuseOwners::default(),
-            sessions: HashMap::new(),
-            tokens: HashMap::new(),
-            next_token: FIRST_DYNAMIC,
             next_session: 1,
-            ended: 0,
-            unreclaimed: 0,
             server: None,
             access: Access::default(),
-            session_uids: HashMap::new(),
             refusals_logged: WarnLimiter::new(),
             signals: None,
             stop_signals: Vec::new(),
-            waker,
             stop: Arc::new(AtomicBool::new(false)),
-            stats_tx,
-            stats_rx,
-            last_work: Instant::now(),
         })
     }
 
-    /// A handle to stop the loop or read its figures from another thread.
+    /// A handle to stop the monitor or read its figures from another thread.
     pub fn handle(&self) -> MonitorHandle {
         MonitorHandle {
-            waker: Arc::clone(&self.waker),
             stop: Arc::clone(&self.stop),
-            stats: self.stats_tx.clone(),
+            links: self.links.clone(),
         }
     }
 
@@ -217,7 +245,7 @@ impl Monitor {
         access: Access,
     ) -> Result<(), ServeSocketError> {
         let server = ServeSocket::bind(path, &access)?;
-        self.poll
+        self.worker
             .registry()
             .register(
                 &mut mio::unix::SourceFd(&server.fd().as_raw_fd()),
@@ -250,7 +278,7 @@ impl Monitor {
             nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
         )
         .map_err(io::Error::from)?;
-        self.poll.registry().register(
+        self.worker.registry().register(
             &mut mio::unix::SourceFd(&sfd.as_raw_fd()),
             SIGNALS,
             Interest::READABLE,
@@ -259,29 +287,120 @@ impl Monitor {
         Ok(())
     }
 
-    /// Serves a guest whose session socket is `sock` (the monitor's end).
+    /// Serves a guest whose session socket is `sock` (the monitor's end), on
+    /// worker 0.
     ///
     /// # Errors
     /// When the session's resources cannot be created or the bootstrap
     /// cannot be sent.
     pub fn add_guest(&mut self, sock: OwnedFd) -> Result<SessionId, crate::session::SetupError> {
+        let sid = self.next_sid();
+        self.links[0].charge();
+        self.worker.adopt(Adoption {
+            sid,
+            sock,
+            peer: None,
+            slot: None,
+        })
+    }
+
+    fn next_sid(&mut self) -> SessionId {
         let sid = self.next_session;
         self.next_session += 1;
-        let session = self.with_ctx(sid, |ctx| Session::new(sid, sock, ctx))?;
-        self.sessions.insert(sid, session);
-        Ok(sid)
+        sid
+    }
+
+    /// Starts the threads of workers 1.. (once), pinning them and this
+    /// thread, worker 0, when [`Config::pin`] says so.
+    fn start_workers(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let allowed = if self.config.pin {
+            crate::cpus::allowed().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if self.config.pin {
+            crate::cpus::pin_worker(0, &allowed);
+        }
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        for worker in self.idle.drain(..) {
+            let index = worker.index();
+            let dispatch = dispatch.clone();
+            let allowed = allowed.clone();
+            let stop = Arc::clone(&self.stop);
+            let front = self.links[0].clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("arca-worker-{index}"))
+                .spawn(move || {
+                    let _log = tracing::dispatcher::set_default(&dispatch);
+                    if !allowed.is_empty() {
+                        crate::cpus::pin_worker(index, &allowed);
+                    }
+                    let r = worker.run();
+                    if let Err(e) = &r {
+                        // One worker failing stops the monitor, as the loop failing does.
+                        tracing::error!(worker = index, error = %e, "worker failed");
+                        stop.store(true, Ordering::SeqCst);
+                        front.wake();
+                    }
+                    r
+                });
+            match spawned {
+                Ok(t) => self.threads.push(t),
+                Err(e) => {
+                    // The worker went with the closure: its inbox is closed,
+                    // so a guest handed to it is refused (`hand_over`), and
+                    // the monitor stops.
+                    tracing::error!(worker = index, error = %e, "could not start a worker thread");
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        tracing::info!(
+            workers = self.links.len(),
+            pin = self.config.pin,
+            "workers started"
+        );
+    }
+
+    /// Stops workers 1.. and waits for them (each ends its sessions first).
+    ///
+    /// # Errors
+    /// The first worker's failure.
+    fn stop_workers(&mut self) -> io::Result<()> {
+        for link in &self.links[1..] {
+            let _ = link.send(Msg::Stop);
+        }
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     }
 
     /// Runs until [`MonitorHandle::stop`] or a handled signal.
     ///
     /// # Errors
-    /// Only if waiting on epoll itself fails.
+    /// If waiting on epoll fails, in any worker.
     pub fn run(&mut self) -> io::Result<()> {
+        self.start_workers();
+        let mut result = Ok(());
         while !self.stop.load(Ordering::SeqCst) {
-            self.turn(None, None)?;
+            if let Err(e) = self.turn(None, None) {
+                result = Err(e);
+                break;
+            }
         }
-        self.shutdown();
-        Ok(())
+        let stopped = self.shutdown();
+        result.and(stopped)
     }
 
     /// Serves `guest` (already added with its socket) until it exits; returns
@@ -305,8 +424,9 @@ impl Monitor {
         grace: Duration,
     ) -> io::Result<GuestOutcome> {
         use nix::sys::signal::{kill, Signal};
+        self.start_workers();
         if let Some(pidfd) = pidfd {
-            self.poll.registry().register(
+            self.worker.registry().register(
                 &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
                 CHILD,
                 Interest::READABLE,
@@ -363,78 +483,32 @@ impl Monitor {
         let status = child.wait()?;
         // Let the session notice its socket hang up and release everything.
         let deadline = Instant::now() + Duration::from_millis(200);
-        while !self.sessions.is_empty() && Instant::now() < deadline {
+        while !self.worker.sessions.is_empty() && Instant::now() < deadline {
             self.turn(Some(Duration::from_millis(10)), None)?;
         }
-        self.shutdown();
+        self.shutdown()?;
         Ok(GuestOutcome::Exited(status))
     }
 
-    fn shutdown(&mut self) {
-        let ids: Vec<_> = self.sessions.keys().copied().collect();
-        for sid in ids {
-            self.end_session(sid);
-        }
-        tracing::info!(ended = self.ended, "monitor stopped");
+    /// Ends every session, in every worker.
+    fn shutdown(&mut self) -> io::Result<()> {
+        let stopped = self.stop_workers();
+        self.worker.shutdown();
+        tracing::info!("monitor stopped");
+        stopped
     }
 
-    fn busy(&self) -> bool {
-        self.sessions.values().any(Session::has_ready_work)
-    }
-
-    /// One turn of the loop.
+    /// One turn of worker 0's loop, then the front's own sources.
     fn turn(
         &mut self,
         max_wait: Option<Duration>,
         child_exited: Option<&mut bool>,
     ) -> io::Result<()> {
-        let now = Instant::now();
-        let mut timeout = poll_timeout(
-            self.busy(),
-            now.duration_since(self.last_work) < self.config.busy_poll,
-            shm_ring::cpu_contended(),
-            max_wait,
-        );
-        if let Some(at) = self
-            .sessions
-            .values()
-            .filter_map(Session::next_deadline)
-            .min()
-        {
-            // Round up to the next millisecond so a timer never spins at 0.
-            let until = at.saturating_duration_since(now) + Duration::from_millis(1);
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
-        }
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        if !self.events.is_empty() {
-            self.last_work = Instant::now();
-        } else if timeout == Some(Duration::ZERO) && !self.busy() {
-            // Polling with nothing to do: let any thread that is waiting for this CPU run
-            // first (the guest just woken, the peer accepting a connection) — still
-            // runnable, so back without a wake. With nobody waiting this returns at once;
-            // a yield that ran another thread for long marks the CPU contended, which ends
-            // the busy poll (`poll_timeout`).
-            shm_ring::yield_cpu();
-        }
-        let events: Vec<(Token, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable() || e.is_write_closed() || e.is_error(),
-                )
-            })
-            .collect();
+        let mut foreign = Vec::new();
+        self.worker.turn(max_wait, &mut foreign)?;
         let mut child_exited = child_exited;
-        for (token, readable, writable) in events {
+        for token in foreign {
             match token {
-                WAKER => self.answer_stats(),
                 SERVER => self.accept_guests(),
                 SIGNALS => self.read_signals(),
                 CHILD => {
@@ -442,107 +516,10 @@ impl Monitor {
                         *flag = true;
                     }
                 }
-                t => {
-                    let Some(&Src::Session(sid, src)) = self.tokens.get(&t) else {
-                        continue;
-                    };
-                    self.with_session(sid, |s, ctx| s.on_event(src, readable, writable, ctx));
-                }
+                _ => {}
             }
-        }
-        self.fire_timers();
-        let ready: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.has_ready_work())
-            .map(|(&id, _)| id)
-            .collect();
-        for sid in ready {
-            self.with_session(sid, |s, ctx| s.run_ready(ctx));
-        }
-        let ended: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.ended().is_some())
-            .map(|(&id, _)| id)
-            .collect();
-        for sid in ended {
-            self.end_session(sid);
         }
         Ok(())
-    }
-
-    fn with_session(&mut self, sid: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
-        let Some(mut session) = self.sessions.remove(&sid) else {
-            return;
-        };
-        self.with_ctx(sid, |ctx| f(&mut session, ctx));
-        self.sessions.insert(sid, session);
-    }
-
-    /// Lends session `sid` the loop's services: token allocation (mapped back
-    /// to the session), token release (applied after `f`), timers, config.
-    fn with_ctx<R>(&mut self, sid: SessionId, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
-        let Self {
-            poll,
-            tokens,
-            next_token,
-            config,
-            reuse,
-            ..
-        } = self;
-        let mut released = Vec::new();
-        let r = {
-            let mut alloc_token = |src| {
-                let t = Token(*next_token);
-                *next_token += 1;
-                tokens.insert(t, Src::Session(sid, src));
-                t
-            };
-            let mut release = |t: Token| released.push(t);
-            let mut ctx = Ctx {
-                registry: poll.registry(),
-                tokens: &mut alloc_token,
-                release: &mut release,
-                config,
-                reuse,
-                net: &crate::net::Kernel,
-                now: Instant::now(),
-            };
-            f(&mut ctx)
-        };
-        for t in released {
-            tokens.remove(&t);
-        }
-        r
-    }
-
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
-        let due: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.next_deadline().is_some_and(|at| at <= now))
-            .map(|(&id, _)| id)
-            .collect();
-        for sid in due {
-            self.with_session(sid, |s, ctx| s.fire_timers(now, ctx));
-        }
-    }
-
-    fn end_session(&mut self, sid: SessionId) {
-        self.with_session(sid, |s, ctx| s.teardown(ctx));
-        if let Some(s) = self.sessions.remove(&sid) {
-            let st = s.stats();
-            if st.alloc.allocated != st.fixed_bytes {
-                self.unreclaimed += 1;
-                tracing::warn!(session = sid, alloc = ?st.alloc, fixed = st.fixed_bytes, "teardown left data-pipe blocks allocated");
-            }
-            tracing::info!(session = sid, reason = ?s.ended(), "session closed");
-            self.session_uids.remove(&sid);
-            self.ended += 1;
-        }
-        self.tokens.retain(|_, Src::Session(s, _)| *s != sid);
     }
 
     fn accept_guests(&mut self) {
@@ -566,65 +543,61 @@ impl Monitor {
                     continue;
                 }
             };
-            if let Err(why) = self.admit(peer) {
-                let v = self.refusals_logged.handle_warning(Instant::now());
-                if v.suppressed_before > 0 {
-                    tracing::warn!("{} more refused attaches not logged", v.suppressed_before);
+            let slot = match self.admit(peer) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    let v = self.refusals_logged.handle_warning(Instant::now());
+                    if v.suppressed_before > 0 {
+                        tracing::warn!("{} more refused attaches not logged", v.suppressed_before);
+                    }
+                    if v.log {
+                        tracing::warn!(
+                            pid = peer.pid,
+                            uid = peer.uid,
+                            gid = peer.gid,
+                            "guest refused: {why}"
+                        );
+                    }
+                    continue; // dropping the socket tells the guest: no bootstrap
                 }
-                if v.log {
-                    tracing::warn!(
-                        pid = peer.pid,
-                        uid = peer.uid,
-                        gid = peer.gid,
-                        "guest refused: {why}"
-                    );
-                }
-                continue; // dropping the socket tells the guest: no bootstrap
-            }
-            match self.add_guest(sock) {
-                Ok(sid) => {
-                    self.session_uids.insert(sid, peer.uid);
-                    tracing::info!(
-                        session = sid,
-                        pid = peer.pid,
-                        uid = peer.uid,
-                        "guest attached"
-                    );
-                }
-                Err(crate::session::SetupError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    tracing::debug!(pid = peer.pid, "the guest left before its bootstrap");
-                }
-                Err(e) => tracing::warn!(error = %e, "could not set up a guest session"),
-            }
+            };
+            let adoption = Adoption {
+                sid: self.next_sid(),
+                sock,
+                peer: Some(peer),
+                slot: Some(slot),
+            };
+            self.hand_over(adoption);
+        }
+    }
+
+    /// Gives a guest to the least-loaded worker: worker 0 (this thread) sets
+    /// its session up at once, another worker on its next turn.
+    fn hand_over(&mut self, adoption: Adoption) {
+        let link = &self.links[least_loaded(&self.links)];
+        link.charge();
+        if link.index() == 0 {
+            self.worker.adopt_logged(adoption);
+            return;
+        }
+        if let Err(Msg::Adopt(a)) = link.send(Msg::Adopt(adoption)) {
+            link.uncharge();
+            tracing::warn!(
+                session = a.sid,
+                worker = link.index(),
+                "the worker is gone; guest refused"
+            );
         }
     }
 
     /// May `peer` attach now: allowed by the serve socket's access rules,
-    /// and within the session limits?
-    fn admit(&self, peer: Peer) -> Result<(), Refusal> {
+    /// and within the session limits? Its place in the limits, if so.
+    fn admit(&self, peer: Peer) -> Result<SessionSlot, Refusal> {
         let own = nix::unistd::geteuid().as_raw();
         if !self.access.admits(own, peer) {
             return Err(Refusal::NotAllowed(peer.uid));
         }
-        let total = self.config.max_sessions;
-        if self.sessions.len() >= total {
-            return Err(Refusal::Sessions(total));
-        }
-        let per_uid = self.config.max_sessions_per_uid;
-        let held = self
-            .session_uids
-            .values()
-            .filter(|&&u| u == peer.uid)
-            .count();
-        if held >= per_uid {
-            return Err(Refusal::UserSessions(peer.uid, per_uid));
-        }
-        Ok(())
+        Ok(self.limits.reserve(peer.uid)?)
     }
 
     fn read_signals(&mut self) {
@@ -640,53 +613,10 @@ impl Monitor {
             self.stop.store(true, Ordering::SeqCst);
         }
     }
-
-    fn answer_stats(&mut self) {
-        while let Ok(reply) = self.stats_rx.try_recv() {
-            let mut sessions: Vec<_> = self
-                .sessions
-                .iter()
-                .map(|(&id, s)| (id, s.stats()))
-                .collect();
-            sessions.sort_by_key(|(id, _)| *id);
-            let _ = reply.send(MonitorStats {
-                sessions,
-                ended: self.ended,
-                unreclaimed: self.unreclaimed,
-            });
-        }
-    }
 }
 
-/// How long one turn may wait for events: not at all while a session has ready work, nor
-/// in the busy poll after work (`polling`) unless the CPU is contended — a poller that
-/// yields to a CPU hog loses a time slice per event, where a sleeper is woken and scheduled
-/// at once; otherwise `max_wait`.
-fn poll_timeout(
-    busy: bool,
-    polling: bool,
-    contended: bool,
-    max_wait: Option<Duration>,
-) -> Option<Duration> {
-    if busy || (polling && !contended) {
-        Some(Duration::ZERO)
-    } else {
-        max_wait
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_busy_poll_sleeps_while_the_cpu_is_contended() {
-        let wait = Some(Duration::from_millis(100));
-        assert_eq!(poll_timeout(false, true, false, wait), Some(Duration::ZERO));
-        assert_eq!(poll_timeout(false, true, true, wait), wait);
-        // Ready work is never put off.
-        assert_eq!(poll_timeout(true, true, true, wait), Some(Duration::ZERO));
-        assert_eq!(poll_timeout(true, false, false, None), Some(Duration::ZERO));
-        assert_eq!(poll_timeout(false, false, false, None), None);
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stop_workers();
     }
 }

@@ -5,7 +5,8 @@
 //! eventfd doorbells, hands them over a Unix socket (PROTOCOL.md, "Session
 //! bootstrap"), and then performs the guest's socket calls — listen, connect,
 //! accept — on real kernel sockets, relaying each connection's bytes between
-//! the socket and a data pipe in one event loop.
+//! the socket and a data pipe. Sessions are spread over worker threads, each
+//! an event loop owning whole sessions (`Config::workers`).
 //!
 //! # Trust model
 //! The monitor is the security boundary. The guest and every byte it writes
@@ -19,9 +20,11 @@
 
 pub mod config;
 pub mod confine;
+pub mod cpus;
 pub mod event_loop;
 pub mod guest;
 pub mod handoff;
+pub mod limits;
 pub mod net;
 pub mod policy;
 pub mod ratelimit;
@@ -31,8 +34,9 @@ pub mod session;
 #[allow(unsafe_code)]
 mod sys;
 pub mod udp;
+mod worker;
 
 pub use config::{Config, ConfigError};
-pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats};
+pub use event_loop::{GuestOutcome, Monitor, MonitorHandle, MonitorStats, WorkerStats};
 pub use policy::Policy;
 pub use session::{SessionId, SessionStats};

@@ -46,6 +46,8 @@ enum Command {
         policy: PolicyFile,
         #[command(flatten)]
         confine: ConfineArgs,
+        #[command(flatten)]
+        workers: Workers,
         /// The guest program and its arguments.
         #[arg(required = true, last = true, value_name = "PROGRAM ARGS")]
         program: Vec<OsString>,
@@ -86,6 +88,8 @@ enum Command {
         policy: PolicyFile,
         #[command(flatten)]
         confine: ConfineArgs,
+        #[command(flatten)]
+        workers: Workers,
     },
     /// Print the default policy, or check a policy file (POLICY.md).
     Policy {
@@ -124,6 +128,29 @@ impl PolicyFile {
         match &self.policy {
             Some(path) => Policy::load(path).map(Arc::new),
             None => Ok(Arc::new(Policy::default())),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct Workers {
+    /// Worker threads, each an event loop serving whole guest sessions; new
+    /// guests go to the least-loaded one. Default: for `serve`, the CPUs the
+    /// monitor may use (its affinity mask); for `run`, 1.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Pin worker i to the i-th CPU the monitor may use.
+    #[arg(long)]
+    pin: bool,
+}
+
+impl Workers {
+    /// `config` with these workers, `default` of them unless `--workers`.
+    fn apply(&self, config: Config, default: usize) -> Config {
+        Config {
+            workers: self.workers.unwrap_or(default),
+            pin: self.pin,
+            ..config
         }
     }
 }
@@ -334,6 +361,8 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 const FDS_PER_SESSION: u64 = 4;
 /// Descriptors kept for the monitor itself (epoll, signals, logs, ...).
 const FDS_RESERVED: u64 = 64;
+/// Descriptors each worker holds: its epoll and its waker.
+const FDS_PER_WORKER: u64 = 2;
 
 /// Raises the soft descriptor limit to the hard one and lowers
 /// `max_sessions` so that every session's fixed descriptors fit.
@@ -347,7 +376,9 @@ fn fit_descriptor_limit(config: &mut Config) {
     } else {
         soft
     };
-    let fits = usize::try_from(limit.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION)
+    let workers = u64::try_from(config.workers).unwrap_or(u64::MAX);
+    let reserved = FDS_RESERVED.saturating_add(workers.saturating_mul(FDS_PER_WORKER));
+    let fits = usize::try_from(limit.saturating_sub(reserved) / FDS_PER_SESSION)
         .unwrap_or(usize::MAX)
         .max(1);
     if config.max_sessions > fits {
@@ -434,14 +465,24 @@ fn main() -> ExitCode {
             grace,
             program,
             confine: how,
+            workers,
             ..
-        } => run(
-            *isolate,
-            Duration::from_secs_f64(*grace),
-            config,
-            program,
-            !how.no_confine,
-        ),
+        } => {
+            let config = workers.apply(config, 1);
+            match config.validate() {
+                Ok(()) => run(
+                    *isolate,
+                    Duration::from_secs_f64(*grace),
+                    config,
+                    program,
+                    !how.no_confine,
+                ),
+                Err(e) => {
+                    eprintln!("arca-monitor: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            }
+        }
         Command::Serve {
             socket,
             socket_mode,
@@ -451,6 +492,7 @@ fn main() -> ExitCode {
             max_sessions_per_uid,
             user,
             confine: how,
+            workers,
             ..
         } => {
             let user = match user.as_deref().map(confine::User::lookup).transpose() {
@@ -465,11 +507,14 @@ fn main() -> ExitCode {
                 uids: allow_uid.clone(),
                 gids: allow_gid.clone(),
             };
-            let config = Config {
-                max_sessions: *max_sessions,
-                max_sessions_per_uid: *max_sessions_per_uid,
-                ..config
-            };
+            let config = workers.apply(
+                Config {
+                    max_sessions: *max_sessions,
+                    max_sessions_per_uid: *max_sessions_per_uid,
+                    ..config
+                },
+                arca_monitor::cpus::available().min(arca_monitor::config::MAX_WORKERS),
+            );
             match config.validate() {
                 Ok(()) => serve(socket, access, config, user, !how.no_confine),
                 Err(e) => {

@@ -1,8 +1,8 @@
-//! Load: one guest holds 10,000 connections at once through one
-//! `arca-monitor serve` process to a host epoll echo server, moves data
-//! through every one of them with every byte verified, and closes them all;
-//! the monitor's resident memory per idle connection and the shared-region
-//! bytes per pipe are reported.
+//! Load: two guests hold 10,000 connections at once between them through one
+//! `arca-monitor serve --workers 2` process (a guest on each worker) to a host
+//! epoll echo server, move data through every one of them with every byte
+//! verified, and close them all; the monitor's resident memory per idle
+//! connection and the shared-region bytes per pipe are reported.
 //!
 //! `ARCA_LOAD_CONNS` sets the count (default 10,000; at most 16,383, the
 //! monitor's default connection slots); `scripts/load N` runs it alone. The
@@ -26,15 +26,18 @@ const DATA_RING: u64 = 4096;
 const PAYLOAD: usize = 1000;
 /// Rounds of writes-to-all-then-reads-from-all.
 const ROUNDS: u64 = 2;
-/// Guest threads opening connections in parallel.
+/// Guest threads opening connections in parallel, spread over the guests.
 const CONNECT_THREADS: usize = 4;
+/// Guests, each a session of its own: the monitor serves each on its own
+/// worker.
+const GUESTS: usize = 2;
 
 fn mib(b: u64) -> f64 {
     b as f64 / f64::from(1u32 << 20)
 }
 
 #[test]
-fn ten_thousand_connections_from_one_guest_every_byte_verified() {
+fn ten_thousand_connections_across_two_workers_every_byte_verified() {
     let n: usize = std::env::var("ARCA_LOAD_CONNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -68,7 +71,7 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
     let region_arg = region.to_string();
     let ring_arg = DATA_RING.to_string();
     // The default policy holds a guest to 4,096 connections and 10,000
-    // connects in a burst: this guest is allowed the whole slot table.
+    // connects in a burst: each guest is allowed the whole slot table.
     let policy = std::env::temp_dir().join(format!("arca-load-{}.toml", std::process::id()));
     std::fs::write(
         &policy,
@@ -86,21 +89,26 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
             &ring_arg,
             "--policy",
             &policy_arg,
+            "--workers",
+            &GUESTS.to_string(),
         ],
     );
     let _ = std::fs::remove_file(&policy);
-    let session = ArcaSession::attach(&mon.path).expect("attach");
+    let sessions: Vec<ArcaSession> = (0..GUESTS)
+        .map(|_| ArcaSession::attach(&mon.path).expect("attach"))
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let before = mon.rss();
     let fds_before = mon.fds();
 
-    // Open n connections from CONNECT_THREADS threads of the one guest.
+    // Open n connections from CONNECT_THREADS threads, taking the guests in
+    // turn.
     let t = Instant::now();
     let per = n.div_ceil(CONNECT_THREADS);
     let mut conns: Vec<arca::TcpStream> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CONNECT_THREADS)
             .map(|k| {
-                let session = &session;
+                let session = &sessions[k % GUESTS];
                 let target = echo.addr;
                 s.spawn(move || {
                     let count = per.min(n.saturating_sub(k * per));
@@ -177,7 +185,9 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
     let per_conn = idle.total.saturating_sub(before.total) / n as u64;
     let per_conn_anon = idle.anon.saturating_sub(before.anon) / n as u64;
     let per_conn_shmem = idle.shmem.saturating_sub(before.shmem) / n as u64;
-    println!("load: {n} connections held at once by one guest through one monitor");
+    println!(
+        "load: {n} connections held at once by {GUESTS} guests through one monitor with {GUESTS} workers"
+    );
     println!(
         "load: connect {:.2} s ({:.0}/s), transfer {:.2} s, close {:.2} s",
         connect_time.as_secs_f64(),
@@ -211,7 +221,7 @@ fn ten_thousand_connections_from_one_guest_every_byte_verified() {
         "the monitor held {fds_held} fds for {n} connections (before {fds_before})"
     );
     assert_eq!(verified, ROUNDS * (PAYLOAD * n) as u64);
-    drop(session);
+    drop(sessions);
     let st = mon.stop();
     assert!(st.success(), "monitor exited with {st:?}");
 }
