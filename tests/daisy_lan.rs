@@ -384,7 +384,7 @@ fn a_rate_limited_receiver_slows_the_transfer_and_the_rate_backs_off() {
     // pacing rate ends within a factor of LIMIT_FACTOR of it…
     let fin = t.rate("final");
     assert!(
-        fin <= LIMIT_FACTOR * 12.5 && fin >= 12.5 / LIMIT_FACTOR,
+        (12.5 / LIMIT_FACTOR..=LIMIT_FACTOR * 12.5).contains(&fin),
         "final rate {fin} MB/s, not near the link's 12.5 MB/s: {rounds:?}"
     );
     // …and beyond the first two rounds (the first sent before anything was known, the second
