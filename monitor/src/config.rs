@@ -74,6 +74,9 @@ pub struct Config {
     pub max_sessions: usize,
     /// Sessions one user (by the attaching peer's uid) may hold at once.
     pub max_sessions_per_uid: usize,
+    /// Resolves names for guests (`Resolve`); without one, every `Resolve` is answered
+    /// `ResolverFailure`.
+    pub resolver: Option<crate::resolver::Resolver>,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             policy: Arc::new(Policy::default()),
             max_sessions: 1024,
             max_sessions_per_uid: 64,
+            resolver: None,
         }
     }
 }

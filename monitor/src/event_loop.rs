@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::ratelimit::WarnLimiter;
+use crate::resolver::{Inbox, ResolverClient};
 use crate::serve_socket::{Access, Peer, ServeSocket, ServeSocketError};
 use crate::session::{Ctx, Session, SessionId, SessionSource, SessionStats};
 
@@ -27,6 +28,8 @@ const WAKER: Token = Token(0);
 const SERVER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CHILD: Token = Token(3);
+/// The resolver's answers are in [`Monitor::resolved`].
+const RESOLVED: Token = Token(4);
 const FIRST_DYNAMIC: usize = 16;
 /// How often `run_guest` checks for the guest's exit when it has no pidfd.
 pub const CHILD_POLL: Duration = Duration::from_millis(50);
@@ -99,6 +102,10 @@ pub struct Monitor {
     stats_tx: mpsc::Sender<mpsc::Sender<MonitorStats>>,
     stats_rx: mpsc::Receiver<mpsc::Sender<MonitorStats>>,
     last_work: Instant,
+    /// Where the resolver puts this loop's answers.
+    resolved: Arc<Inbox>,
+    /// The sessions' way to the resolver, if the monitor has one.
+    resolver: Option<ResolverClient>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -162,6 +169,11 @@ impl Monitor {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (stats_tx, stats_rx) = mpsc::channel();
+        let resolved = Arc::new(Inbox::new(poll.registry(), RESOLVED)?);
+        let resolver = config
+            .resolver
+            .as_ref()
+            .map(|r| r.client(Arc::clone(&resolved)));
         Ok(Self {
             poll,
             events: Events::with_capacity(1024),
@@ -184,6 +196,8 @@ impl Monitor {
             stats_tx,
             stats_rx,
             last_work: Instant::now(),
+            resolved,
+            resolver,
         })
     }
 
@@ -435,6 +449,7 @@ impl Monitor {
                 WAKER => self.answer_stats(),
                 SERVER => self.accept_guests(),
                 SIGNALS => self.read_signals(),
+                RESOLVED => self.deliver_resolved(),
                 CHILD => {
                     if let Some(flag) = child_exited.as_deref_mut() {
                         *flag = true;
@@ -470,6 +485,15 @@ impl Monitor {
         Ok(())
     }
 
+    /// Hands each finished resolution to its session (if it is still there).
+    fn deliver_resolved(&mut self) {
+        for r in self.resolved.take() {
+            self.with_session(r.session, |s, ctx| {
+                s.on_resolved(r.request, r.outcome, ctx);
+            });
+        }
+    }
+
     fn with_session(&mut self, sid: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
         let Some(mut session) = self.sessions.remove(&sid) else {
             return;
@@ -487,6 +511,7 @@ impl Monitor {
             next_token,
             config,
             reuse,
+            resolver,
             ..
         } = self;
         let mut released = Vec::new();
@@ -504,6 +529,7 @@ impl Monitor {
                 release: &mut release,
                 config,
                 reuse,
+                resolver: resolver.as_ref(),
                 now: Instant::now(),
             };
             f(&mut ctx)

@@ -24,6 +24,7 @@ pub mod handoff;
 pub mod policy;
 pub mod ratelimit;
 pub mod relay;
+pub mod resolver;
 pub mod serve_socket;
 pub mod session;
 #[allow(unsafe_code)]

@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arca_monitor::resolver::{Resolver, ResolverSettings, Upstream};
 use arca_monitor::serve_socket::Access;
 use arca_monitor::session::SetupError;
 use arca_monitor::{guest, Config, GuestOutcome, Monitor, Policy};
@@ -44,6 +46,8 @@ enum Command {
         sizes: Sizes,
         #[command(flatten)]
         policy: PolicyFile,
+        #[command(flatten)]
+        names: NameArgs,
         /// The guest program and its arguments.
         #[arg(required = true, last = true, value_name = "PROGRAM ARGS")]
         program: Vec<OsString>,
@@ -78,6 +82,8 @@ enum Command {
         sizes: Sizes,
         #[command(flatten)]
         policy: PolicyFile,
+        #[command(flatten)]
+        names: NameArgs,
     },
     /// Print the default policy, or check a policy file (POLICY.md).
     Policy {
@@ -93,6 +99,63 @@ enum Command {
         #[arg(long, requires = "check")]
         print: bool,
     },
+}
+
+/// How the monitor resolves names for guests (`ArcaSession::lookup_host`).
+#[derive(Debug, Args)]
+struct NameArgs {
+    /// Resolve guests' names with this DNS server only (default: the host's
+    /// /etc/resolv.conf and /etc/hosts, read at start-up). Port 53 when omitted.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_server)]
+    resolver: Option<SocketAddr>,
+    /// Seconds one resolution may take before the guest gets TimedOut.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_resolve_timeout)]
+    resolve_timeout: f64,
+}
+
+impl NameArgs {
+    /// Starts the resolver, having read what it needs. Without `--resolver`, a host whose
+    /// configuration cannot be read gets a monitor that answers every `Resolve` with
+    /// `ResolverFailure` (and says so once); a named server that cannot be set up is an error.
+    fn start(&self) -> anyhow::Result<Option<Resolver>> {
+        let upstream = match self.resolver {
+            Some(addr) => Upstream::Server(addr),
+            None => Upstream::System,
+        };
+        let settings = ResolverSettings {
+            upstream: upstream.clone(),
+            timeout: Duration::from_secs_f64(self.resolve_timeout),
+        };
+        match (Resolver::start(settings), upstream) {
+            (Ok(r), _) => Ok(Some(r)),
+            (Err(e), Upstream::System) => {
+                tracing::warn!("resolving names for guests is off: {e}");
+                Ok(None)
+            }
+            (Err(e), Upstream::Server(_)) => Err(anyhow::Error::new(e)),
+        }
+    }
+}
+
+fn parse_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .or_else(|_| {
+            let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+            bare.ok_or(())
+                .and_then(|b| b.parse::<IpAddr>().map_err(|_| ()))
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("`{s}` is not ADDR or ADDR:PORT (examples: 127.0.0.1:53, [::1]:5353)"))
+}
+
+fn parse_resolve_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=300.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0.01 and 300"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -300,10 +363,19 @@ fn serve(socket: &std::path::Path, access: Access, mut config: Config) -> anyhow
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli_log::init("ARCA_LOG", "warn");
-    let (sizes, policy) = match &cli.command {
-        Command::Run { sizes, policy, .. } | Command::Serve { sizes, policy, .. } => {
-            (sizes, policy)
+    let (sizes, policy, names) = match &cli.command {
+        Command::Run {
+            sizes,
+            policy,
+            names,
+            ..
         }
+        | Command::Serve {
+            sizes,
+            policy,
+            names,
+            ..
+        } => (sizes, policy, names),
         Command::Policy {
             print_default,
             check,
@@ -320,6 +392,13 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("arca-monitor: {e:#}");
             return ExitCode::from(USAGE);
+        }
+    };
+    let config = match names.start() {
+        Ok(resolver) => Config { resolver, ..config },
+        Err(e) => {
+            eprintln!("arca-monitor: starting the resolver: {e:#}");
+            return ExitCode::FAILURE;
         }
     };
     let result = match &cli.command {

@@ -69,6 +69,7 @@ impl Harness {
                 release: &mut |_| {},
                 config: &config,
                 reuse: &reuse,
+                resolver: None,
                 now: Instant::now(),
             };
             Session::new(1, mine, &mut ctx).unwrap()
@@ -127,6 +128,7 @@ impl Harness {
                 release: &mut release,
                 config,
                 reuse,
+                resolver: None,
                 now,
             };
             f(session, &mut ctx)
