@@ -77,6 +77,9 @@ pub struct Config {
     /// Resolves names for guests (`Resolve`); without one, every `Resolve` is answered
     /// `ResolverFailure`.
     pub resolver: Option<crate::resolver::Resolver>,
+    /// How long past its TTL an address learned through an allowed name stays allowed
+    /// (POLICY.md §5): a guest that resolved just before the answer expired still connects.
+    pub learn_grace: Duration,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             max_sessions: 1024,
             max_sessions_per_uid: 64,
             resolver: None,
+            learn_grace: Duration::from_secs(5),
         }
     }
 }

@@ -8,16 +8,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::canonical;
-
-/// How long past its TTL a learned address stays allowed: a guest that resolved a name just
-/// before the answer expired still gets to connect with it.
-pub const GRACE: Duration = Duration::from_secs(5);
 
 /// Addresses one session may have learned at once; past this, answers teach nothing more
 /// until older ones expire (a connect to an address not learned is simply judged without it).
@@ -118,7 +114,7 @@ struct Grant {
 }
 
 /// The addresses one session learned by resolving allowed names, each for the answer's TTL
-/// plus [`GRACE`], for the rule that allowed the name. Shared by the session and its UDP
+/// plus the configured grace, for the rule that allowed the name. Shared by the session and its UDP
 /// sockets (whose datagrams are judged with it), hence the lock; it is never contended
 /// across threads in practice (one session is served by one thread at a time).
 #[derive(Debug, Default)]
@@ -182,6 +178,7 @@ impl Learned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pat(s: &str) -> NamePattern {
         s.parse().unwrap()

@@ -3,12 +3,11 @@
 //! The session checks the name against the policy and its limits, hands it to the resolver
 //! ([`crate::resolver`]) and answers when the event loop brings the result back
 //! ([`Session::on_resolved`]). The addresses of a name an outbound rule allows are learned
-//! for that rule, for their TTL and [`GRACE`](crate::policy::names::GRACE).
+//! for that rule, for their TTL and [`Config::learn_grace`](crate::Config::learn_grace).
 
 use arca_wire::{Answers, FamilyHint, HostName};
 
 use super::*;
-use crate::policy::names::GRACE;
 use crate::resolver::Outcome;
 
 /// A resolution the resolver has not answered yet.
@@ -76,7 +75,8 @@ impl Session {
                 if let Some(rule) = p.rule {
                     let learned = &self.admission.learned;
                     for a in &list {
-                        let until = ctx.now + std::time::Duration::from_secs(a.ttl.into()) + GRACE;
+                        let ttl = std::time::Duration::from_secs(a.ttl.into());
+                        let until = ctx.now + ttl + ctx.config.learn_grace;
                         learned.learn(a.addr, rule, until, ctx.now);
                     }
                 }
