@@ -50,8 +50,9 @@ fn zone() -> FakeDns {
             addrs(&[Ipv4Addr::new(169, 254, 169, 254)], &[], 300),
         ),
         (
+            // In a denied block, on loopback: even a broken policy would send nothing out.
             "lan.good.test",
-            addrs(&[Ipv4Addr::new(10, 9, 8, 7)], &[], 300),
+            addrs(&[Ipv4Addr::new(127, 0, 0, 99)], &[], 300),
         ),
         ("other.test", addrs(&[LO], &[], 300)),
         ("sibling.good.test", addrs(&[LO], &[], 300)),
@@ -90,11 +91,11 @@ fn monitor_with_timeout(
 }
 
 /// Outbound by name only: the good names on TCP, a deny for `sibling.good.test` before
-/// them, link-local and 10/8 denied by address, every other name refused.
+/// them, link-local and 127.0.0.99 denied by address, every other name refused.
 const BY_NAME: &str = r#"
 [[outbound]]
 action = "deny"
-nets = ["169.254.0.0/16", "10.0.0.0/8"]
+nets = ["169.254.0.0/16", "127.0.0.99/32"]
 [[outbound]]
 action = "deny"
 names = ["sibling.good.test"]
