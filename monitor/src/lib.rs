@@ -5,7 +5,9 @@
 //! eventfd doorbells, hands them over a Unix socket (PROTOCOL.md, "Session
 //! bootstrap"), and then performs the guest's socket calls — listen, connect,
 //! accept — on real kernel sockets, relaying each connection's bytes between
-//! the socket and a data pipe in one event loop.
+//! the socket and a data pipe in one event loop. It also resolves host names
+//! for guests, on a resolver thread of its own ([`resolver`]), so its policy
+//! can speak in names (POLICY.md §5).
 //!
 //! # Trust model
 //! The monitor is the security boundary. The guest and every byte it writes
