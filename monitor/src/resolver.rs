@@ -23,6 +23,7 @@ use hickory_resolver::config::{
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use tokio::sync::mpsc;
 
 use crate::session::SessionId;
@@ -144,7 +145,13 @@ impl Resolver {
     pub fn start(settings: ResolverSettings) -> Result<Resolver, StartError> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        // The thread starts with every signal blocked (it inherits the mask of the thread that
+        // spawns it): the monitor takes its stop signals through a signalfd, which works only
+        // while no thread of the process would take them itself.
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old))
+            .map_err(std::io::Error::from)?;
+        let spawned = std::thread::Builder::new()
             .name("arca-resolver".into())
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
@@ -170,7 +177,9 @@ impl Resolver {
                         let _ = ready_tx.send(Err(e));
                     }
                 }
-            })?;
+            });
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).map_err(std::io::Error::from)?;
+        spawned?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Resolver { jobs }),
             Ok(Err(e)) => Err(e),
