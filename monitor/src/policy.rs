@@ -977,8 +977,8 @@ impl DestCache {
     }
 
     /// [`check`](Self::check) with the addresses the guest learned through names. Only
-    /// answers from address rules are remembered: a learned address expires, so its answer
-    /// is asked again for each datagram.
+    /// answers an address rule gave are remembered: an address no rule matches may be
+    /// learned, or expire, between two datagrams, so its answer is asked again each time.
     pub fn check_learned(
         &mut self,
         policy: &Policy,
@@ -990,7 +990,7 @@ impl DestCache {
             Some((a, d)) if a == addr => d,
             _ => {
                 let d = policy.outbound_learned(addr, Proto::Udp, learned, now);
-                if !d.learned {
+                if !d.learned && (d.rule.is_some() || d.embedded.is_some()) {
                     self.last = Some((addr, d));
                 }
                 d
@@ -1592,6 +1592,24 @@ mod tests {
         // Address rules are unchanged.
         assert!(out("192.0.2.9:22", Proto::Udp, t0).allowed);
         let mut c = DestCache::default();
+        // An address no rule matches is asked again each time: learning it later counts.
+        let dns_rule = Policy::from_toml(
+            "[[outbound]]\naction = \"allow\"\nnames = [\"x.test\"]\nproto = \"udp\"\n",
+            "t",
+        )
+        .unwrap();
+        let fresh = Learned::default();
+        let mut udp_cache = DestCache::default();
+        let to = sa("198.51.100.9:53");
+        assert!(!udp_cache.check_learned(&dns_rule, &fresh, to, t0).allowed);
+        fresh.learn(to.ip(), 0, until, t0);
+        assert!(udp_cache.check_learned(&dns_rule, &fresh, to, t0).allowed);
+        assert!(
+            !udp_cache
+                .check_learned(&dns_rule, &fresh, to, until)
+                .allowed,
+            "expired"
+        );
         let udp = c.check_learned(&p, &l, sa("203.0.113.5:443"), t0);
         assert!(!udp.allowed, "the rule is tcp only");
         assert!(c.check_learned(&p, &l, sa("192.0.2.1:53"), t0).allowed);
