@@ -194,7 +194,7 @@ fn bad_version_is_refused_and_the_session_closed() {
         Message::HelloErr {
             code: ErrorCode::Unsupported,
             min_version: 1,
-            max_version: 1
+            max_version: 2
         }
     ));
     assert!(g.session_is_closed());

@@ -146,7 +146,7 @@ fn an_ipv4_address_inside_an_ipv6_one_is_judged_as_ipv4() {
     let s = m.session();
     let mut refused = 0;
     for a in ipv6_spellings(Ipv4Addr::LOCALHOST, "7f00:1", denied.port()) {
-        let r = s.connect_timeout(&a, STEP);
+        let r = s.connect_timeout(a, STEP);
         assert_eq!(kind(r), ErrorKind::PermissionDenied, "{a}");
         refused += 1;
     }
@@ -155,7 +155,7 @@ fn an_ipv4_address_inside_an_ipv6_one_is_judged_as_ipv4() {
         .parse()
         .unwrap();
     assert_eq!(
-        kind(s.connect_timeout(&local_use, STEP)),
+        kind(s.connect_timeout(local_use, STEP)),
         ErrorKind::PermissionDenied
     );
     refused += 1;

@@ -235,15 +235,13 @@ fn connect_timeout_is_not_inherited_through_a_reused_id() {
     assert!(!fillers.is_empty(), "the stalled listener's queue filled");
 
     let (l, fast) = host_listener();
-    let a = s
-        .connect_timeout(&fast, Duration::from_millis(300))
-        .unwrap();
+    let a = s.connect_timeout(fast, Duration::from_millis(300)).unwrap();
     let _ = l.accept().unwrap();
     drop(a); // frees its id for the next connect
     std::thread::sleep(Duration::from_millis(50));
     let t = Instant::now();
     let e = s
-        .connect_timeout(&stalled_addr, Duration::from_millis(1500))
+        .connect_timeout(stalled_addr, Duration::from_millis(1500))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     assert!(

@@ -52,7 +52,7 @@ impl<'a> Reader<'a> {
         self.len - self.rest.len()
     }
 
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+    pub(crate) fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         match self.rest.split_first_chunk::<N>() {
             Some((head, tail)) => {
                 self.rest = tail;

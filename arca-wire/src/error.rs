@@ -110,6 +110,27 @@ pub enum WireError {
     #[error("unknown membership op {0}")]
     UnknownMembershipOp(u8),
 
+    /// `Resolve.family` other than 0 (any), 4 or 6.
+    #[error("unknown address family hint {0}")]
+    UnknownFamilyHint(u8),
+    /// `Resolve.name` is not a host name of valid form.
+    #[error("{0}")]
+    BadName(crate::name::NameError),
+    /// `Resolve.name` has nonzero bytes after the name.
+    #[error("resolve name field has nonzero bytes after the name")]
+    NamePadding,
+    /// `ResolveOk.count` exceeds the entries the message holds.
+    #[error("resolve ok count {count} exceeds {max}")]
+    AnswerCount {
+        /// The count sent.
+        count: usize,
+        /// The entries a `ResolveOk` holds.
+        max: usize,
+    },
+    /// A `ResolveOk` entry is malformed.
+    #[error("resolve ok entry: {0}")]
+    BadAnswer(&'static str),
+
     /// The session bootstrap message ([`Bootstrap`](crate::Bootstrap)) is malformed.
     #[error("bad session bootstrap ({len} bytes): {why}")]
     BadBootstrap {

@@ -39,6 +39,11 @@ pub enum ErrorCode {
     WouldBlock,
     /// `0x0008` — the operation timed out (for example `ConnectRequest.timeout_ms`).
     TimedOut,
+    /// `0x0009` — a resolved name does not exist (NXDOMAIN), or has no address of the family
+    /// asked for.
+    NoSuchName,
+    /// `0x000A` — the monitor's resolver failed (no server answered usefully, a bad answer).
+    ResolverFailure,
     /// `0x0100` — `ECONNREFUSED`.
     ConnectionRefused,
     /// `0x0101` — `ECONNRESET`.
@@ -72,7 +77,7 @@ use ErrorCode as E;
 
 impl ErrorCode {
     /// Every assigned code, in numeric order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         E::Other,
         E::Unsupported,
         E::InvalidInput,
@@ -81,6 +86,8 @@ impl ErrorCode {
         E::Interrupted,
         E::WouldBlock,
         E::TimedOut,
+        E::NoSuchName,
+        E::ResolverFailure,
         E::ConnectionRefused,
         E::ConnectionReset,
         E::ConnectionAborted,
@@ -108,6 +115,8 @@ impl ErrorCode {
             E::Interrupted => (0x0006, K::Interrupted, "interrupted"),
             E::WouldBlock => (0x0007, K::WouldBlock, "operation would block"),
             E::TimedOut => (0x0008, K::TimedOut, "timed out"),
+            E::NoSuchName => (0x0009, K::NotFound, "no such name"),
+            E::ResolverFailure => (0x000A, K::Other, "resolver failure"),
             E::ConnectionRefused => (0x0100, K::ConnectionRefused, "connection refused"),
             E::ConnectionReset => (0x0101, K::ConnectionReset, "connection reset"),
             E::ConnectionAborted => (0x0102, K::ConnectionAborted, "connection aborted"),
@@ -241,19 +250,26 @@ mod tests {
             let kind = code.to_io_kind();
             assert_ne!(raw, 0);
             assert_eq!(ErrorCode::from_u16(raw), code);
-            assert_eq!(ErrorCode::from_io_kind(kind), code);
-            // Numbers and kinds are unique.
+            // Numbers are unique.
             assert_eq!(
                 ErrorCode::ALL.iter().filter(|c| c.to_u16() == raw).count(),
                 1
             );
-            assert_eq!(
-                ErrorCode::ALL
-                    .iter()
-                    .filter(|c| c.to_io_kind() == kind)
-                    .count(),
-                1
-            );
+            // Kinds are unique but for the resolver's codes, which share the kind of an
+            // earlier code (a host socket call never needs them).
+            let sharing = ErrorCode::ALL
+                .iter()
+                .filter(|c| c.to_io_kind() == kind)
+                .count();
+            if matches!(code, E::NoSuchName | E::ResolverFailure) {
+                assert_eq!(sharing, 2, "{code:?}");
+                assert_ne!(ErrorCode::from_io_kind(kind), code);
+                assert!(ErrorCode::from_io_kind(kind).to_u16() < raw);
+            } else {
+                assert_eq!(ErrorCode::from_io_kind(kind), code);
+                let shared_by_resolver = matches!(code, E::NotFound | E::Other);
+                assert_eq!(sharing, 1 + usize::from(shared_by_resolver), "{code:?}");
+            }
         }
         assert!(ErrorCode::ALL
             .windows(2)
@@ -266,7 +282,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_are_kept() {
-        for raw in [0u16, 0x0009, 0x00ff, 0x010a, 0x0202, 0xffff] {
+        for raw in [0u16, 0x000b, 0x00ff, 0x010a, 0x0202, 0xffff] {
             let code = ErrorCode::from(raw);
             assert_eq!(code, ErrorCode::Unknown(raw));
             assert_eq!(u16::from(code), raw);

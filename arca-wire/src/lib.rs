@@ -75,6 +75,7 @@ mod fields;
 mod header;
 mod message;
 mod message_type;
+mod name;
 
 pub use addr::{decode_socket_addr, encode_socket_addr, FAMILY_V4, FAMILY_V6, SOCKET_ADDR_LEN};
 pub use bootstrap::{Bootstrap, BOOTSTRAP_FDS, BOOTSTRAP_LEN, BOOTSTRAP_MAGIC, BOOTSTRAP_VERSION};
@@ -86,5 +87,11 @@ pub use error::{FrameError, WireError};
 pub use error_code::{ErrorCode, RemoteError};
 pub use fields::{ConnId, Handle, ListenerId, PipeInfo, RequestId, SocketOption};
 pub use header::{FrameHeader, HEADER_LEN, MAX_FRAME_LEN, MAX_FRAME_PAYLOAD};
-pub use message::{Frame, MembershipOp, Message, HELLO_MAGIC, PROTOCOL_VERSION, UDP_REUSE_ADDR};
+pub use message::{
+    Frame, MembershipOp, Message, HELLO_MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    UDP_REUSE_ADDR,
+};
 pub use message_type::{Direction, MessageType, MAX_PAYLOAD};
+pub use name::{
+    Answer, Answers, FamilyHint, HostName, NameError, ANSWER_LEN, MAX_ANSWERS, MAX_NAME_LEN,
+};

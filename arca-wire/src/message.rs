@@ -12,6 +12,9 @@ use crate::error_code::ErrorCode;
 use crate::fields::{ConnId, Handle, ListenerId, PipeInfo, RequestId, SocketOption};
 use crate::header::{FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
 use crate::message_type::{Direction, MessageType};
+use crate::name::{
+    Answer, Answers, FamilyHint, HostName, NameError, ANSWER_LEN, MAX_ANSWERS, MAX_NAME_LEN,
+};
 
 /// `Hello.magic`: the bytes `A R C A` (`41 52 43 41`), read as a little-endian `u32`.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ARCA");
@@ -51,8 +54,11 @@ impl MembershipOp {
     }
 }
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks: 2, which adds `Resolve` to version 1.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version a monitor built from this crate accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// One control message. Field meanings and byte layouts are in PROTOCOL.md.
 ///
@@ -236,6 +242,24 @@ pub enum Message {
         /// Why.
         code: ErrorCode,
     },
+    /// `0x50`, guest → monitor: resolve a host name (protocol version 2).
+    Resolve {
+        /// Which addresses the guest wants.
+        family: FamilyHint,
+        /// The name.
+        name: HostName,
+    },
+    /// `0x51`, monitor → guest: the name's addresses.
+    ResolveOk {
+        /// At most [`MAX_ANSWERS`] addresses, each with its TTL.
+        answers: Answers,
+    },
+    /// `0x52`, monitor → guest: the name could not be resolved.
+    ResolveErr {
+        /// Why: `NoSuchName`, `PermissionDenied`, `ResolverFailure`, `TimedOut`,
+        /// `QuotaExceeded`.
+        code: ErrorCode,
+    },
     /// `0x7F`, monitor → guest: a request could not be handled at all — its type is unknown,
     /// its payload malformed, or it came before the handshake.
     Error {
@@ -291,6 +315,9 @@ impl Message {
             Message::Membership { .. } => T::Membership,
             Message::MembershipOk => T::MembershipOk,
             Message::MembershipErr { .. } => T::MembershipErr,
+            Message::Resolve { .. } => T::Resolve,
+            Message::ResolveOk { .. } => T::ResolveOk,
+            Message::ResolveErr { .. } => T::ResolveErr,
             Message::Error { .. } => T::Error,
             Message::Unknown(_) => return None,
         })
@@ -315,7 +342,8 @@ impl Message {
     }
 
     /// The error code of an error reply (`HelloErr`, `CloseErr`, `SetOptionErr`, `ListenErr`,
-    /// `ConnectErr`, `AcceptErr`, `UdpBindErr`, `UdpConnectErr`, `MembershipErr`, `Error`);
+    /// `ConnectErr`, `AcceptErr`, `UdpBindErr`, `UdpConnectErr`, `MembershipErr`, `ResolveErr`,
+    /// `Error`);
     /// `None` for any other message.
     pub fn error_code(&self) -> Option<ErrorCode> {
         match self {
@@ -328,6 +356,7 @@ impl Message {
             | Message::UdpBindErr { code }
             | Message::UdpConnectErr { code }
             | Message::MembershipErr { code }
+            | Message::ResolveErr { code }
             | Message::Error { code, .. } => Some(*code),
             _ => None,
         }
@@ -438,7 +467,27 @@ impl Message {
             | Message::AcceptErr { code }
             | Message::UdpBindErr { code }
             | Message::UdpConnectErr { code }
-            | Message::MembershipErr { code } => out.put_code(*code),
+            | Message::MembershipErr { code }
+            | Message::ResolveErr { code } => out.put_code(*code),
+            Message::Resolve { family, name } => {
+                let bytes = name.as_str().as_bytes();
+                out.put_u8(family.to_u8());
+                // A HostName is at most MAX_NAME_LEN (253) bytes.
+                out.put_u8(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
+                out.put(bytes);
+                out.put([0u8; MAX_NAME_LEN].get(bytes.len()..).unwrap_or_default());
+            }
+            Message::ResolveOk { answers } => {
+                // Answers holds at most MAX_ANSWERS (16) entries.
+                out.put_u8(u8::try_from(answers.len()).unwrap_or(u8::MAX));
+                out.put(&[0; 3]);
+                for a in answers.as_slice() {
+                    out.put(&a.to_bytes());
+                }
+                for _ in answers.len()..MAX_ANSWERS {
+                    out.put(&[0; ANSWER_LEN]);
+                }
+            }
             Message::UdpBind { addr, flags } => {
                 out.put_addr(addr);
                 out.put_u32(*flags);
@@ -592,6 +641,44 @@ impl Message {
             },
             MessageType::MembershipOk => Message::MembershipOk,
             MessageType::MembershipErr => Message::MembershipErr { code: r.code()? },
+            MessageType::Resolve => {
+                let family = FamilyHint::from_u8(r.u8()?)?;
+                let len = usize::from(r.u8()?);
+                let field = r.take::<MAX_NAME_LEN>()?;
+                let (name, padding) = field
+                    .split_at_checked(len)
+                    .ok_or(WireError::BadName(NameError::TooLong(len)))?;
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(WireError::NamePadding);
+                }
+                let name = HostName::new(name).map_err(WireError::BadName)?;
+                Message::Resolve { family, name }
+            }
+            MessageType::ResolveOk => {
+                let count = usize::from(r.u8()?);
+                if r.take::<3>()? != [0; 3] {
+                    return Err(WireError::BadAnswer("nonzero reserved bytes"));
+                }
+                if count > MAX_ANSWERS {
+                    return Err(WireError::AnswerCount {
+                        count,
+                        max: MAX_ANSWERS,
+                    });
+                }
+                let mut list = Vec::with_capacity(count);
+                for i in 0..MAX_ANSWERS {
+                    let entry = r.take::<ANSWER_LEN>()?;
+                    if i < count {
+                        list.push(Answer::from_bytes(entry)?);
+                    } else if entry != [0; ANSWER_LEN] {
+                        return Err(WireError::BadAnswer("unused entry is not zero"));
+                    }
+                }
+                Message::ResolveOk {
+                    answers: Answers::new(list),
+                }
+            }
+            MessageType::ResolveErr => Message::ResolveErr { code: r.code()? },
             MessageType::Error => Message::Error {
                 code: r.code()?,
                 rejected_type: r.u8()?,

@@ -8,7 +8,7 @@
 //! | `0x01..=0x0F` | session: handshake, and operations on any handle (close, options) |
 //! | `0x10..=0x2F` | TCP: listen, connect, accept                                      |
 //! | `0x30..=0x4F` | UDP: bind, connect, multicast membership                          |
-//! | `0x50..=0x6F` | reserved                                                          |
+//! | `0x50..=0x6F` | names: resolve                                                    |
 //! | `0x70..=0x7F` | generic replies (`0x7F` = `Error`)                                |
 //! | `0x80..=0xFF` | reserved for extensions                                           |
 //!
@@ -19,6 +19,7 @@ use std::fmt;
 
 use crate::addr::SOCKET_ADDR_LEN;
 use crate::fields::{Handle, PipeInfo};
+use crate::name::{ANSWER_LEN, MAX_ANSWERS, MAX_NAME_LEN};
 
 /// Which way a message travels on the control pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,6 +88,12 @@ pub enum MessageType {
     MembershipOk = 0x39,
     /// The membership could not be changed.
     MembershipErr = 0x3A,
+    /// Resolves a host name through the monitor.
+    Resolve = 0x50,
+    /// The name's addresses, with their TTLs.
+    ResolveOk = 0x51,
+    /// The name could not be resolved (no such name, policy, resolver failure, timeout).
+    ResolveErr = 0x52,
     /// A generic error reply: unknown message type, malformed frame, out-of-order handshake.
     Error = 0x7F,
 }
@@ -103,6 +110,10 @@ const SET_OPTION_LEN: usize = Handle::LEN + 2 + 8;
 const UDP_BIND_OK_LEN: usize = 4 + PipeInfo::LEN + SOCKET_ADDR_LEN;
 /// Payload length of `Membership`: socket, op, group, IPv4 interface.
 const MEMBERSHIP_LEN: usize = 4 + 1 + SOCKET_ADDR_LEN + 4;
+/// Payload length of `Resolve`: family hint, name length, the name's field.
+const RESOLVE_LEN: usize = 1 + 1 + MAX_NAME_LEN;
+/// Payload length of `ResolveOk`: count, three reserved bytes, the answer entries.
+const RESOLVE_OK_LEN: usize = 4 + MAX_ANSWERS * ANSWER_LEN;
 
 // Pin the lengths PROTOCOL.md states.
 const _: () = assert!(ADDR_AND_U32 == 31);
@@ -111,6 +122,8 @@ const _: () = assert!(INCOMING_LEN == 78);
 const _: () = assert!(SET_OPTION_LEN == 15);
 const _: () = assert!(UDP_BIND_OK_LEN == 47);
 const _: () = assert!(MEMBERSHIP_LEN == 36);
+const _: () = assert!(RESOLVE_LEN == 255);
+const _: () = assert!(RESOLVE_OK_LEN == 196);
 
 use MessageType as T;
 
@@ -144,7 +157,7 @@ const fn reply(name: &'static str, payload_len: usize, answers: MessageType) -> 
 
 impl MessageType {
     /// Every known type, in numeric order.
-    pub const ALL: [MessageType; 28] = [
+    pub const ALL: [MessageType; 31] = [
         T::Hello,
         T::HelloOk,
         T::HelloErr,
@@ -172,6 +185,9 @@ impl MessageType {
         T::Membership,
         T::MembershipOk,
         T::MembershipErr,
+        T::Resolve,
+        T::ResolveOk,
+        T::ResolveErr,
         T::Error,
     ];
 
@@ -206,6 +222,9 @@ impl MessageType {
             T::Membership => request("membership", MEMBERSHIP_LEN),
             T::MembershipOk => reply("membership ok", 0, T::Membership),
             T::MembershipErr => reply("membership err", 2, T::Membership),
+            T::Resolve => request("resolve", RESOLVE_LEN),
+            T::ResolveOk => reply("resolve ok", RESOLVE_OK_LEN, T::Resolve),
+            T::ResolveErr => reply("resolve err", 2, T::Resolve),
             T::Error => Info {
                 name: "error",
                 payload_len: 3,
@@ -284,10 +303,10 @@ const fn max_payload() -> usize {
     max
 }
 
-/// The largest payload of any message this crate knows (`IncomingConnection`, 78 bytes).
+/// The largest payload of any message this crate knows (`Resolve`, 255 bytes).
 pub const MAX_PAYLOAD: usize = max_payload();
 
-const _: () = assert!(MAX_PAYLOAD == INCOMING_LEN);
+const _: () = assert!(MAX_PAYLOAD == RESOLVE_LEN);
 const _: () = assert!(MAX_PAYLOAD <= crate::header::MAX_FRAME_PAYLOAD);
 const _: () = assert!(MAX_PAYLOAD <= u16::MAX as usize);
 
@@ -354,7 +373,7 @@ mod tests {
 
     #[test]
     fn lengths() {
-        assert_eq!(MAX_PAYLOAD, 78);
+        assert_eq!(MAX_PAYLOAD, 255);
         assert_eq!(MessageType::ConnectRequest.payload_len(), 31);
         assert_eq!(MessageType::CloseOk.payload_len(), 0);
         assert_eq!(

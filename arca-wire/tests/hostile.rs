@@ -157,7 +157,7 @@ proptest! {
         ty in strategies::known_type(),
         delta in -2i32..=2,
         request_id in any::<u32>(),
-        seed in prop::collection::vec(any::<u8>(), 100),
+        seed in prop::collection::vec(any::<u8>(), arca_wire::MAX_PAYLOAD + 2),
     ) {
         let len = usize::try_from((i32::from(ty.payload_len()) + delta).max(0)).unwrap();
         check_payload(ty.to_u8(), request_id, &seed[..len])?;
@@ -225,7 +225,12 @@ fn check_payload(message_type: u8, request_id: u32, payload: &[u8]) -> Result<()
                 WireError::UnknownAddressFamily(_)
                 | WireError::Ipv4NonZero { .. }
                 | WireError::UnknownHandleKind(_)
-                | WireError::UnknownMembershipOp(_) => prop_assert_eq!(payload.len(), want),
+                | WireError::UnknownMembershipOp(_)
+                | WireError::UnknownFamilyHint(_)
+                | WireError::BadName(_)
+                | WireError::NamePadding
+                | WireError::AnswerCount { .. }
+                | WireError::BadAnswer(_) => prop_assert_eq!(payload.len(), want),
                 other => prop_assert!(false, "unexpected error {other}"),
             }
         }
@@ -436,4 +441,75 @@ fn malformed_frame_reports_its_request_id_and_the_stream_continues() {
         [0x7f, 3, 0, 41, 0, 0, 0, 0x03, 0x00, 0x10]
     );
     assert!(matches!(&got[1], Ok(frame) if frame.request_id == RequestId(42)));
+}
+
+/// A `Resolve` frame whose name bytes are `name` and whose length byte is `len`.
+fn resolve_payload(family: u8, len: u8, name: &[u8]) -> Vec<u8> {
+    let mut p = vec![family, len];
+    p.extend_from_slice(name);
+    p.resize(usize::from(MessageType::Resolve.payload_len()), 0);
+    p
+}
+
+#[test]
+fn hostile_resolve_payloads_are_typed_errors() {
+    let header = FrameHeader::new(MessageType::Resolve.to_u8(), 255, arca_wire::RequestId(3));
+    let decode = |p: &[u8]| Message::decode(&header, p);
+    assert!(decode(&resolve_payload(0, 11, b"example.com")).is_ok());
+    let cases: [(Vec<u8>, WireError); 7] = [
+        (
+            resolve_payload(5, 11, b"example.com"),
+            WireError::UnknownFamilyHint(5),
+        ),
+        (
+            resolve_payload(0, 0, b""),
+            WireError::BadName(arca_wire::NameError::Empty),
+        ),
+        (
+            resolve_payload(0, 254, b"a"),
+            WireError::BadName(arca_wire::NameError::TooLong(254)),
+        ),
+        (resolve_payload(0, 3, b"abcd"), WireError::NamePadding),
+        (
+            resolve_payload(0, 5, b"a\0.bc"),
+            WireError::BadName(arca_wire::NameError::BadByte { at: 1, byte: 0 }),
+        ),
+        (
+            resolve_payload(0, 6, "é.com".as_bytes()),
+            WireError::BadName(arca_wire::NameError::NonAscii { at: 0, byte: 0xc3 }),
+        ),
+        (
+            resolve_payload(0, 9, b"127.0.0.1"),
+            WireError::BadName(arca_wire::NameError::Numeric),
+        ),
+    ];
+    for (payload, want) in cases {
+        assert_eq!(decode(&payload), Err(want));
+    }
+}
+
+#[test]
+fn hostile_resolve_ok_payloads_are_typed_errors() {
+    let header = FrameHeader::new(MessageType::ResolveOk.to_u8(), 196, arca_wire::RequestId(3));
+    let decode = |p: &[u8]| Message::decode(&header, p);
+    let mut good = vec![0u8; 196];
+    good[0] = 1;
+    good[4] = 4;
+    good[12..16].copy_from_slice(&[192, 0, 2, 1]);
+    assert!(decode(&good).is_ok());
+    let mut over = good.clone();
+    over[0] = 9;
+    assert_eq!(
+        decode(&over),
+        Err(WireError::AnswerCount { count: 9, max: 8 })
+    );
+    let mut stray = good.clone();
+    stray[30] = 1;
+    assert!(matches!(decode(&stray), Err(WireError::BadAnswer(_))));
+    let mut reserved = good.clone();
+    reserved[2] = 1;
+    assert!(matches!(decode(&reserved), Err(WireError::BadAnswer(_))));
+    let mut family = good;
+    family[4] = 7;
+    assert!(matches!(decode(&family), Err(WireError::BadAnswer(_))));
 }

@@ -228,6 +228,10 @@ fn field_layouts_have_the_right_sizes() {
     assert_eq!(layouts["5.2 PipeInfo (16 bytes)"], PipeInfo::LEN);
     assert_eq!(layouts["5.3 Handle (5 bytes)"], Handle::LEN);
     assert_eq!(layouts["Session bootstrap"], BOOTSTRAP_LEN);
+    assert_eq!(
+        layouts["5.8 Answer entry (24 bytes)"],
+        arca_wire::ANSWER_LEN
+    );
 }
 
 #[test]
@@ -275,6 +279,12 @@ fn message_layouts_match_payload_lengths() {
 fn stated_limits_match_constants() {
     assert!(SPEC.contains(&format!("`MAX_FRAME_PAYLOAD` = **{MAX_FRAME_PAYLOAD}**")));
     assert!(SPEC.contains(&format!("`MAX_PAYLOAD` = **{MAX_PAYLOAD}**")));
+    assert!(SPEC.contains(&format!(
+        "text of 1 to {} bytes (`MAX_NAME_LEN`)",
+        arca_wire::MAX_NAME_LEN
+    )));
+    assert!(SPEC.contains(&format!("`MAX_ANSWERS` = {}", arca_wire::MAX_ANSWERS)));
+    assert!(SPEC.contains(&format!("Version {}:", arca_wire::PROTOCOL_VERSION)));
     assert!(SPEC.contains(&format!(
         "never buffers more than {} bytes",
         HEADER_LEN + MAX_FRAME_PAYLOAD

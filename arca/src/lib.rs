@@ -18,7 +18,11 @@
 //! Errors carry `std::net`'s `io::ErrorKind`s (`ConnectionRefused`, `AddrInUse`,
 //! `ConnectionReset`, `BrokenPipe`, …); what the monitor's policy refuses (an address, a
 //! listen port, a multicast group) is `PermissionDenied`, a spent quota `QuotaExceeded`.
-//! Names given as `ToSocketAddrs` are resolved in the guest, with `std`'s resolver.
+//! Addresses are given as [`ToSocketAddrs`] (the shapes of `std`'s): a host name in one
+//! (`"api.example.com:443"`) is resolved **by the monitor** (the guest has no resolver), and
+//! [`ArcaSession::lookup_host`] asks for a name's addresses directly. A connect tries each
+//! address of a name in turn, so a refused or unreachable first address falls through to the
+//! next.
 //!
 //! Application bytes never cross the control pipe: each connection and each UDP socket has
 //! its own data pipe in the shared region, which the monitor relays to and from its kernel
@@ -75,6 +79,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod addrs;
 mod bootstrap;
 mod listener;
 mod session;
@@ -85,7 +90,7 @@ pub mod tokio;
 mod udp;
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
@@ -93,6 +98,7 @@ use std::time::Duration;
 
 use arca_wire::Message;
 
+pub use addrs::ToSocketAddrs;
 pub use listener::{Incoming, TcpListener};
 pub use stream::TcpStream;
 pub use udp::UdpSocket;
@@ -210,15 +216,69 @@ impl ArcaSession {
         !self.owner.shared.probe_dead()
     }
 
-    /// Opens a connection, trying each address `addr` resolves to in turn (as `std`).
+    /// The addresses `host` names: a `"host:port"` string, a `("host", port)` pair or any
+    /// other [`ToSocketAddrs`], as `std::net::ToSocketAddrs::to_socket_addrs` and tokio's
+    /// `lookup_host` take it. A host name is resolved by the monitor (its resolver, its cache,
+    /// its policy); an address is returned as it is, with no request.
+    ///
+    /// An address learned this way through a name the monitor's policy allows by name may
+    /// be connected to for the answer's TTL (POLICY.md §5).
     ///
     /// # Errors
-    /// The last address's error (`ConnectionRefused`, `TimedOut`, …), or `InvalidInput` if
-    /// `addr` resolves to nothing.
+    /// `InvalidInput` for a string that is not `host:port` or a name of bad form (non-ASCII:
+    /// use the `xn--` form; NUL, spaces, empty labels) — refused before anything is sent;
+    /// `NotFound` (`NoSuchName`) for a name that does not exist or has no address;
+    /// `PermissionDenied` for a name the policy denies; `TimedOut`; `QuotaExceeded`; `Other`
+    /// (`ResolverFailure`) when the monitor's resolver fails.
+    pub fn lookup_host(
+        &self,
+        host: impl ToSocketAddrs,
+    ) -> io::Result<std::vec::IntoIter<SocketAddr>> {
+        addrs::resolve(&self.owner.shared, &host).map(Vec::into_iter)
+    }
+
+    /// Opens a connection, trying each address `addr` names in turn (a name is resolved by
+    /// the monitor): a refused or unreachable address falls through to the next.
+    ///
+    /// # Errors
+    /// The last address's error (`ConnectionRefused`, `TimedOut`, …), the resolver's
+    /// ([`lookup_host`](Self::lookup_host)), or `InvalidInput` if `addr` names no address.
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        self.connect_each(addrs::resolve(&self.owner.shared, &addr)?, None)
+    }
+
+    /// Opens a connection, giving up after `timeout` (enforced by the monitor) for each
+    /// address `addr` names, tried in turn as [`connect`](Self::connect) does.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero timeout (as `std`), `TimedOut` when it passes, the
+    /// resolver's error, or the connection's.
+    pub fn connect_timeout(
+        &self,
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        if timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot set a 0 duration timeout",
+            ));
+        }
+        let ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.connect_each(addrs::resolve(&self.owner.shared, &addr)?, Some(ms))
+    }
+
+    /// Tries each address in turn; the first connection wins.
+    fn connect_each(
+        &self,
+        list: Vec<SocketAddr>,
+        timeout_ms: Option<u32>,
+    ) -> io::Result<TcpStream> {
         let mut last = None;
-        for a in addr.to_socket_addrs()? {
-            match self.connect_with(a, 0) {
+        for a in list {
+            match self.connect_with(a, timeout_ms.unwrap_or(0)) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -229,24 +289,6 @@ impl ArcaSession {
                 "could not resolve to any addresses",
             )
         }))
-    }
-
-    /// Opens a connection, giving up after `timeout` (enforced by the monitor).
-    ///
-    /// # Errors
-    /// `InvalidInput` for a zero timeout (as `std`), `TimedOut` when it passes, or the
-    /// connection's error.
-    pub fn connect_timeout(&self, addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        if timeout.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cannot set a 0 duration timeout",
-            ));
-        }
-        let ms = u32::try_from(timeout.as_millis())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        self.connect_with(*addr, ms)
     }
 
     fn connect_with(&self, addr: SocketAddr, timeout_ms: u32) -> io::Result<TcpStream> {
@@ -276,7 +318,7 @@ impl ArcaSession {
     /// `addr` resolves to nothing.
     pub fn bind(&self, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         let mut last = None;
-        for a in addr.to_socket_addrs()? {
+        for a in addrs::resolve(&self.owner.shared, &addr)? {
             match self.bind_one(a) {
                 Ok(l) => return Ok(l),
                 Err(e) => last = Some(e),
@@ -310,7 +352,7 @@ impl ArcaSession {
 
     fn bind_udp_with(&self, addr: impl ToSocketAddrs, flags: u32) -> io::Result<UdpSocket> {
         let mut last = None;
-        for a in addr.to_socket_addrs()? {
+        for a in addrs::resolve(&self.owner.shared, &addr)? {
             let reply = self
                 .owner
                 .shared

@@ -17,9 +17,38 @@ use std::task::{Context, Poll};
 use arca_wire::{Message, RequestId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::addrs::{self, Target, ToSocketAddrs};
 use crate::session::{gone, op_error, Owner, WakeKey};
 use crate::stream::unexpected;
 use crate::{ArcaSession, TcpListener, TcpStream};
+
+/// The addresses `host` names, resolved by the monitor without blocking the runtime: the
+/// async form of [`ArcaSession::lookup_host`], shaped like `tokio::net::lookup_host`.
+///
+/// # Errors
+/// As [`ArcaSession::lookup_host`].
+pub async fn lookup_host(
+    session: &ArcaSession,
+    host: impl ToSocketAddrs,
+) -> io::Result<std::vec::IntoIter<SocketAddr>> {
+    resolve(&session.owner, &host).await.map(Vec::into_iter)
+}
+
+async fn resolve(
+    owner: &Arc<Owner>,
+    addr: &(impl ToSocketAddrs + ?Sized),
+) -> io::Result<Vec<SocketAddr>> {
+    match addrs::target(addr)? {
+        Target::Addrs(list) => Ok(list),
+        Target::Name { host, port } => {
+            let (id, rx) = owner
+                .shared
+                .start_request(&addrs::resolve_request(&host)?)?;
+            let reply = Reply { owner, id, rx }.await?;
+            addrs::addrs_from_reply(reply, &host, port)
+        }
+    }
+}
 
 /// A [`TcpStream`] with tokio's `AsyncRead` and `AsyncWrite`.
 #[derive(Debug, Clone)]
@@ -33,11 +62,28 @@ impl AsyncTcpStream {
         Self { inner }
     }
 
-    /// Connects through `session` without blocking the runtime.
+    /// Connects through `session` without blocking the runtime, trying each address `addr`
+    /// names in turn (a name is resolved by the monitor, as [`lookup_host`] does).
     ///
     /// # Errors
     /// As [`ArcaSession::connect`].
-    pub async fn connect(session: &ArcaSession, addr: SocketAddr) -> io::Result<Self> {
+    pub async fn connect(session: &ArcaSession, addr: impl ToSocketAddrs) -> io::Result<Self> {
+        let mut last = None;
+        for a in resolve(&session.owner, &addr).await? {
+            match Self::connect_one(session, a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "could not resolve to any addresses",
+            )
+        }))
+    }
+
+    async fn connect_one(session: &ArcaSession, addr: SocketAddr) -> io::Result<Self> {
         let owner = Arc::clone(&session.owner);
         let (id, rx) = owner.shared.start_request(&Message::ConnectRequest {
             addr,

@@ -1,7 +1,9 @@
 //! `UdpSocket`: datagrams through a datagram pipe the monitor relays (DATAPIPE.md §10).
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use crate::addrs::{self, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,8 +71,10 @@ fn timed_out() -> io::Error {
     )
 }
 
-fn first_addr(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-    addr.to_socket_addrs()?
+/// The first address `addr` names (a name is resolved by the monitor).
+fn first_addr(shared: &crate::session::Shared, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    addrs::resolve(shared, &addr)?
+        .into_iter()
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to"))
 }
@@ -139,7 +143,7 @@ impl UdpSocket {
     /// over IPv6); `WouldBlock` when non-blocking (or past the write timeout) with no room in
     /// the ring; `ConnectionAborted` once the monitor is gone or closed the socket.
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
-        let addr = first_addr(addr)?;
+        let addr = first_addr(&self.inner.owner.shared, addr)?;
         self.send_impl(buf, addr)
     }
 
@@ -174,7 +178,7 @@ impl UdpSocket {
         datagrams: &[R],
         addr: impl ToSocketAddrs,
     ) -> io::Result<usize> {
-        let addr = first_addr(addr)?;
+        let addr = first_addr(&self.inner.owner.shared, addr)?;
         let mut headers = Vec::with_capacity(datagrams.len());
         for d in datagrams {
             let len = d.as_ref().iter().map(|p| p.as_ref().len()).sum();
@@ -347,7 +351,7 @@ impl UdpSocket {
     /// # Errors
     /// The host's error (for example `NetworkUnreachable`).
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
-        let addr = first_addr(addr)?;
+        let addr = first_addr(&self.inner.owner.shared, addr)?;
         let i = &self.inner;
         match i
             .owner

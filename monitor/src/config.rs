@@ -83,6 +83,12 @@ pub struct Config {
     pub workers: usize,
     /// Pin worker `i` to the `i`-th CPU the process may use.
     pub pin: bool,
+    /// Resolves names for guests (`Resolve`); without one, every `Resolve` is answered
+    /// `ResolverFailure`.
+    pub resolver: Option<crate::resolver::Resolver>,
+    /// How long past its TTL an address learned through an allowed name stays allowed
+    /// (POLICY.md §5): a guest that resolved just before the answer expired still connects.
+    pub learn_grace: Duration,
 }
 
 /// The most workers a monitor runs.
@@ -106,6 +112,8 @@ impl Default for Config {
             max_sessions_per_uid: 64,
             workers: 1,
             pin: false,
+            resolver: None,
+            learn_grace: Duration::from_secs(5),
         }
     }
 }

@@ -742,6 +742,7 @@ mod tests {
             listen: vec![AddrRule {
                 action,
                 nets: vec!["127.0.0.0/8".parse().unwrap()],
+                names: Vec::new(),
                 ports,
                 proto: Proto::Any,
             }],

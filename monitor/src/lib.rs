@@ -6,7 +6,9 @@
 //! bootstrap"), and then performs the guest's socket calls — listen, connect,
 //! accept — on real kernel sockets, relaying each connection's bytes between
 //! the socket and a data pipe. Sessions are spread over worker threads, each
-//! an event loop owning whole sessions (`Config::workers`).
+//! an event loop owning whole sessions (`Config::workers`). The monitor also
+//! resolves host names for guests, on a resolver thread of its own
+//! ([`resolver`]), so its policy can speak in names (POLICY.md §5).
 //!
 //! # Trust model
 //! The monitor is the security boundary. The guest and every byte it writes
@@ -29,6 +31,7 @@ pub mod net;
 pub mod policy;
 pub mod ratelimit;
 pub mod relay;
+pub mod resolver;
 pub mod serve_socket;
 pub mod session;
 #[allow(unsafe_code)]

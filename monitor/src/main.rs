@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arca_monitor::resolver::{Resolver, ResolverSettings, Upstream};
 use arca_monitor::serve_socket::Access;
 use arca_monitor::session::SetupError;
 use arca_monitor::{confine, guest, Config, GuestOutcome, Monitor, Policy};
@@ -48,6 +50,8 @@ enum Command {
         confine: ConfineArgs,
         #[command(flatten)]
         workers: Workers,
+        #[command(flatten)]
+        names: NameArgs,
         /// The guest program and its arguments.
         #[arg(required = true, last = true, value_name = "PROGRAM ARGS")]
         program: Vec<OsString>,
@@ -90,6 +94,8 @@ enum Command {
         confine: ConfineArgs,
         #[command(flatten)]
         workers: Workers,
+        #[command(flatten)]
+        names: NameArgs,
     },
     /// Print the default policy, or check a policy file (POLICY.md).
     Policy {
@@ -105,6 +111,64 @@ enum Command {
         #[arg(long, requires = "check")]
         print: bool,
     },
+}
+
+/// How the monitor resolves names for guests (`ArcaSession::lookup_host`).
+#[derive(Debug, Args)]
+struct NameArgs {
+    /// Resolve guests' names with this DNS server only (default: the host's
+    /// /etc/resolv.conf and /etc/hosts, read at start-up). Port 53 when omitted.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_server)]
+    resolver: Option<SocketAddr>,
+    /// Seconds one resolution may take before the guest gets TimedOut.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_resolve_timeout)]
+    resolve_timeout: f64,
+}
+
+impl NameArgs {
+    /// Builds the resolver, having read what it needs; its thread starts once the monitor
+    /// is confined (`Resolver::run`). Without `--resolver`, a host whose configuration cannot
+    /// be read gets a monitor that answers every `Resolve` with `ResolverFailure` (and says
+    /// so once); a named server that cannot be set up is an error.
+    fn prepare(&self) -> anyhow::Result<Option<Resolver>> {
+        let upstream = match self.resolver {
+            Some(addr) => Upstream::Server(addr),
+            None => Upstream::System,
+        };
+        let settings = ResolverSettings {
+            upstream: upstream.clone(),
+            timeout: Duration::from_secs_f64(self.resolve_timeout),
+        };
+        match (Resolver::prepare(settings), upstream) {
+            (Ok(r), _) => Ok(Some(r)),
+            (Err(e), Upstream::System) => {
+                tracing::warn!("resolving names for guests is off: {e}");
+                Ok(None)
+            }
+            (Err(e), Upstream::Server(_)) => Err(anyhow::Error::new(e)),
+        }
+    }
+}
+
+fn parse_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .or_else(|_| {
+            let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+            bare.ok_or(())
+                .and_then(|b| b.parse::<IpAddr>().map_err(|_| ()))
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("`{s}` is not ADDR or ADDR:PORT (examples: 127.0.0.1:53, [::1]:5353)"))
+}
+
+fn parse_resolve_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=300.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0.01 and 300"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +307,7 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     let (prog, args) = program.split_first().context("no guest program given")?;
     let bind_privileged_ports = privileged_ports(&config.policy);
+    let resolver = config.resolver.clone();
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
@@ -279,7 +344,7 @@ fn run(
         bind_privileged_ports,
         ..confine::Plan::default()
     };
-    if let Err(e) = confine_now(confined, &plan) {
+    if let Err(e) = confine_now(confined, &plan).and_then(|()| run_resolver(resolver.as_ref())) {
         let _ = spawned.child.kill();
         let _ = spawned.child.wait();
         return Err(e);
@@ -349,6 +414,15 @@ fn confine_now(confined: bool, plan: &confine::Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the resolver's thread, once the monitor is confined (it inherits the
+/// confinement, Landlock and the capability drop included).
+fn run_resolver(resolver: Option<&Resolver>) -> anyhow::Result<()> {
+    match resolver {
+        Some(r) => r.run().context("starting the resolver thread"),
+        None => Ok(()),
+    }
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8)
         .ok()
@@ -405,6 +479,7 @@ fn serve(
 ) -> anyhow::Result<ExitCode> {
     fit_descriptor_limit(&mut config);
     let bind_privileged_ports = privileged_ports(&config.policy);
+    let resolver = config.resolver.clone();
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
         .handle_signals()
@@ -422,6 +497,7 @@ fn serve(
         ..confine::Plan::default()
     };
     confine_now(confined, &plan)?;
+    run_resolver(resolver.as_ref())?;
     monitor.run().context("serving guests")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -429,10 +505,19 @@ fn serve(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli_log::init("ARCA_LOG", "warn");
-    let (sizes, policy) = match &cli.command {
-        Command::Run { sizes, policy, .. } | Command::Serve { sizes, policy, .. } => {
-            (sizes, policy)
+    let (sizes, policy, names) = match &cli.command {
+        Command::Run {
+            sizes,
+            policy,
+            names,
+            ..
         }
+        | Command::Serve {
+            sizes,
+            policy,
+            names,
+            ..
+        } => (sizes, policy, names),
         Command::Policy {
             print_default,
             check,
@@ -457,6 +542,13 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("arca-monitor: {e:#}");
             return ExitCode::from(USAGE);
+        }
+    };
+    let config = match names.prepare() {
+        Ok(resolver) => Config { resolver, ..config },
+        Err(e) => {
+            eprintln!("arca-monitor: starting the resolver: {e:#}");
+            return ExitCode::FAILURE;
         }
     };
     let result = match &cli.command {

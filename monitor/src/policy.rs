@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+pub mod names;
+
+pub use names::{Learned, NamePattern};
+
 /// A policy file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -490,14 +494,20 @@ fn is_any_proto(p: &Proto) -> bool {
     *p == Proto::Any
 }
 
-/// An outbound or listen rule: the addresses, ports and transport it covers.
+/// An outbound or listen rule: the addresses (or, outbound, the names), ports and transport
+/// it covers. A rule has `nets`, `names` or both; listen rules have no `names`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddrRule {
     /// What a match does.
     pub action: Action,
     /// Address blocks (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nets: Vec<Cidr>,
+    /// Host names (any of them): the addresses the guest learns by resolving one through the
+    /// monitor (POLICY.md §5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NamePattern>,
     /// Port ranges (any of them); every port when omitted.
     #[serde(default = "any_ports", skip_serializing_if = "is_any_ports")]
     pub ports: Vec<PortRange>,
@@ -545,6 +555,12 @@ pub struct Limits {
     pub connect_rate: u32,
     /// New outbound connections allowed in a burst above the rate.
     pub connect_burst: NonZeroU32,
+    /// Name resolutions waiting for the resolver at once.
+    pub resolves_in_flight: u32,
+    /// Name resolutions per second, sustained.
+    pub resolve_rate: u32,
+    /// Name resolutions allowed in a burst above the rate.
+    pub resolve_burst: NonZeroU32,
 }
 
 impl Default for Limits {
@@ -559,6 +575,9 @@ impl Default for Limits {
             requests_in_flight: 1024,
             connect_rate: 10_000,
             connect_burst: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
+            resolves_in_flight: 64,
+            resolve_rate: 100,
+            resolve_burst: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -592,12 +611,14 @@ fn default_outbound() -> Vec<AddrRule> {
         AddrRule {
             action: Action::Deny,
             nets: cidrs(&["169.254.0.0/16", "fe80::/10", "255.255.255.255/32"]),
+            names: Vec::new(),
             ports: any_ports(),
             proto: Proto::Any,
         },
         AddrRule {
             action: Action::Allow,
             nets: cidrs(&["0.0.0.0/0", "::/0"]),
+            names: Vec::new(),
             ports: any_ports(),
             proto: Proto::Any,
         },
@@ -619,12 +640,14 @@ fn default_listen() -> Vec<AddrRule> {
         AddrRule {
             action: Action::Allow,
             nets: cidrs(&["127.0.0.0/8", "::1/128"]),
+            names: Vec::new(),
             ports: unprivileged(),
             proto: Proto::Any,
         },
         AddrRule {
             action: Action::Allow,
             nets: cidrs(&["0.0.0.0/32", "::/128", "224.0.0.0/4", "ff00::/8"]),
+            names: Vec::new(),
             ports: unprivileged(),
             proto: Proto::Udp,
         },
@@ -691,6 +714,9 @@ pub struct Decision {
     /// The IPv4 address inside the IPv6 address asked about that decided
     /// (denied), `None` when the address itself decided.
     pub embedded: Option<Embedded>,
+    /// Allowed because the guest learned the address by resolving a name that
+    /// `rule` names ([`Policy::outbound_learned`]).
+    pub learned: bool,
 }
 
 impl Decision {
@@ -700,6 +726,7 @@ impl Decision {
         section: Section::Outbound,
         rule: None,
         embedded: None,
+        learned: false,
     };
 }
 
@@ -711,6 +738,12 @@ impl fmt::Display for Decision {
             Section::Multicast => "multicast",
         };
         let verdict = if self.allowed { "allow" } else { "deny" };
+        if let (true, Some(i)) = (self.learned, self.rule) {
+            return write!(
+                f,
+                "{section}[{i}] ({verdict}) for an address learned from its names"
+            );
+        }
         match (self.rule, self.embedded) {
             (_, Some(Embedded { form, v4: None })) => write!(
                 f,
@@ -737,10 +770,92 @@ impl Policy {
     /// # Errors
     /// [`PolicyError::Parse`] naming the line of the first problem.
     pub fn from_toml(text: &str, path: &str) -> Result<Self, PolicyError> {
-        toml::from_str(text).map_err(|e| PolicyError::Parse {
+        let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
+        })?;
+        policy.check_rules().map_err(|message| PolicyError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(policy)
+    }
+
+    /// What TOML's types cannot say: every rule has `nets` or `names`, and only outbound
+    /// rules have `names`.
+    fn check_rules(&self) -> Result<(), String> {
+        for (i, r) in self.outbound.iter().enumerate() {
+            if r.nets.is_empty() && r.names.is_empty() {
+                return Err(format!("outbound[{i}] has neither `nets` nor `names`"));
+            }
+        }
+        for (i, r) in self.listen.iter().enumerate() {
+            if !r.names.is_empty() {
+                return Err(format!(
+                    "listen[{i}] has `names`: a guest listens on addresses (`nets`) only"
+                ));
+            }
+            if r.nets.is_empty() {
+                return Err(format!("listen[{i}] has no `nets`"));
+            }
+        }
+        Ok(())
+    }
+
+    /// May a guest resolve `name` (lower case, no trailing dot)? The first outbound rule whose
+    /// `names` match decides; a name no rule names is resolved, and the answer allows nothing
+    /// by itself (`rule` is `None`).
+    pub fn resolve(&self, name: &str) -> Decision {
+        let rule = self
+            .outbound
+            .iter()
+            .position(|r| r.names.iter().any(|p| p.matches(name)));
+        Decision {
+            allowed: rule
+                .and_then(|i| self.outbound.get(i))
+                .is_none_or(|r| r.action == Action::Allow),
+            section: Section::Outbound,
+            rule,
+            embedded: None,
+            learned: false,
+        }
+    }
+
+    /// Whether outbound rule `rule` is an allow rule whose ports and transport cover `port`
+    /// and `proto` (for an address learned through one of its names).
+    fn rule_covers(&self, rule: usize, port: u16, proto: Proto) -> bool {
+        self.outbound.get(rule).is_some_and(|r| {
+            r.action == Action::Allow
+                && r.proto.covers(proto)
+                && r.ports.iter().any(|p| p.contains(port))
         })
+    }
+
+    /// [`Policy::outbound`], then the addresses the guest learned through names: an address
+    /// no address rule matches is allowed while a live grant in `learned` names a rule that
+    /// covers the port and transport. An address rule that matches — deny or allow — decides
+    /// first, so a name never opens what an address rule denies.
+    pub fn outbound_learned(
+        &self,
+        addr: SocketAddr,
+        proto: Proto,
+        learned: &Learned,
+        now: Instant,
+    ) -> Decision {
+        let d = self.outbound(addr, proto);
+        if d.rule.is_some() || d.embedded.is_some() {
+            return d;
+        }
+        let port = addr.port();
+        match learned.rule_for(addr.ip(), now, |r| self.rule_covers(r, port, proto)) {
+            Some(rule) => Decision {
+                allowed: true,
+                rule: Some(rule),
+                learned: true,
+                ..d
+            },
+            None => d,
+        }
     }
 
     /// Reads and parses a policy file.
@@ -789,6 +904,7 @@ impl Policy {
             section: Section::Multicast,
             rule,
             embedded: None,
+            learned: false,
         }
     }
 }
@@ -808,6 +924,7 @@ fn decide(rules: &[AddrRule], section: Section, addr: SocketAddr, proto: Proto) 
                 section,
                 rule: None,
                 embedded: None,
+                learned: false,
             },
         };
         if !inside.allowed {
@@ -835,6 +952,7 @@ fn first_match(
         section,
         rule,
         embedded: None,
+        learned: false,
     }
 }
 
@@ -853,6 +971,28 @@ impl DestCache {
             _ => {
                 let d = policy.outbound(addr, Proto::Udp);
                 self.last = Some((addr, d));
+                d
+            }
+        }
+    }
+
+    /// [`check`](Self::check) with the addresses the guest learned through names. Only
+    /// answers an address rule gave are remembered: an address no rule matches may be
+    /// learned, or expire, between two datagrams, so its answer is asked again each time.
+    pub fn check_learned(
+        &mut self,
+        policy: &Policy,
+        learned: &Learned,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Decision {
+        match self.last {
+            Some((a, d)) if a == addr => d,
+            _ => {
+                let d = policy.outbound_learned(addr, Proto::Udp, learned, now);
+                if !d.learned && (d.rule.is_some() || d.embedded.is_some()) {
+                    self.last = Some((addr, d));
+                }
                 d
             }
         }
@@ -1353,5 +1493,140 @@ mod tests {
         assert!(c.check(&p, sa("[2001:db8::1]:5")).allowed);
         assert!(!c.check(&p, sa("[2002:a9fe:101::1]:5")).allowed);
         assert!(!c.check(&p, sa("[2002:a9fe:101::1]:5")).allowed);
+    }
+
+    const BY_NAME: &str = r#"
+        [[outbound]]
+        action = "deny"
+        nets = ["169.254.0.0/16", "10.0.0.0/8"]
+        [[outbound]]
+        action = "deny"
+        names = ["evil.pypi.org"]
+        [[outbound]]
+        action = "allow"
+        names = ["GitHub.com.", "*.pypi.org"]
+        ports = [443]
+        proto = "tcp"
+        [[outbound]]
+        action = "allow"
+        nets = ["192.0.2.0/24"]
+        [[outbound]]
+        action = "deny"
+        names = ["*"]
+        "#;
+
+    #[test]
+    fn names_are_judged_by_the_first_rule_naming_them() {
+        let p = Policy::from_toml(BY_NAME, "t").unwrap();
+        let r = |n: &str| p.resolve(n);
+        assert_eq!(
+            (r("github.com").allowed, r("github.com").rule),
+            (true, Some(2))
+        );
+        assert_eq!(r("files.pypi.org").rule, Some(2));
+        assert_eq!(
+            (r("evil.pypi.org").allowed, r("evil.pypi.org").rule),
+            (false, Some(1)),
+            "a deny before the wildcard wins"
+        );
+        assert_eq!(
+            (r("example.com").allowed, r("example.com").rule),
+            (false, Some(4))
+        );
+        let open = Policy::default();
+        assert_eq!(
+            (
+                open.resolve("x.example").allowed,
+                open.resolve("x.example").rule
+            ),
+            (true, None)
+        );
+    }
+
+    #[test]
+    fn a_learned_address_is_allowed_for_its_rule_ports_and_ttl_and_deny_rules_win() {
+        let p = Policy::from_toml(BY_NAME, "t").unwrap();
+        let l = Learned::default();
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(30);
+        for ip in ["203.0.113.5", "10.1.2.3", "169.254.169.254", "2001:db8::5"] {
+            l.learn(ip.parse().unwrap(), 2, until, t0);
+        }
+        let out = |a: &str, proto, t| p.outbound_learned(sa(a), proto, &l, t);
+        let d = out("203.0.113.5:443", Proto::Tcp, t0);
+        assert!(d.allowed && d.learned && d.rule == Some(2), "{d}");
+        assert_eq!(
+            d.to_string(),
+            "outbound[2] (allow) for an address learned from its names"
+        );
+        assert!(out("[2001:db8::5]:443", Proto::Tcp, t0).allowed);
+        assert!(
+            out("[::ffff:203.0.113.5]:443", Proto::Tcp, t0).allowed,
+            "mapped form"
+        );
+        assert!(
+            !out("203.0.113.5:80", Proto::Tcp, t0).allowed,
+            "rule's ports only"
+        );
+        assert!(
+            !out("203.0.113.5:443", Proto::Udp, t0).allowed,
+            "rule's proto only"
+        );
+        assert!(
+            !out("203.0.113.5:443", Proto::Tcp, until).allowed,
+            "expired"
+        );
+        assert!(
+            !out("203.0.113.6:443", Proto::Tcp, t0).allowed,
+            "not learned"
+        );
+        // DNS rebinding: an address rule that denies wins over the name.
+        let d = out("10.1.2.3:443", Proto::Tcp, t0);
+        assert_eq!((d.allowed, d.rule, d.learned), (false, Some(0), false));
+        assert!(!out("169.254.169.254:443", Proto::Tcp, t0).allowed);
+        // NAT64 spelling of a denied address stays denied.
+        assert!(!out("[64:ff9b::a01:203]:443", Proto::Tcp, t0).allowed);
+        // A name learned for a deny rule grants nothing.
+        l.learn("198.51.100.1".parse().unwrap(), 1, until, t0);
+        assert!(!out("198.51.100.1:443", Proto::Tcp, t0).allowed);
+        // Address rules are unchanged.
+        assert!(out("192.0.2.9:22", Proto::Udp, t0).allowed);
+        let mut c = DestCache::default();
+        // An address no rule matches is asked again each time: learning it later counts.
+        let dns_rule = Policy::from_toml(
+            "[[outbound]]\naction = \"allow\"\nnames = [\"x.test\"]\nproto = \"udp\"\n",
+            "t",
+        )
+        .unwrap();
+        let fresh = Learned::default();
+        let mut udp_cache = DestCache::default();
+        let to = sa("198.51.100.9:53");
+        assert!(!udp_cache.check_learned(&dns_rule, &fresh, to, t0).allowed);
+        fresh.learn(to.ip(), 0, until, t0);
+        assert!(udp_cache.check_learned(&dns_rule, &fresh, to, t0).allowed);
+        assert!(
+            !udp_cache
+                .check_learned(&dns_rule, &fresh, to, until)
+                .allowed,
+            "expired"
+        );
+        let udp = c.check_learned(&p, &l, sa("203.0.113.5:443"), t0);
+        assert!(!udp.allowed, "the rule is tcp only");
+        assert!(c.check_learned(&p, &l, sa("192.0.2.1:53"), t0).allowed);
+    }
+
+    #[test]
+    fn name_rules_are_checked_when_the_file_is_read() {
+        let e = parse_err("[[outbound]]\naction = \"allow\"\nnames = [\"bücher.de\"]\n");
+        assert!(e.contains("line 3") && e.contains("IDNA"), "{e}");
+        let e = parse_err("[[outbound]]\naction = \"allow\"\nnames = [\"a..b\"]\n");
+        assert!(e.contains("line 3") && e.contains("empty label"), "{e}");
+        let e = parse_err("[[outbound]]\naction = \"allow\"\nports = [443]\n");
+        assert!(e.contains("outbound[0] has neither"), "{e}");
+        let e =
+            parse_err("[[listen]]\naction = \"allow\"\nnets = [\"::1\"]\nnames = [\"x.com\"]\n");
+        assert!(e.contains("listen[0] has `names`"), "{e}");
+        let p = Policy::from_toml(BY_NAME, "t").unwrap();
+        assert_eq!(Policy::from_toml(&p.to_toml(), "again").unwrap(), p);
     }
 }

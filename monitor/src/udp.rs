@@ -37,7 +37,7 @@ use udp_batch::{Received, SendError};
 
 use crate::sys::{recv_into, send_from_ring};
 
-use crate::policy::{Decision, DestCache, Policy};
+use crate::policy::{Decision, DestCache, Learned, Policy};
 use crate::ratelimit::WarnLimiter;
 use crate::relay::{deregister, BadRecord, IdlePasses, Progress, RelayFault, Service};
 
@@ -141,6 +141,8 @@ pub struct UdpRelay {
     published_drops: u64,
     /// The outbound policy for `send_to`, if any.
     policy: Option<Arc<Policy>>,
+    /// Addresses the guest learned through allowed names, judged with the policy.
+    learned: Option<Arc<Learned>>,
     dests: DestCache,
     denials_logged: WarnLimiter,
     /// The owning session, for logs.
@@ -188,6 +190,7 @@ impl UdpRelay {
             counters: UdpCounters::default(),
             published_drops: 0,
             policy: None,
+            learned: None,
             dests: DestCache::default(),
             denials_logged: WarnLimiter::new(),
             session: 0,
@@ -206,6 +209,13 @@ impl UdpRelay {
     pub fn with_policy(mut self, policy: Arc<Policy>, session: u64) -> Self {
         self.policy = Some(policy);
         self.session = session;
+        self
+    }
+
+    /// Judges destinations with the addresses the guest learned through names too
+    /// ([`Policy::outbound_learned`]).
+    pub fn with_learned(mut self, learned: Arc<Learned>) -> Self {
+        self.learned = Some(learned);
         self
     }
 
@@ -295,10 +305,13 @@ impl UdpRelay {
                 .readable_segments()
                 .map_err(RelayFault::Corrupt)?;
             let closed = self.pipe.is_peer_write_closed();
-            let (policy, dests) = (&self.policy, &mut self.dests);
-            let mut allowed = |addr: SocketAddr| match policy {
-                Some(p) => dests.check(p, addr),
-                None => Decision::ALLOW,
+            let (policy, learned, dests) = (&self.policy, &self.learned, &mut self.dests);
+            // Read once per pass: a learned address's expiry is judged to the pass.
+            let now = std::time::Instant::now();
+            let mut allowed = |addr: SocketAddr| match (policy, learned) {
+                (Some(p), Some(l)) => dests.check_learned(p, l, addr, now),
+                (Some(p), None) => dests.check(p, addr),
+                (None, _) => Decision::ALLOW,
             };
             let Parsed {
                 batch,

@@ -4,7 +4,8 @@
 //! sessions it owns — doorbell, session socket, listeners, connections, UDP
 //! sockets — and their timers. Nothing on that path is shared with another
 //! worker; what crosses threads arrives through the worker's inbox, a channel
-//! paired with a [`Waker`] on token [`WAKER`]:
+//! paired with a [`Waker`] on token [`WAKER`] (and the resolver's answers for
+//! its sessions, through an [`Inbox`] on token [`RESOLVED`]):
 //! - [`Msg::Adopt`]: a guest to serve (its session socket, and its place in
 //!   the monitor-wide session limits, released when the session ends);
 //! - [`Msg::Stats`]: a request for the worker's figures;
@@ -29,11 +30,14 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::limits::SessionSlot;
+use crate::resolver::{Inbox, ResolverClient};
 use crate::serve_socket::Peer;
 use crate::session::{Ctx, Session, SessionId, SessionSource, SessionStats, SetupError};
 
 /// The inbox's wake-up token.
 pub(crate) const WAKER: Token = Token(0);
+/// The resolver's answers for this worker's sessions are in its [`Inbox`].
+pub(crate) const RESOLVED: Token = Token(15);
 /// Tokens below this are fixed sources; sessions get tokens from here up.
 pub(crate) const FIRST_DYNAMIC: usize = 16;
 
@@ -140,6 +144,10 @@ pub(crate) struct Worker {
     live: Arc<AtomicUsize>,
     stopping: bool,
     last_work: Instant,
+    /// Where the resolver puts this worker's answers.
+    resolved: Arc<Inbox>,
+    /// The sessions' way to the resolver, if the monitor has one.
+    resolver: Option<ResolverClient>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -164,6 +172,11 @@ impl Worker {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
+        let resolved = Arc::new(Inbox::new(poll.registry(), RESOLVED)?);
+        let resolver = config
+            .resolver
+            .as_ref()
+            .map(|r| r.client(Arc::clone(&resolved)));
         let live = Arc::new(AtomicUsize::new(0));
         let link = WorkerLink {
             index,
@@ -187,6 +200,8 @@ impl Worker {
             live,
             stopping: false,
             last_work: Instant::now(),
+            resolved,
+            resolver,
         };
         Ok((worker, link))
     }
@@ -337,6 +352,8 @@ impl Worker {
         for (token, readable, writable) in events {
             if token == WAKER {
                 self.read_inbox();
+            } else if token == RESOLVED {
+                self.deliver_resolved();
             } else if token.0 < FIRST_DYNAMIC {
                 foreign.push(token);
             } else if let Some(&(sid, src)) = self.tokens.get(&token) {
@@ -380,6 +397,15 @@ impl Worker {
         }
     }
 
+    /// Hands each finished resolution to its session (if it is still here).
+    fn deliver_resolved(&mut self) {
+        for r in self.resolved.take() {
+            self.with_session(r.session, |s, ctx| {
+                s.on_resolved(r.request, r.outcome, ctx);
+            });
+        }
+    }
+
     /// This worker's figures.
     pub fn report(&self) -> WorkerReport {
         let mut sessions: Vec<_> = self
@@ -413,6 +439,7 @@ impl Worker {
             next_token,
             config,
             reuse,
+            resolver,
             ..
         } = self;
         let mut released = Vec::new();
@@ -431,6 +458,7 @@ impl Worker {
                 config,
                 reuse,
                 net: &crate::net::Kernel,
+                resolver: resolver.as_ref(),
                 now: Instant::now(),
             };
             f(&mut ctx)

@@ -88,6 +88,18 @@ fn a_bad_policy_file_stops_the_monitor_with_exit_2() {
             "line 4",
             "9000-80",
         ),
+        (
+            "idna-name",
+            "[[outbound]]\naction = \"allow\"\nnames = [\"github.com\", \"bücher.de\"]\n",
+            "line 3",
+            "IDNA",
+        ),
+        (
+            "nul-name",
+            "[[outbound]]\naction = \"allow\"\nnames = [\"a\\u0000b.com\"]\n",
+            "line 3",
+            "cannot appear in a host name",
+        ),
     ];
     for (name, text, line, detail) in cases {
         let path = write_policy(name, text);
@@ -110,6 +122,53 @@ fn a_bad_policy_file_stops_the_monitor_with_exit_2() {
         }
         let _ = std::fs::remove_file(&path);
     }
+    // What TOML's types cannot say is checked too, naming the rule.
+    for (name, text, detail) in [
+        (
+            "no-nets-no-names",
+            "[[outbound]]\naction = \"allow\"\nports = [443]\n",
+            "outbound[0] has neither `nets` nor `names`",
+        ),
+        (
+            "listen-names",
+            "[[listen]]\naction = \"allow\"\nnets = [\"::1\"]\nnames = [\"x.com\"]\n",
+            "listen[0] has `names`",
+        ),
+    ] {
+        let path = write_policy(name, text);
+        let out = run_to_exit(&["policy", "--check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(detail), "{}", stderr(&out));
+        let _ = std::fs::remove_file(&path);
+    }
+    let good = write_policy(
+        "names-ok",
+        "[[outbound]]\naction = \"allow\"\nnames = [\"GitHub.com.\", \"*.pypi.org\", \"*\"]\n",
+    );
+    let out = run_to_exit(&["policy", "--check", good.to_str().unwrap(), "--print"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout
+            .contains(r#"names = ["github.com", "*.pypi.org", "*"]"#),
+        "{}",
+        out.stdout
+    );
+    let _ = std::fs::remove_file(&good);
+    let sock = temp("bad-resolver.sock");
+    let out = run_to_exit(&[
+        "serve",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--resolver",
+        "dns.example",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not ADDR or ADDR:PORT"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!sock.exists());
     let out = run_to_exit(&[
         "serve",
         "--socket",

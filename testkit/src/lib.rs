@@ -27,6 +27,8 @@
 //! - [`pattern`]: deterministic byte streams with checksums computed without generating
 //!   them, positional streams checkable at any offset, and a reader-side tally.
 //! - [`servers`]: host-side echo and byte-counting servers on 127.0.0.1.
+//! - [`dns`]: a DNS server on 127.0.0.1 with hand-built answers, for the monitor's
+//!   `--resolver`.
 //!
 //! Every child is killed and reaped when its guard drops; every wait has a deadline.
 
@@ -35,6 +37,7 @@ use std::time::Duration;
 pub mod bins;
 pub mod child;
 pub mod daisy_run;
+pub mod dns;
 pub mod in_proc;
 pub mod lan_bed;
 pub mod load;

@@ -35,6 +35,8 @@ pub struct RawGuest {
     pub monitor_bell: Arc<Doorbell>,
     pub decoder: FrameDecoder,
     pub next: RequestId,
+    /// Frames decoded but not yet returned (one read may carry many).
+    pub queued: std::collections::VecDeque<Frame>,
 }
 
 impl RawGuest {
@@ -110,6 +112,7 @@ impl RawGuest {
             monitor_bell,
             decoder: FrameDecoder::new(),
             next: RequestId(1),
+            queued: std::collections::VecDeque::new(),
         })
     }
 
@@ -155,13 +158,25 @@ impl RawGuest {
     pub fn recv_until(&mut self, deadline: Instant) -> Result<Option<Frame>, shm_ring::WaitError> {
         let mut buf = [0u8; 2048];
         loop {
+            if let Some(f) = self.queued.pop_front() {
+                return Ok(Some(f));
+            }
             if let Some(f) = self.decoder.next_frame().unwrap() {
                 return Ok(Some(f));
             }
             match self.control.read(&mut buf) {
                 Ok(0) => return Ok(None),
                 Ok(n) => {
-                    assert_eq!(self.decoder.feed(&buf[..n]), n);
+                    // The decoder holds at most one frame: hand it what fits, queue what it
+                    // decodes, repeat.
+                    let mut input = &buf[..n];
+                    while !input.is_empty() {
+                        let taken = self.decoder.feed(input);
+                        input = &input[taken..];
+                        while let Some(f) = self.decoder.next_frame().unwrap() {
+                            self.queued.push_back(f);
+                        }
+                    }
                 }
                 Err(RingError::WouldBlock) => {
                     match self
@@ -201,7 +216,7 @@ impl RawGuest {
         assert!(matches!(
             self.call(&Message::hello()),
             Message::HelloOk {
-                version: 1,
+                version: arca_wire::PROTOCOL_VERSION,
                 flags: 0
             }
         ));
@@ -306,7 +321,7 @@ impl RawGuest {
     /// Takes every frame already readable without waiting; `None` once the
     /// session has ended (EOF or a closed pipe).
     pub fn drain_replies(&mut self) -> Option<Vec<Frame>> {
-        let mut out = Vec::new();
+        let mut out: Vec<Frame> = self.queued.drain(..).collect();
         let mut buf = [0u8; 8192];
         loop {
             while let Ok(Some(f)) = self.decoder.next_frame() {

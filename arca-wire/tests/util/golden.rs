@@ -4,8 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use arca_wire::{
-    ConnId, ErrorCode, Handle, ListenerId, MembershipOp, Message, PipeInfo, RequestId,
-    SocketOption, HELLO_MAGIC, UDP_REUSE_ADDR,
+    Answer, Answers, ConnId, ErrorCode, FamilyHint, Handle, ListenerId, MembershipOp, Message,
+    PipeInfo, RequestId, SocketOption, HELLO_MAGIC, UDP_REUSE_ADDR,
 };
 
 /// A golden frame: the name of its example in PROTOCOL.md, the decoded frame and its bytes.
@@ -19,6 +19,44 @@ pub struct Golden {
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address parses")
 }
+
+/// Copies `bytes` into `out` at `at`, in const evaluation.
+const fn put<const N: usize>(mut out: [u8; N], at: usize, bytes: &[u8]) -> [u8; N] {
+    let mut i = 0;
+    while i < bytes.len() {
+        out[at + i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// `Resolve` of `example.com`, request 15: its 255-byte payload is mostly the name field's
+/// zero padding, so the frame is written field by field into zeros.
+const RESOLVE: [u8; 7 + 255] = {
+    let f = [0u8; 262];
+    let f = put(f, 0, &[0x50, 0xff, 0x00, 0x0f, 0x00, 0x00, 0x00]); // header: 0x50, len 255, id 15
+    let f = put(f, 7, &[0x00]); // family: any
+    let f = put(f, 8, &[11]); // name_len 11
+    put(f, 9, b"example.com") // name, then 242 zero bytes
+};
+
+/// `ResolveOk` with two answers, request 15: 196 bytes of payload, six entries unused.
+const RESOLVE_OK: [u8; 7 + 196] = {
+    let f = [0u8; 203];
+    let f = put(f, 0, &[0x51, 0xc4, 0x00, 0x0f, 0x00, 0x00, 0x00]); // header: 0x51, len 196, id 15
+    let f = put(f, 7, &[2, 0, 0, 0]); // count 2, reserved
+    let f = put(f, 11, &[4, 0, 0, 0, 0x2c, 0x01, 0x00, 0x00]); // family 4, ttl 300
+    let f = put(f, 19, &[93, 184, 216, 34]); // 93.184.216.34, then 12 zero bytes
+    let f = put(f, 35, &[6, 0, 0, 0, 0x3c, 0x00, 0x00, 0x00]); // family 6, ttl 60
+    put(
+        f,
+        43,
+        &[
+            0x26, 0x06, 0x28, 0x00, 0x02, 0x20, 0x00, 0x01, 0x02, 0x48, 0x18, 0x93, 0x25, 0xc8,
+            0x19, 0x46,
+        ],
+    ) // 2606:2800:220:1:248:1893:25c8:1946; six zero entries follow
+};
 
 /// Every golden frame, one per message type, in type order.
 pub fn all() -> Vec<Golden> {
@@ -438,6 +476,46 @@ pub fn all() -> Vec<Golden> {
             bytes: &[
                 0x3a, 0x02, 0x00, 0x0e, 0x00, 0x00, 0x00, // header
                 0x00, 0x02, // code PermissionDenied (0x0200)
+            ],
+        },
+        Golden {
+            name: "resolve",
+            request_id: RequestId(15),
+            message: Message::Resolve {
+                family: FamilyHint::Any,
+                name: "example.com".parse().expect("a host name"),
+            },
+            bytes: &RESOLVE,
+        },
+        Golden {
+            name: "resolve_ok",
+            request_id: RequestId(15),
+            message: Message::ResolveOk {
+                answers: Answers::new([
+                    Answer {
+                        addr: "93.184.216.34".parse().expect("an address"),
+                        ttl: 300,
+                    },
+                    Answer {
+                        addr: "2606:2800:220:1:248:1893:25c8:1946"
+                            .parse()
+                            .expect("an address"),
+                        ttl: 60,
+                    },
+                ]),
+            },
+            bytes: &RESOLVE_OK,
+        },
+        Golden {
+            name: "resolve_err",
+            request_id: RequestId(15),
+            message: Message::ResolveErr {
+                code: ErrorCode::NoSuchName,
+            },
+            #[rustfmt::skip]
+            bytes: &[
+                0x52, 0x02, 0x00, 0x0f, 0x00, 0x00, 0x00, // header
+                0x09, 0x00, // code NoSuchName (0x0009)
             ],
         },
         Golden {

@@ -3,8 +3,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use arca_wire::{
-    ConnId, ErrorCode, Frame, Handle, ListenerId, MembershipOp, Message, MessageType, PipeInfo,
-    RequestId, SocketOption,
+    Answer, Answers, ConnId, ErrorCode, FamilyHint, Frame, Handle, ListenerId, MembershipOp,
+    Message, MessageType, PipeInfo, RequestId, SocketOption, MAX_ANSWERS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -160,6 +160,23 @@ pub fn message() -> impl Strategy<Value = Message> {
         ),
         Just(Message::MembershipOk),
         error_code().prop_map(|code| Message::MembershipErr { code }),
+        (
+            "[a-zA-Z_][a-zA-Z0-9_-]{0,20}(\\.[a-zA-Z][a-zA-Z0-9-]{0,20}){0,6}\\.?",
+            0u8..3
+        )
+            .prop_map(|(name, family)| Message::Resolve {
+                family: [FamilyHint::Any, FamilyHint::V4, FamilyHint::V6][usize::from(family)],
+                name: name.parse().expect("the pattern makes host names"),
+            }),
+        prop::collection::vec((socket_addr(), any::<u32>()), 0..=MAX_ANSWERS).prop_map(|list| {
+            Message::ResolveOk {
+                answers: Answers::new(
+                    list.into_iter()
+                        .map(|(a, ttl)| Answer { addr: a.ip(), ttl }),
+                ),
+            }
+        }),
+        error_code().prop_map(|code| Message::ResolveErr { code }),
         (error_code(), any::<u8>()).prop_map(|(code, rejected_type)| Message::Error {
             code,
             rejected_type

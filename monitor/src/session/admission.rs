@@ -10,7 +10,7 @@ use std::time::Instant;
 use arca_wire::{ErrorCode, RequestId};
 
 use super::{allow_warning, SessionId};
-use crate::policy::{ConnectRate, Decision, Policy, PolicyCounters, Proto};
+use crate::policy::{ConnectRate, Decision, Learned, Policy, PolicyCounters, Proto};
 use crate::ratelimit::WarnLimiter;
 
 /// One session's holdings and refusals.
@@ -25,6 +25,10 @@ pub(super) struct Admission {
     /// UDP sockets.
     pub(super) udp: u32,
     rate: ConnectRate,
+    /// Resolutions per second.
+    resolve_rate: ConnectRate,
+    /// Addresses learned through allowed names (shared with the UDP sockets).
+    pub(super) learned: Arc<Learned>,
     pub(super) counters: PolicyCounters,
     /// Policy drops of UDP sockets already closed.
     pub(super) udp_denied_closed: u64,
@@ -35,7 +39,11 @@ pub(super) struct Admission {
 impl Admission {
     pub(super) fn new(session: SessionId, policy: Arc<Policy>) -> Self {
         let rate = ConnectRate::new(policy.limits.connect_rate, policy.limits.connect_burst);
+        let resolve_rate =
+            ConnectRate::new(policy.limits.resolve_rate, policy.limits.resolve_burst);
         Self {
+            resolve_rate,
+            learned: Arc::new(Learned::default()),
             policy,
             session,
             tcp: 0,
@@ -91,9 +99,14 @@ impl Admission {
         addr: SocketAddr,
         in_flight: u64,
     ) -> Result<(), ErrorCode> {
-        let d = self.policy.outbound(addr, Proto::Tcp);
+        let d = self
+            .policy
+            .outbound_learned(addr, Proto::Tcp, &self.learned, now);
         if !d.allowed {
             return Err(self.deny(rid, "connect", &addr, d));
+        }
+        if d.learned {
+            tracing::debug!(session = self.session, request = rid.0, %addr, rule = %d, "connect allowed by a name");
         }
         self.request(rid, "connect", in_flight)?;
         let conns = self.policy.limits.connections;
@@ -105,6 +118,39 @@ impl Admission {
             return Err(self.over_quota(Some(rid), "connect", "new connections per second", rate));
         }
         Ok(())
+    }
+
+    /// Rule, then limits, then rate: may the guest resolve `name` (canonical form) now, with
+    /// `in_flight` requests and `resolving` resolutions waiting? `Ok` carries the outbound
+    /// rule whose names allow it (its answers are learned for that rule), `None` when no rule
+    /// names it (resolved; the answers allow nothing by themselves).
+    pub(super) fn resolve(
+        &mut self,
+        now: Instant,
+        rid: RequestId,
+        name: &str,
+        in_flight: u64,
+        resolving: usize,
+    ) -> Result<Option<usize>, ErrorCode> {
+        let d = self.policy.resolve(name);
+        if !d.allowed {
+            return Err(self.deny(rid, "resolve", &name, d));
+        }
+        self.request(rid, "resolve", in_flight)?;
+        let limit = self.policy.limits.resolves_in_flight;
+        if resolving >= limit as usize {
+            return Err(self.over_quota(
+                Some(rid),
+                "resolve",
+                "resolves in flight",
+                u64::from(limit),
+            ));
+        }
+        if !self.resolve_rate.try_take(now) {
+            let rate = u64::from(self.policy.limits.resolve_rate);
+            return Err(self.over_quota(Some(rid), "resolve", "resolves per second", rate));
+        }
+        Ok(d.rule)
     }
 
     /// May one more request wait for its answer, with `in_flight` waiting?

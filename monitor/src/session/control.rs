@@ -191,8 +191,11 @@ impl Session {
                 },
             ),
             Message::Close { handle } => self.close(rid, handle, ctx),
+            Message::Resolve { family, name } if self.version >= 2 => {
+                self.resolve(rid, family, name, ctx)
+            }
             Message::UdpBind { addr, flags } => self.udp_bind(rid, addr, flags, ctx),
-            Message::UdpConnect { socket, addr } => self.udp_connect(rid, socket, addr),
+            Message::UdpConnect { socket, addr } => self.udp_connect(rid, socket, addr, ctx.now),
             Message::Membership {
                 socket,
                 op,
@@ -234,18 +237,21 @@ impl Session {
         let reply = match message {
             Message::Hello { magic, .. } if magic != HELLO_MAGIC => Message::HelloErr {
                 code: ErrorCode::InvalidInput,
-                min_version: PROTOCOL_VERSION,
+                min_version: MIN_PROTOCOL_VERSION,
                 max_version: PROTOCOL_VERSION,
             },
-            Message::Hello { version, flags, .. } if version != PROTOCOL_VERSION || flags != 0 => {
+            Message::Hello { version, flags, .. }
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) || flags != 0 =>
+            {
                 Message::HelloErr {
                     code: ErrorCode::Unsupported,
-                    min_version: PROTOCOL_VERSION,
+                    min_version: MIN_PROTOCOL_VERSION,
                     max_version: PROTOCOL_VERSION,
                 }
             }
             Message::Hello { version, .. } => {
                 self.greeted = true;
+                self.version = version;
                 Message::HelloOk { version, flags: 0 }
             }
             other => {

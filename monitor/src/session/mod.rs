@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use arca_wire::{
     Bootstrap, ConnId, ErrorCode, Frame, FrameDecoder, FrameError, Handle, ListenerId, Message,
-    PipeInfo, RequestId, SocketOption, HELLO_MAGIC, PROTOCOL_VERSION,
+    PipeInfo, RequestId, SocketOption, HELLO_MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use mio::{Interest, Registry, Token};
 use shm_ring::{
@@ -40,6 +40,7 @@ use crate::udp::UdpRelay;
 
 mod admission;
 mod control;
+mod names;
 mod tcp;
 mod udp;
 
@@ -80,6 +81,8 @@ pub struct Ctx<'a> {
     pub reuse: &'a crate::udp::ReuseOwners,
     /// Opens the guest's sockets ([`crate::net::Kernel`] in the loop).
     pub net: &'a dyn crate::net::Net,
+    /// The resolver, for `Resolve` (`None`: answered `ResolverFailure`).
+    pub resolver: Option<&'a crate::resolver::ResolverClient>,
     /// The time as the loop read it for this turn: the session reads no
     /// clock of its own for what it decides (connect rates, deadlines).
     pub now: Instant,
@@ -203,6 +206,11 @@ pub struct Session {
     decoder: FrameDecoder,
     outbox: Vec<u8>,
     greeted: bool,
+    /// The protocol version the handshake settled on.
+    version: u16,
+    /// Resolutions waiting for the resolver.
+    resolving: HashMap<RequestId, names::PendingResolve>,
+    resolver: Option<crate::resolver::ResolverClient>,
     conns: HashMap<ConnId, Conn>,
     listeners: HashMap<ListenerId, Listener>,
     ids: IdPool,
@@ -343,6 +351,9 @@ impl Session {
             decoder: FrameDecoder::new(),
             outbox: Vec::new(),
             greeted: false,
+            version: 0,
+            resolving: HashMap::new(),
+            resolver: ctx.resolver.cloned(),
             conns: HashMap::new(),
             listeners: HashMap::new(),
             ids: IdPool {
@@ -437,10 +448,11 @@ impl Session {
         Some(c)
     }
 
-    /// Control requests waiting for their answer: pending connects and
-    /// accepts.
+    /// Control requests waiting for their answer: pending connects, accepts
+    /// and resolutions.
     fn in_flight(&self) -> u64 {
         u64::from(self.admission.connecting)
+            + self.resolving.len() as u64
             + self
                 .listeners
                 .values()

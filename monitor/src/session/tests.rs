@@ -188,6 +188,7 @@ impl Harness {
                 config: &config,
                 reuse: &reuse,
                 net: &net,
+                resolver: None,
                 now: Instant::now(),
             };
             Session::new(1, mine, &mut ctx).unwrap()
@@ -249,6 +250,7 @@ impl Harness {
                 config,
                 reuse,
                 net: &*net,
+                resolver: None,
                 now,
             };
             f(session, &mut ctx)

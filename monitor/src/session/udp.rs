@@ -78,6 +78,7 @@ impl Session {
         tracing::debug!(session = self.id, socket = id.0, %local, "udp socket open");
         let relay = UdpRelay::new(sock, pipe)
             .with_policy(self.admission.policy.clone(), self.id)
+            .with_learned(self.admission.learned.clone())
             .with_claim(claim);
         self.insert_conn(
             id,
@@ -92,8 +93,15 @@ impl Session {
     }
 
     /// Connects a UDP socket to `addr`, as the outbound rules allow.
-    pub(super) fn udp_connect(&mut self, rid: RequestId, socket: ConnId, addr: SocketAddr) {
-        let d = self.admission.policy.outbound(addr, Proto::Udp);
+    pub(super) fn udp_connect(
+        &mut self,
+        rid: RequestId,
+        socket: ConnId,
+        addr: SocketAddr,
+        now: std::time::Instant,
+    ) {
+        let a = &self.admission;
+        let d = a.policy.outbound_learned(addr, Proto::Udp, &a.learned, now);
         let reply = match self.udp(socket) {
             Some(_) if !d.allowed => Message::UdpConnectErr {
                 code: self.admission.deny(rid, "udp connect", &addr, d),
