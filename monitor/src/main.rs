@@ -35,6 +35,12 @@ enum Command {
         /// is its only way to the network.
         #[arg(long)]
         isolate: bool,
+        /// With --isolate, how the guest reaches the network. `stack`: a network stack
+        /// inside the guest's namespace (a TUN device with addresses, routes and a private
+        /// resolv.conf) turns any program's TCP and UDP into arca connections, so PROGRAM
+        /// needs no arca library (NETSTACK.md). Without it, PROGRAM must use arca itself.
+        #[arg(long, value_name = "MODE", requires = "isolate")]
+        net: Option<NetMode>,
         /// After passing a stop signal (SIGINT, SIGTERM) on to the guest,
         /// wait this many seconds for it to exit, then kill it (SIGKILL). A
         /// second stop signal kills it at once.
@@ -79,6 +85,18 @@ enum Command {
         #[command(flatten)]
         policy: PolicyFile,
     },
+    /// The guest-side network stack (what `run --net stack` starts inside the guest):
+    /// `arca-monitor netstack [--no-dns] -- PROGRAM ARGS`.
+    #[command(hide = true)]
+    Netstack {
+        /// The stack's arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
     /// Print the default policy, or check a policy file (POLICY.md).
     Policy {
         /// Print the policy used when no `--policy` is given, as TOML.
@@ -93,6 +111,13 @@ enum Command {
         #[arg(long, requires = "check")]
         print: bool,
     },
+}
+
+/// How an isolated guest reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NetMode {
+    /// The guest-side network stack: unmodified programs work.
+    Stack,
 }
 
 #[derive(Debug, Args)]
@@ -189,10 +214,21 @@ fn parse_grace(s: &str) -> Result<f64, String> {
 
 fn run(
     isolate: bool,
+    net: Option<NetMode>,
     grace: Duration,
     config: Config,
     program: &[OsString],
 ) -> anyhow::Result<ExitCode> {
+    // With the stack, the guest is this binary's `netstack` mode, which starts PROGRAM.
+    let program = match net {
+        None => program.to_vec(),
+        Some(NetMode::Stack) => {
+            let me = std::env::current_exe().context("locating arca-monitor's own binary")?;
+            let mut v = vec![me.into_os_string(), "netstack".into(), "--".into()];
+            v.extend(program.iter().cloned());
+            v
+        }
+    };
     let (prog, args) = program.split_first().context("no guest program given")?;
     let mut monitor = Monitor::new(config).context("starting the monitor")?;
     monitor
@@ -300,6 +336,9 @@ fn serve(socket: &std::path::Path, access: Access, mut config: Config) -> anyhow
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli_log::init("ARCA_LOG", "warn");
+    if let Command::Netstack { args } = cli.command {
+        return arca_netstack::main_with(args);
+    }
     let (sizes, policy) = match &cli.command {
         Command::Run { sizes, policy, .. } | Command::Serve { sizes, policy, .. } => {
             (sizes, policy)
@@ -309,6 +348,7 @@ fn main() -> ExitCode {
             check,
             print,
         } => return policy_command(*print_default, check.as_deref(), *print),
+        Command::Netstack { .. } => return ExitCode::FAILURE,
     };
     // Bad configuration is a usage error (2), like clap's own.
     let config = match policy
@@ -325,10 +365,17 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run {
             isolate,
+            net,
             grace,
             program,
             ..
-        } => run(*isolate, Duration::from_secs_f64(*grace), config, program),
+        } => run(
+            *isolate,
+            *net,
+            Duration::from_secs_f64(*grace),
+            config,
+            program,
+        ),
         Command::Serve {
             socket,
             socket_mode,
@@ -356,7 +403,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Policy { .. } => Ok(ExitCode::SUCCESS),
+        Command::Policy { .. } | Command::Netstack { .. } => Ok(ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
