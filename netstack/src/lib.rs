@@ -131,17 +131,70 @@ pub fn setup_network(addrs: &Addresses) -> io::Result<std::os::fd::OwnedFd> {
         |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     sys::link_up("lo", 0, 0).map_err(step("bringing up lo"))?;
     let fd = sys::open_tun(TUN_NAME).map_err(step("creating the TUN device"))?;
-    sys::add_ipv4(TUN_NAME, addrs.guest_v4, 24).map_err(step("setting the IPv4 address"))?;
+    // Nothing else answers on this link, so duplicate address detection only delays the
+    // addresses: while it runs they are tentative and connections from them stall.
+    if let Err(e) = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/accept_dad"),
+        "0",
+    ) {
+        tracing::debug!(error = %e, "cannot turn off duplicate address detection");
+    }
     sys::link_up(TUN_NAME, TUN_MTU, TUN_TXQUEUELEN).map_err(step("bringing up the TUN device"))?;
+    // The kernel reports the new device's carrier asynchronously (up to a second later), and
+    // that report restarts IPv6 address configuration: addresses added before it go back to
+    // tentative for a moment, and a program connecting then gets a wrong source address.
+    // Asking for the link state now makes the kernel handle the report first.
+    if let Err(e) = sys::sync_link_state(TUN_NAME) {
+        tracing::debug!(error = %e, "cannot settle the TUN device's link state");
+    }
+    sys::add_ipv4(TUN_NAME, addrs.guest_v4, 24).map_err(step("setting the IPv4 address"))?;
     sys::add_default_route_v4(TUN_NAME).map_err(step("adding the IPv4 default route"))?;
     let index = sys::if_index(TUN_NAME).map_err(step("looking up the TUN device"))?;
     match sys::add_ipv6(index, addrs.guest_v6, 64) {
         Ok(()) => {
-            sys::add_default_route_v6(index).map_err(step("adding the IPv6 default route"))?
+            sys::add_default_route_v6(index).map_err(step("adding the IPv6 default route"))?;
+            wait_usable_v6(index, addrs.guest_v6, addrs.stack_v6);
         }
         Err(e) => tracing::warn!(error = %e, "no IPv6 in the guest (IPv6 disabled here?)"),
     }
     Ok(fd)
+}
+
+/// `IFA_F_TENTATIVE` in `/proc/net/if_inet6`'s flags column.
+const IFA_F_TENTATIVE: u32 = 0x40;
+
+/// Whether `/proc/net/if_inet6`'s text shows interface `index` with a link-local address
+/// and `addr`, neither tentative.
+fn v6_ready(table: &str, index: i32, addr: Ipv6Addr) -> bool {
+    let want: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
+    let settled = |l: &&str| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let idx = f.get(1).and_then(|x| i32::from_str_radix(x, 16).ok());
+        let flags = f.get(4).and_then(|x| u32::from_str_radix(x, 16).ok());
+        idx == Some(index) && flags.is_some_and(|fl| fl & IFA_F_TENTATIVE == 0)
+    };
+    let lines: Vec<&str> = table.lines().filter(settled).collect();
+    lines.iter().any(|l| l.starts_with("fe80")) && lines.iter().any(|l| l.starts_with(&want))
+}
+
+/// Waits (at most 3 s) until IPv6 on interface `index` has settled: the kernel readies a
+/// new link asynchronously (its link-local address appears and every address goes through
+/// duplicate address detection again, even when that is off), and a program connecting
+/// meanwhile gets `::1` or a link-local source address and stalls. Settled means the
+/// link-local address and `guest` are not tentative and the kernel picks `guest` as the
+/// source towards `stack` (asked of a connected UDP socket, which sends nothing).
+fn wait_usable_v6(index: i32, guest: Ipv6Addr, stack: Ipv6Addr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        let source = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+            .and_then(|u| u.connect((stack, 9)).and_then(|()| u.local_addr()));
+        if v6_ready(&table, index, guest) && source.is_ok_and(|a| a.ip() == IpAddr::V6(guest)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    tracing::warn!(%guest, "the guest's IPv6 address is still not in use after 3 s");
 }
 
 /// Gives the guest a resolv.conf of its own naming the stack's DNS address: written to a
@@ -211,6 +264,19 @@ pub fn main_with(args: Vec<OsString>) -> ExitCode {
 
 fn serve(program: Vec<OsString>, dns: bool) -> io::Result<ExitCode> {
     use nix::sys::signal::{SigSet, Signal};
+    // Stop signals are taken by one thread and passed on to the program. They are blocked
+    // before any other thread exists (the session's dispatcher included), so every thread
+    // inherits the mask and none is killed by them; the program starts with an empty mask.
+    let mut stops = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        stops.add(s);
+    }
+    stops.thread_block()?;
     let session = arca::ArcaSession::from_env()
         .map_err(|e| io::Error::new(e.kind(), format!("attaching to the monitor: {e}")))?;
     // The session descriptor stays with the stack: the program never inherits it.
@@ -232,31 +298,28 @@ fn serve(program: Vec<OsString>, dns: bool) -> io::Result<ExitCode> {
         private_resolv_conf(&addrs)
             .map_err(|e| io::Error::new(e.kind(), format!("private resolv.conf: {e}")))?;
     }
-    // Stop signals are taken by a thread and passed on to the program; every thread made
-    // after this inherits the mask, the program starts with an empty one (std resets it).
-    let mut stops = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        stops.add(s);
-    }
-    stops.thread_block()?;
     let (prog, args) = program
         .split_first()
         .ok_or_else(|| io::Error::other("no program"))?;
-    let mut child = std::process::Command::new(prog)
-        .args(args)
-        .env_remove(arca::ENV_FD)
-        .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot start {}: {e}", prog.to_string_lossy()),
-            )
-        })?;
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args).env_remove(arca::ENV_FD);
+    // The program must not outlive the stack it depends on.
+    sys::prepare_program(&mut cmd);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "arca-netstack: cannot start {}: {e}",
+                prog.to_string_lossy()
+            );
+            // As shells and `arca-monitor run` report it.
+            return Ok(ExitCode::from(if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }));
+        }
+    };
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
     std::thread::Builder::new()
         .name("signals".into())

@@ -229,11 +229,16 @@ pub async fn run(session: ArcaSession, fd: OwnedFd, addrs: Addresses) -> io::Res
         tx_dropped: 0,
     };
     let epoch = std::time::Instant::now();
-    let mut iface = Interface::new(
-        IfaceConfig::new(HardwareAddress::Ip),
-        &mut dev,
-        SmolInstant::from_micros(0),
-    );
+    let mut config = IfaceConfig::new(HardwareAddress::Ip);
+    // smoltcp draws initial sequence numbers from this seed: a fixed one would make every
+    // guest connection's ISN predictable.
+    config.random_seed = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let mut iface = Interface::new(config, &mut dev, SmolInstant::from_micros(0));
     iface.set_any_ip(true);
     iface.update_ip_addrs(|a| {
         let _ = a.push(IpCidr::new(IpAddress::Ipv4(addrs.stack_v4), 24));

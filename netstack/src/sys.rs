@@ -114,6 +114,39 @@ pub fn link_up(name: &str, mtu: u32, txqueuelen: u32) -> io::Result<()> {
     ifreq_ioctl(&sock, libc::SIOCSIFFLAGS as _, &mut req)
 }
 
+/// Asks whether `name` has carrier (`ETHTOOL_GLINK`). The kernel handles the device's
+/// pending link-state events before it answers, so they no longer arrive later.
+///
+/// # Errors
+/// The ioctl's error.
+pub fn sync_link_state(name: &str) -> io::Result<bool> {
+    /// `struct ethtool_value` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_GLINK: u32 = 0x0000_000a;
+    let sock = ctl_socket(libc::AF_INET)?;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GLINK,
+        data: 0,
+    };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL reads one `ifreq` whose `ifr_data` points at an `ethtool_value`
+    // (for ETHTOOL_GLINK), which `value` is; both outlive the call and are exclusively
+    // borrowed for it.
+    check(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCETHTOOL as _,
+            &mut req as *mut libc::ifreq,
+        )
+    })?;
+    Ok(value.data != 0)
+}
+
 /// The interface index of `name`.
 ///
 /// # Errors
@@ -335,4 +368,28 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // same file description until the `AsyncFd` drops it, and `as_raw_fd` always returns it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// Sets `cmd`'s program to start with no signal blocked (the stack blocks its stop signals
+/// for the thread that passes them on) and to be killed (SIGKILL) when the thread that
+/// started it, and so the stack, exits.
+pub fn prepare_program(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // sigemptyset, sigprocmask and prctl, which are async-signal-safe, on a local set; it
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            if libc::sigemptyset(none.as_mut_ptr()) != 0
+                || libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -46,6 +46,7 @@ pub(crate) async fn open(
     seq: u32,
     syn: Vec<u8>,
 ) {
+    tracing::debug!(guest = %key.guest, dst = %key.dst, "held a SYN");
     let Some(target) = addrs.host_destination(key.dst) else {
         tracing::debug!(dst = %key.dst, "refusing a connection to the stack's own network");
         core.borrow_mut().refuse(key, seq);
