@@ -350,3 +350,61 @@ fn serve(program: Vec<OsString>, dns: bool) -> io::Result<ExitCode> {
     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     r.map(|()| ExitCode::FAILURE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_is_the_hosts_loopback_and_the_rest_of_the_net_is_not_relayed() {
+        let mut a = Addresses::default();
+        let sa = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            a.host_destination(sa("10.0.2.2:80")),
+            Some(sa("127.0.0.1:80"))
+        );
+        assert_eq!(
+            a.host_destination(sa("[fd00:a7ca::2]:443")),
+            Some(sa("[::1]:443"))
+        );
+        assert_eq!(a.host_destination(sa("10.0.2.9:80")), None);
+        assert_eq!(a.host_destination(sa("[fd00:a7ca::9]:80")), None);
+        assert_eq!(a.host_destination(sa("10.0.2.3:53")), None, "no upstream");
+        a.dns_upstream = Some(sa("127.0.0.53:53"));
+        assert_eq!(
+            a.host_destination(sa("10.0.2.3:53")),
+            Some(sa("127.0.0.53:53"))
+        );
+        assert_eq!(a.host_destination(sa("10.0.2.3:80")), None);
+        assert_eq!(
+            a.host_destination(sa("192.0.2.1:80")),
+            Some(sa("192.0.2.1:80"))
+        );
+        assert_eq!(a.host_destination(sa("255.255.255.255:67")), None);
+    }
+
+    #[test]
+    fn first_nameserver_skips_comments_and_bad_lines() {
+        let text = "# x\nsearch lan\nnameserver bogus\nnameserver 127.0.0.53\nnameserver ::1\n";
+        assert_eq!(
+            first_nameserver(text),
+            Some("127.0.0.53:53".parse().expect("addr"))
+        );
+        assert_eq!(first_nameserver("options edns0\n"), None);
+    }
+
+    #[test]
+    fn v6_is_ready_only_with_a_settled_link_local_and_address() {
+        let guest: Ipv6Addr = "fd00:a7ca::15".parse().expect("addr");
+        let ll = "fe80000000000000744f301a9a29cc40 02 40 20 80    arca0\n";
+        let settled = "fd00a7ca000000000000000000000015 02 40 00 80    arca0\n";
+        let tentative = "fd00a7ca000000000000000000000015 02 40 00 c0    arca0\n";
+        assert!(v6_ready(&format!("{ll}{settled}"), 2, guest));
+        assert!(!v6_ready(&format!("{ll}{tentative}"), 2, guest));
+        assert!(!v6_ready(settled, 2, guest), "no link-local yet");
+        assert!(
+            !v6_ready(&format!("{ll}{settled}"), 3, guest),
+            "another interface"
+        );
+    }
+}

@@ -391,6 +391,46 @@ mod tests {
         assert_eq!(classify(&[]), Verdict::Drop(DropReason::NotIp));
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes, and valid datagrams with bytes overwritten or cut, are
+        /// classified without a panic; whatever is not dropped carries a payload inside
+        /// the packet.
+        #[test]
+        fn classify_takes_any_bytes(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            v6 in proptest::bool::ANY,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            edits in proptest::collection::vec((0usize..600, proptest::num::u8::ANY), 0..4),
+            cut in 0usize..600,
+        ) {
+            let _ = classify(&junk);
+            let mut first = junk.clone();
+            if let Some(b) = first.first_mut() {
+                *b = if v6 { 0x60 } else { 0x45 };
+            }
+            let _ = classify(&first);
+            let (from, to) = if v6 {
+                (
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0xa7ca, 0, 0, 0, 0, 0, 0x15)), 5000),
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0xa7ca, 0, 0, 0, 0, 0, 2)), 53),
+                )
+            } else {
+                (v4([10, 0, 2, 15], 5000), v4([10, 0, 2, 2], 53))
+            };
+            let mut buf = [0u8; 1024];
+            let n = udp_packet(from, to, &payload, &mut buf).expect("fits");
+            for (at, byte) in &edits {
+                if let Some(b) = buf.get_mut(at % n) {
+                    *b = *byte;
+                }
+            }
+            let p = &buf[..n.min(cut.max(1))];
+            if let Verdict::Udp { payload: got, .. } = classify(p) {
+                proptest::prop_assert!(got.len() <= p.len());
+            }
+        }
+    }
+
     #[test]
     fn rst_answers_the_syn_sequence_plus_one() {
         let key = FlowKey {
