@@ -47,8 +47,8 @@ pub const TUN_NAME: &str = "arca0";
 /// The TUN device's MTU.
 pub const TUN_MTU: u32 = 65_520;
 /// The TUN device's transmit queue length: the guest's packets the kernel queues for the
-/// stack. It holds a full receive window ([`stack::TCP_BUFFER`]) of the smallest segments a
-/// program may send, so a burst is never dropped at the queue.
+/// stack. 4096 packets hold a full receive window (1 MiB, the stack's TCP buffer) of
+/// segments down to 256 bytes, so a window-sized burst is not dropped at the queue.
 pub const TUN_TXQUEUELEN: u32 = 4096;
 
 /// The guest's network as the stack sets it up.

@@ -33,8 +33,8 @@ use crate::packet::FlowKey;
 use crate::stack::Core;
 use crate::Addresses;
 
-/// The most one direction moves per step.
-const CHUNK: usize = 64 * 1024;
+/// The most one direction moves per step (one arca read or one smoltcp read).
+const CHUNK: usize = 256 * 1024;
 
 /// Opens the arca connection for the held SYN of `key`, then relays it.
 pub(crate) async fn open(
