@@ -566,3 +566,62 @@ fn a_stop_signal_reaches_the_program_behind_the_stack() {
     );
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+/// The children of `pid` (first thread), from `/proc`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_program_killed_mid_transfer_ends_the_run_and_the_host_connection() {
+    let Some((_g, bin)) = setup() else { return };
+    let received = Arc::new(AtomicU64::new(0));
+    let r = Arc::clone(&received);
+    let (port, h) = server(false, 1, Duration::from_secs(30), move |mut s| {
+        let mut buf = vec![0u8; 64 * 1024];
+        // Until the connection ends: EOF or reset, never a hang (the read timeout fails it).
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return "eof",
+                Ok(n) => {
+                    r.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "reset",
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+    });
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "--isolate", "--net", "stack", "--"])
+        .args([
+            plain_net(),
+            "echo",
+            &format!("10.0.2.2:{port}"),
+            &(1u64 << 40).to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut p = Proc::spawn("guest", &mut cmd).expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.load(Ordering::Relaxed) < (8 << 20) {
+        assert!(Instant::now() < deadline, "the transfer never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let program = children(p.id())
+        .into_iter()
+        .flat_map(children)
+        .next()
+        .expect("the program under the stack");
+    // SAFETY: kill(2) has no memory-safety preconditions; `program` is a live grandchild.
+    unsafe { libc::kill(i32::try_from(program).expect("pid"), libc::SIGKILL) };
+    let st = p
+        .wait(Instant::now() + Duration::from_secs(10))
+        .expect("run did not end after its program was killed");
+    assert_eq!(describe(st), "exit 137", "128 + SIGKILL");
+    let ends = h.join().expect("server");
+    assert_eq!(ends.len(), 1);
+}
