@@ -27,6 +27,8 @@
 //! addresses of the stack's own network are never relayed.
 
 #![warn(missing_docs)]
+// Every unsafe block is in `sys`, which allows it and says why each is sound.
+#![deny(unsafe_code)]
 
 pub mod packet;
 mod stack;

@@ -2,6 +2,8 @@
 //! the crate: the TUN device, the interface and route ioctls, and the guest's private
 //! resolver configuration. Each function states what makes its calls sound.
 
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
