@@ -345,6 +345,7 @@ fn half_close_works_both_ways() {
     );
     assert_eq!(st, "exit 0", "{out}");
     let (n, sh) = h.join().expect("server").pop().expect("one connection");
+    assert_eq!(n, 300_000, "the host got {n} bytes; the guest says {out}");
     assert_eq!(
         out,
         format!(

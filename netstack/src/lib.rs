@@ -12,7 +12,8 @@
 //!   back-pressure rules);
 //! - UDP as per-flow arca UDP sockets ([`udp`]);
 //! - a private `/etc/resolv.conf` (a mount namespace of the stack's own, inherited by the
-//!   program) naming the stack's DNS address, which forwards to the host's resolver.
+//!   program) naming the stack's DNS address, which forwards to the host's resolver, or
+//!   answers through a [`dns::Resolve`] seam when [`run`] is given one.
 //!
 //! # Trust
 //! The guest's packets are hostile input: the one entry point ([`packet::classify`]) drops
@@ -30,6 +31,7 @@
 // Every unsafe block is in `sys`, which allows it and says why each is sound.
 #![deny(unsafe_code)]
 
+pub mod dns;
 pub mod packet;
 mod stack;
 pub mod sys;
@@ -41,8 +43,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-pub use stack::run;
+pub use stack::{run, ProgramExit, DRAIN_LIMIT};
 
 /// The TUN device's name.
 pub const TUN_NAME: &str = "arca0";
@@ -330,6 +333,8 @@ fn serve(program: Vec<OsString>, dns: bool) -> io::Result<ExitCode> {
                 let _ = nix::sys::signal::kill(pid, sig);
             }
         })?;
+    let exit = Arc::new(ProgramExit::default());
+    let exit2 = Arc::clone(&exit);
     std::thread::Builder::new()
         .name("program".into())
         .spawn(move || {
@@ -342,15 +347,22 @@ fn serve(program: Vec<OsString>, dns: bool) -> io::Result<ExitCode> {
                 },
                 Err(_) => 1,
             };
-            std::process::exit(code);
+            exit2.mark(code);
         })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    let r = local.block_on(&rt, run(session, tun, addrs));
-    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-    r.map(|()| ExitCode::FAILURE)
+    // The monitor's name resolution is not wired in yet: DNS is forwarded (`dns_upstream`).
+    let r = local.block_on(&rt, run(session, tun, addrs, None, Arc::clone(&exit)));
+    match (r, exit.code()) {
+        (Ok(()), Some(code)) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        (Ok(()), None) => Ok(ExitCode::FAILURE),
+        (Err(e), _) => {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,39 @@ const READ_BATCH: usize = 256;
 /// Measured with iperf3 (NETSTACK.md): 256 KiB gave about 2 Gbit/s each way, 1 MiB 6 to 9,
 /// 4 MiB less than 1 MiB (bursts overflow the queues).
 pub(crate) const TCP_BUFFER: usize = 1024 * 1024;
+/// How long the stack keeps relaying after the program exited, for the connections its
+/// kernel is still closing (bytes the program wrote before exiting are still on their way).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// The program's exit, told to the stack's loop: once it is marked, the loop ends when no
+/// TCP connection is left (or [`DRAIN_LIMIT`] later).
+#[derive(Debug, Default)]
+pub struct ProgramExit {
+    /// The exit code plus one; 0 while the program runs.
+    code: std::sync::atomic::AtomicI64,
+    wake: Notify,
+}
+
+impl ProgramExit {
+    /// Marks the program exited with `code`.
+    pub fn mark(&self, code: i32) {
+        // Release pairs with `code`'s Acquire load.
+        self.code
+            .store(i64::from(code) + 1, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The exit code, once marked.
+    pub fn code(&self) -> Option<i32> {
+        let c = self.code.load(std::sync::atomic::Ordering::Acquire);
+        if c == 0 {
+            None
+        } else {
+            i32::try_from(c - 1).ok()
+        }
+    }
+}
+
 /// How long a finished relay's socket may linger (closing handshakes) before it is reset.
 const LINGER: Duration = Duration::from_secs(30);
 
@@ -218,11 +251,21 @@ impl Core {
     }
 }
 
-/// Runs the stack on the TUN device `fd` until the session ends or the device fails.
+/// Runs the stack on the TUN device `fd` until `exit` is marked and every TCP connection has
+/// ended (at most [`DRAIN_LIMIT`] after the mark), or the session ends or the device fails.
+/// With a
+/// `resolver`, UDP DNS queries to [`Addresses::dns_v4`] are answered through it
+/// ([`crate::dns`]); without one they are forwarded to [`Addresses::dns_upstream`].
 ///
 /// # Errors
 /// The TUN device's read error, or the session's end.
-pub async fn run(session: ArcaSession, fd: OwnedFd, addrs: Addresses) -> io::Result<()> {
+pub async fn run(
+    session: ArcaSession,
+    fd: OwnedFd,
+    addrs: Addresses,
+    resolver: Option<Arc<dyn crate::dns::Resolve>>,
+    exit: Arc<ProgramExit>,
+) -> io::Result<()> {
     let fd = Rc::new(sys::async_fd(fd)?);
     let mut dev = Tun {
         fd: Rc::clone(&fd),
@@ -264,11 +307,23 @@ pub async fn run(session: ArcaSession, fd: OwnedFd, addrs: Addresses) -> io::Res
     }));
     let kick = Arc::new(Notify::new());
     let addrs = Rc::new(addrs);
-    let mut udp = Udp::new(session.clone(), Arc::clone(&kick), Rc::clone(&addrs));
+    let mut udp = Udp::new(
+        session.clone(),
+        Arc::clone(&kick),
+        Rc::clone(&addrs),
+        resolver,
+    );
     let mut rbuf = vec![0u8; MTU + 1];
     let mut out = vec![0u8; MTU];
+    let mut drain_until = None;
     loop {
         let mut more = false;
+        if exit.code().is_some() {
+            let until = *drain_until.get_or_insert_with(|| std::time::Instant::now() + DRAIN_LIMIT);
+            if core.borrow().tcp.is_empty() || std::time::Instant::now() >= until {
+                return Ok(());
+            }
+        }
         if !session.is_alive() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -347,6 +402,7 @@ pub async fn run(session: ArcaSession, fd: OwnedFd, addrs: Addresses) -> io::Res
                 guard.clear_ready();
             }
             () = kick.notified() => {}
+            () = exit.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
         }
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use arca::ArcaSession;
 use tokio::sync::Notify;
 
+use crate::dns::Resolve;
 use crate::packet::{udp_packet, FlowKey};
 use crate::Addresses;
 
@@ -31,6 +32,10 @@ const QUEUE: usize = 256;
 const REPLIES: usize = 1024;
 /// How often a receiver thread checks whether its flow was closed.
 const RECV_TICK: Duration = Duration::from_millis(500);
+
+/// DNS queries being answered through the resolver at once; more are dropped (the guest's
+/// resolver retries).
+const MAX_DNS_IN_FLIGHT: usize = 32;
 
 struct Flow {
     out: SyncSender<Vec<u8>>,
@@ -54,12 +59,19 @@ pub(crate) struct Udp {
     replies_tx: SyncSender<(FlowKey, Vec<u8>)>,
     replies: Receiver<(FlowKey, Vec<u8>)>,
     last_expiry: Instant,
+    resolver: Option<Arc<dyn Resolve>>,
+    dns_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Datagrams dropped: a full queue, a flow that could not open, a destination not relayed.
     pub(crate) dropped: u64,
 }
 
 impl Udp {
-    pub(crate) fn new(session: ArcaSession, kick: Arc<Notify>, addrs: Rc<Addresses>) -> Self {
+    pub(crate) fn new(
+        session: ArcaSession,
+        kick: Arc<Notify>,
+        addrs: Rc<Addresses>,
+        resolver: Option<Arc<dyn Resolve>>,
+    ) -> Self {
         let (replies_tx, replies) = mpsc::sync_channel(REPLIES);
         Self {
             session,
@@ -69,12 +81,20 @@ impl Udp {
             replies_tx,
             replies,
             last_expiry: Instant::now(),
+            resolver,
+            dns_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             dropped: 0,
         }
     }
 
     /// Sends one datagram of the guest's, opening its flow if needed.
     pub(crate) fn send(&mut self, key: FlowKey, payload: &[u8]) {
+        if key.dst == SocketAddr::new(self.addrs.dns_v4.into(), 53) {
+            if let Some(resolver) = &self.resolver {
+                self.resolve(key, payload, Arc::clone(resolver));
+                return;
+            }
+        }
         let now = Instant::now();
         if !self.flows.contains_key(&key) {
             let Some(target) = self.addrs.host_destination(key.dst) else {
@@ -106,6 +126,36 @@ impl Udp {
                 self.dropped = self.dropped.saturating_add(1);
                 self.flows.remove(&key);
             }
+        }
+    }
+
+    /// Answers the DNS query `payload` through `resolver` on a thread of its own (resolving
+    /// may wait on the monitor); the reply goes to the guest like any flow's.
+    fn resolve(&mut self, key: FlowKey, payload: &[u8], resolver: Arc<dyn Resolve>) {
+        let in_flight = Arc::clone(&self.dns_in_flight);
+        // Relaxed: a counter bounding threads, ordering nothing else.
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_DNS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.dropped = self.dropped.saturating_add(1);
+            return;
+        }
+        let query = payload.to_vec();
+        let replies = self.replies_tx.clone();
+        let kick = Arc::clone(&self.kick);
+        let counter = Arc::clone(&in_flight);
+        let spawned = std::thread::Builder::new()
+            .name("dns".into())
+            .spawn(move || {
+                if let Some(reply) = crate::dns::answer(&query, resolver.as_ref()) {
+                    if replies.try_send((key, reply)).is_ok() {
+                        kick.notify_one();
+                    }
+                }
+                counter.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.dropped = self.dropped.saturating_add(1);
         }
     }
 
