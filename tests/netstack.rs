@@ -626,3 +626,52 @@ fn a_program_killed_mid_transfer_ends_the_run_and_the_host_connection() {
     let ends = h.join().expect("server");
     assert_eq!(ends.len(), 1);
 }
+
+#[test]
+fn an_unprivileged_user_gets_root_inside_or_a_clear_tun_error() {
+    let Some((_g, bin)) = setup() else { return };
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !nix::unistd::geteuid().is_root() || !has_setpriv {
+        eprintln!("SKIPPED: needs root and setpriv to start the monitor as another user");
+        return;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["run", "--isolate", "--net", "stack", "--", "id", "-u"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut p = Proc::spawn("unprivileged guest", &mut cmd).expect("spawn");
+    let st = p
+        .wait(Instant::now() + Duration::from_secs(20))
+        .expect("run as nobody");
+    let mut out = String::new();
+    let mut err = String::new();
+    let c = p.child_mut();
+    c.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("stdout");
+    c.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    if err.contains("creating the TUN device") {
+        // This system keeps /dev/net/tun from other users: the stack must say so.
+        assert!(err.contains("/dev/net/tun"), "{err}");
+        assert_eq!(describe(st), "exit 1", "{err}");
+        eprintln!("SKIPPED part: /dev/net/tun is not usable by other users here");
+    } else {
+        // The user namespace maps nobody to root inside, which the stack needs.
+        assert_eq!(describe(st), "exit 0", "{err}");
+        assert_eq!(out.trim(), "0", "{err}");
+    }
+}

@@ -234,7 +234,7 @@ fn run(
     monitor
         .handle_signals()
         .context("installing signal handlers")?;
-    let (mut spawned, isolation) = match guest::spawn(prog, args, isolate) {
+    let (mut spawned, isolation) = match guest::spawn_as(prog, args, isolate, net.is_some()) {
         Ok(spawned) => spawned,
         Err(e) => {
             let status = e.exit_status();

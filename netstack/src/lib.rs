@@ -135,7 +135,16 @@ pub fn setup_network(addrs: &Addresses) -> io::Result<std::os::fd::OwnedFd> {
     let step =
         |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     sys::link_up("lo", 0, 0).map_err(step("bringing up lo"))?;
-    let fd = sys::open_tun(TUN_NAME).map_err(step("creating the TUN device"))?;
+    let fd = sys::open_tun(TUN_NAME).map_err(|e| {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            io::Error::new(
+                e.kind(),
+                format!("creating the TUN device: {e} (/dev/net/tun must be usable by this user: mode 0666, as most systems ship it)"),
+            )
+        } else {
+            step("creating the TUN device")(e)
+        }
+    })?;
     // Nothing else answers on this link, so duplicate address detection only delays the
     // addresses: while it runs they are tentative and connections from them stall.
     if let Err(e) = std::fs::write(
