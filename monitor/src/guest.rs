@@ -88,6 +88,23 @@ pub fn spawn(
     args: &[OsString],
     isolate: bool,
 ) -> Result<(SpawnedGuest, Isolation), SpawnError> {
+    spawn_as(program, args, isolate, false)
+}
+
+/// As [`spawn`]; with `root_inside`, an unprivileged caller's user namespace maps its ids to
+/// root (0) inside, as `unshare -r` does, so that the guest keeps its capabilities in the
+/// namespace across `exec` (the guest-side network stack needs `CAP_NET_ADMIN` there to make
+/// its TUN device). Without it, ids map to themselves and an unprivileged guest has no
+/// capabilities after `exec`.
+///
+/// # Errors
+/// [`SpawnError`] saying which step failed.
+pub fn spawn_as(
+    program: &OsString,
+    args: &[OsString],
+    isolate: bool,
+    root_inside: bool,
+) -> Result<(SpawnedGuest, Isolation), SpawnError> {
     let (mon, guest) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -105,9 +122,15 @@ pub fn spawn(
     };
     // Everything the child writes is formatted before the fork: between fork
     // and exec only async-signal-safe calls are made.
-    let uid_map = CString::new(format!("{0} {0} 1", nix::unistd::geteuid()))
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let (inner_uid, inner_gid) = if root_inside {
+        (0, 0)
+    } else {
+        (uid.as_raw(), gid.as_raw())
+    };
+    let uid_map = CString::new(format!("{inner_uid} {uid} 1"))
         .map_err(|e| SpawnError::Socket(io::Error::other(e)))?;
-    let gid_map = CString::new(format!("{0} {0} 1", nix::unistd::getegid()))
+    let gid_map = CString::new(format!("{inner_gid} {gid} 1"))
         .map_err(|e| SpawnError::Socket(io::Error::other(e)))?;
 
     let mut cmd = Command::new(program);

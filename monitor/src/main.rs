@@ -37,6 +37,12 @@ enum Command {
         /// is its only way to the network.
         #[arg(long)]
         isolate: bool,
+        /// With --isolate, how the guest reaches the network. `stack`: a network stack
+        /// inside the guest's namespace (a TUN device with addresses, routes and a private
+        /// resolv.conf) turns any program's TCP and UDP into arca connections, so PROGRAM
+        /// needs no arca library (NETSTACK.md). Without it, PROGRAM must use arca itself.
+        #[arg(long, value_name = "MODE", requires = "isolate")]
+        net: Option<NetMode>,
         /// After passing a stop signal (SIGINT, SIGTERM) on to the guest,
         /// wait this many seconds for it to exit, then kill it (SIGKILL). A
         /// second stop signal kills it at once.
@@ -96,6 +102,18 @@ enum Command {
         workers: Workers,
         #[command(flatten)]
         names: NameArgs,
+    },
+    /// The guest-side network stack (what `run --net stack` starts inside the guest):
+    /// `arca-monitor netstack [--no-dns] -- PROGRAM ARGS`.
+    #[command(hide = true)]
+    Netstack {
+        /// The stack's arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
     },
     /// Print the default policy, or check a policy file (POLICY.md).
     Policy {
@@ -177,6 +195,13 @@ struct ConfineArgs {
     /// Landlock, capabilities kept): for debugging only, and said so loudly.
     #[arg(long)]
     no_confine: bool,
+}
+
+/// How an isolated guest reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NetMode {
+    /// The guest-side network stack: unmodified programs work.
+    Stack,
 }
 
 #[derive(Debug, Args)]
@@ -300,11 +325,22 @@ fn parse_grace(s: &str) -> Result<f64, String> {
 
 fn run(
     isolate: bool,
+    net: Option<NetMode>,
     grace: Duration,
     config: Config,
     program: &[OsString],
     confined: bool,
 ) -> anyhow::Result<ExitCode> {
+    // With the stack, the guest is this binary's `netstack` mode, which starts PROGRAM.
+    let program = match net {
+        None => program.to_vec(),
+        Some(NetMode::Stack) => {
+            let me = std::env::current_exe().context("locating arca-monitor's own binary")?;
+            let mut v = vec![me.into_os_string(), "netstack".into(), "--".into()];
+            v.extend(program.iter().cloned());
+            v
+        }
+    };
     let (prog, args) = program.split_first().context("no guest program given")?;
     let bind_privileged_ports = privileged_ports(&config.policy);
     let resolver = config.resolver.clone();
@@ -312,7 +348,7 @@ fn run(
     monitor
         .handle_signals()
         .context("installing signal handlers")?;
-    let (mut spawned, isolation) = match guest::spawn(prog, args, isolate) {
+    let (mut spawned, isolation) = match guest::spawn_as(prog, args, isolate, net.is_some()) {
         Ok(spawned) => spawned,
         Err(e) => {
             let status = e.exit_status();
@@ -505,6 +541,9 @@ fn serve(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli_log::init("ARCA_LOG", "warn");
+    if let Command::Netstack { args } = cli.command {
+        return arca_netstack::main_with(args);
+    }
     let (sizes, policy, names) = match &cli.command {
         Command::Run {
             sizes,
@@ -523,6 +562,7 @@ fn main() -> ExitCode {
             check,
             print,
         } => return policy_command(*print_default, check.as_deref(), *print),
+        Command::Netstack { .. } => return ExitCode::FAILURE,
     };
     if let Command::Run { confine: how, .. } | Command::Serve { confine: how, .. } = &cli.command {
         if how.no_confine {
@@ -554,6 +594,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run {
             isolate,
+            net,
             grace,
             program,
             confine: how,
@@ -564,6 +605,7 @@ fn main() -> ExitCode {
             match config.validate() {
                 Ok(()) => run(
                     *isolate,
+                    *net,
                     Duration::from_secs_f64(*grace),
                     config,
                     program,
@@ -615,7 +657,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Policy { .. } => Ok(ExitCode::SUCCESS),
+        Command::Policy { .. } | Command::Netstack { .. } => Ok(ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

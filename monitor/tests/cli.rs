@@ -396,3 +396,30 @@ fn the_demo_script_shows_its_build() {
         assert!(!line.contains("--quiet") && !line.contains(" -q"), "{line}");
     }
 }
+
+#[test]
+fn net_stack_needs_isolate_and_a_known_mode() {
+    for (args, says) in [
+        (&["--net", "stack", "--", "true"][..], "--isolate"),
+        (&["--isolate", "--net", "slirp", "--", "true"][..], "stack"),
+    ] {
+        let out = run_output(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?} should mention {says}: {err}");
+    }
+}
+
+#[test]
+fn net_stack_reports_a_missing_program_as_127() {
+    if arca_testkit::monitor_proc::isolation_available().is_err()
+        || !Path::new("/dev/net/tun").exists()
+    {
+        eprintln!("SKIPPED: no network namespace or no /dev/net/tun here; `run --isolate --net stack` cannot run");
+        return;
+    }
+    let out = run_output(&["--isolate", "--net", "stack", "--", "/nonexistent/program"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert!(err.contains("/nonexistent/program"), "{err}");
+}
