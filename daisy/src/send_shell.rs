@@ -333,9 +333,8 @@ pub fn summary_line(r: &SendReport) -> String {
 /// The summary as one JSON object (`daisy-send --json` prints it on stdout): the summary
 /// line's counters, `delivery` (`"all"`, `"partial"`, `"failed"`), `failed` as objects with
 /// `id`, `addr` and `reason`, `rate_mbps` with `start`, `min`, `final` and `mean` (`null`
-/// without rounds), and `rounds`, one object per round with data: `rate_mbps` (its pacing
-/// rate), `sent_mbps` (the rate it really left at, `null` when no time was measured),
-/// `packets` and `lost` (the worst receiver's repair requests).
+/// without rounds), and `rounds`, one object per round with data: `rate_mbps`, `packets`
+/// and `lost` (the worst receiver's repair requests).
 pub fn summary_json(r: &SendReport) -> String {
     let s = &r.stats;
     let mb = |x: f64| x / 1e6;
@@ -373,7 +372,6 @@ pub fn summary_json(r: &SendReport) -> String {
         "rate_mbps": rate,
         "rounds": s.rounds.iter().map(|x| serde_json::json!({
             "rate_mbps": mb(x.rate),
-            "sent_mbps": x.sent.map(mb),
             "packets": x.packets,
             "lost": x.lost,
         })).collect::<Vec<_>>(),

@@ -120,43 +120,35 @@ const GROW_SLOW: f64 = 1.05;
 const TOLERANCE: f64 = 0.002;
 /// Most a single round's cut takes off the rate.
 const CUT_FLOOR: f64 = 0.3;
-/// Rounds sent up to this factor faster still count as "at this rate" for the baseline: the
-/// measured rate of a round varies by a few percent with scheduling.
-const RATE_SLACK: f64 = 1.05;
 
 /// The adaptive rate controller: tells rate-independent loss from congestive loss by how the
 /// worst receiver's loss responds to the rate, using only what every receiver (plain or
 /// extended) reports: the packets it asks to be repaired.
 ///
-/// A round's rate is the one it was really sent at: the pacing rate, or the rate the round
-/// took to leave when that was slower (a sender whose link, or CPU, cannot keep up with its
-/// pacing). A round's loss is compared with the *baseline*: the least loss seen in recent
-/// rounds sent at this rate or slower, or the round's own loss when the rate was just
-/// lowered and the loss did not fall with it (loss that does not follow the rate is not
-/// congestion). Loss above the baseline (plus noise) is congestive: the rate the round was
-/// sent at is cut by that fraction, which brings it to what got through. Otherwise the
-/// pacing rate grows. Rate-independent loss thus costs at most one small cut, while loss
-/// that grows with the rate is cut back each time.
+/// A round's loss is compared with the *baseline*: the least loss seen in recent rounds sent
+/// at this rate or slower, or the round's own loss when the rate was just lowered and the
+/// loss did not fall with it (loss that does not follow the rate is not congestion). Loss
+/// above the baseline (plus noise) is congestive: the rate is cut by that fraction, which
+/// brings it to what got through. Otherwise the rate grows. Rate-independent loss thus
+/// costs at most one small cut, while loss that grows with the rate is cut back each time.
 #[derive(Debug, Default)]
 struct RateControl {
-    /// Recent rounds, oldest first: (rate sent at, loss fraction).
+    /// Recent rounds, oldest first: (rate, loss fraction).
     history: VecDeque<(f64, f64)>,
     /// Rounds since the last congestive cut, while within [`HISTORY`].
     since_cut: Option<usize>,
 }
 
 impl RateControl {
-    /// The next round's pacing rate after a round paced at `paced` that left at `sent` (see
-    /// [`RoundStat::sent`]), of `packets` packets, of which the worst receiver asked `lost`
-    /// to be repaired.
-    fn next_rate(&mut self, paced: f64, sent: Option<f64>, lost: f64, packets: f64) -> f64 {
-        let rate = sent.map_or(paced, |s| s.min(paced));
+    /// The next round's rate after a round at `rate` of `packets` packets, of which the worst
+    /// receiver asked `lost` to be repaired.
+    fn next_rate(&mut self, rate: f64, lost: f64, packets: f64) -> f64 {
         let loss = (lost / packets).clamp(0.0, 1.0);
         let tol = |base: f64| TOLERANCE + 3.0 * (base / packets).sqrt();
         let mut base = self
             .history
             .iter()
-            .filter(|(r, _)| *r <= rate * RATE_SLACK)
+            .filter(|(r, _)| *r <= rate)
             .map(|(_, l)| *l)
             .fold(f64::INFINITY, f64::min);
         if let Some(&(prev_rate, prev_loss)) = self.history.back() {
@@ -175,9 +167,9 @@ impl RateControl {
             self.since_cut = Some(0);
             rate * (1.0 - excess).max(CUT_FLOOR)
         } else if self.since_cut.is_some() {
-            paced * GROW_SLOW
+            rate * GROW_SLOW
         } else {
-            paced * GROW_FAST
+            rate * GROW_FAST
         };
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -192,10 +184,6 @@ impl RateControl {
 pub struct RoundStat {
     /// Pacing rate of its multicast, bytes per second.
     pub rate: f64,
-    /// The rate its multicast really left at, bytes per second: its bytes on the wire over
-    /// the time from the round's first [`Action::Multicast`] until the core was next called
-    /// after its last (the shell's send returned). `None` when no time passed.
-    pub sent: Option<f64>,
     /// Packets in the round.
     pub packets: u32,
     /// Packets the worst receiver asked to be repaired.
@@ -428,10 +416,6 @@ pub struct Sender {
     next_index: u32,
     tokens: f64,
     refill_at: Instant,
-    /// When the current round's multicast started.
-    multicast_at: Instant,
-    /// The current round's [`RoundStat::sent`], once its multicast has left.
-    sent: Option<f64>,
     rate: f64,
     control: RateControl,
     stats: SenderStats,
@@ -463,8 +447,6 @@ impl Sender {
             next_index: 0,
             tokens: BURST_MIN,
             refill_at: now,
-            multicast_at: now,
-            sent: None,
             rate,
             control: RateControl::default(),
             stats: SenderStats {
@@ -709,7 +691,7 @@ impl Sender {
                 .map(|r| r.since + self.cfg.deadline)
                 .min(),
             Phase::Multicast => {
-                if self.tokens > 0.0 || self.next_index >= self.round.pkt_count {
+                if self.tokens > 0.0 {
                     Some(self.now)
                 } else {
                     let wait = (-self.tokens + 1.0) / self.rate;
@@ -935,23 +917,11 @@ impl Sender {
                         self.phase = Phase::Multicast;
                         self.next_index = 0;
                         self.refill_at = self.now;
-                        self.multicast_at = self.now;
                     }
                 }
                 Phase::Multicast => {
                     self.emit_packets();
-                    // The round has left once the shell drained its last datagrams and came
-                    // back: only then is SERVER_SENT due and the round's sending time known.
-                    let queued = self
-                        .actions
-                        .iter()
-                        .any(|a| matches!(a, Action::Multicast { .. }));
-                    if self.next_index >= self.round.pkt_count && !queued {
-                        let secs = self
-                            .now
-                            .saturating_duration_since(self.multicast_at)
-                            .as_secs_f64();
-                        self.sent = (secs > 0.0).then(|| self.wire_bytes() / secs);
+                    if self.next_index >= self.round.pkt_count {
                         let end = self.eof.then(|| {
                             let sha: [u8; 32] = self.sha.clone().finalize().into();
                             self.stats.sha256 = sha;
@@ -1011,7 +981,7 @@ impl Sender {
         self.refill_at = self.now;
         let burst = (self.rate * BURST_SECS).max(BURST_MIN);
         self.tokens = (self.tokens + dt * self.rate).min(burst);
-        let pkt = self.packet_wire_bytes();
+        let pkt = (self.round_payload + PACKET_HEADER_LEN + 28) as f64;
         let mut sent = 0u32;
         while self.tokens > 0.0 && self.next_index < self.round.pkt_count && sent < MAX_PER_TURN {
             let count = BATCH
@@ -1028,17 +998,6 @@ impl Sender {
         }
     }
 
-    /// Bytes one full packet of the round takes on the wire (payload, Daisy, UDP and IPv4
-    /// headers): what the pacer counts.
-    fn packet_wire_bytes(&self) -> f64 {
-        (self.round_payload + PACKET_HEADER_LEN + 28) as f64
-    }
-
-    /// The round's bytes on the wire, as the pacer counts them.
-    fn wire_bytes(&self) -> f64 {
-        self.packet_wire_bytes() * f64::from(self.round.pkt_count)
-    }
-
     /// After a round: records it and sets the next round's rate (see [`RateControl`]).
     fn adapt_rate(&mut self) {
         if self.round.pkt_count == 0 {
@@ -1053,19 +1012,15 @@ impl Sender {
             .unwrap_or(0);
         self.stats.rounds.push(RoundStat {
             rate: self.rate,
-            sent: self.sent,
             packets: self.round.pkt_count,
             lost: u32::try_from(worst).unwrap_or(u32::MAX),
         });
         if self.cfg.rate.is_some() {
             return;
         }
-        self.rate = self.control.next_rate(
-            self.rate,
-            self.sent,
-            worst as f64,
-            f64::from(self.round.pkt_count),
-        );
+        self.rate =
+            self.control
+                .next_rate(self.rate, worst as f64, f64::from(self.round.pkt_count));
         self.stats.rate = self.rate;
     }
 
@@ -1113,16 +1068,13 @@ mod tests {
         s.buffer_mut()[..data.len()].copy_from_slice(data);
         s.handle_filled(data.len(), t);
         s.handle_tcp(id, &[CLIENT_READY_BYTE], t);
+        s.handle_timeout(t);
         let acts = drain(&mut s);
         assert!(acts.iter().any(|a| matches!(a, Action::Multicast { .. })));
-        let server_sent = Action::SendTcp {
+        assert!(acts.contains(&Action::SendTcp {
             to: id,
-            bytes: vec![SERVER_SENT],
-        };
-        assert!(!acts.contains(&server_sent));
-        // SERVER_SENT once the shell has sent the datagrams and calls again.
-        s.handle_timeout(t);
-        assert!(drain(&mut s).contains(&server_sent));
+            bytes: vec![SERVER_SENT]
+        }));
         (s, t)
     }
 
@@ -1266,7 +1218,7 @@ mod tests {
         let mut rate = RATE_START;
         let mut out = vec![rate];
         for _ in 0..rounds {
-            rate = c.next_rate(rate, None, lost(rate), 10_000.0);
+            rate = c.next_rate(rate, lost(rate), 10_000.0);
             out.push(rate);
         }
         out
@@ -1295,46 +1247,6 @@ mod tests {
     }
 
     #[test]
-    fn a_round_sent_slower_than_paced_is_cut_from_its_sent_rate() {
-        let mut c = RateControl::default();
-        // Paced at 600 MB/s, left at 100: half lost is half of 100 MB/s.
-        let next = c.next_rate(RATE_START, Some(100e6), 5_000.0, 10_000.0);
-        assert!((next - 50e6).abs() < 1.0, "{next}");
-        // A round that left faster than paced (the pacer's burst) counts at its pacing.
-        let mut c = RateControl::default();
-        let next = c.next_rate(100e6, Some(300e6), 5_000.0, 10_000.0);
-        assert!((next - 50e6).abs() < 1.0, "{next}");
-        // Without loss the pacing rate grows, however slowly the round left.
-        let mut c = RateControl::default();
-        let next = c.next_rate(RATE_START, Some(100e6), 0.0, 10_000.0);
-        assert!((next - RATE_START * GROW_FAST).abs() < 1.0, "{next}");
-    }
-
-    #[test]
-    fn the_round_s_sending_time_is_measured_until_the_shell_comes_back() {
-        let (s, _) = in_collect(b"abcdefg");
-        // `in_collect` calls again at the same instant: no time passed.
-        assert_eq!(s.sent, None);
-        let t = Instant::now();
-        let mut s = Sender::new(cfg(), t).unwrap();
-        let id = s.handle_connect("127.0.0.1:1".parse().unwrap(), t).unwrap();
-        drain(&mut s);
-        s.buffer_mut()[..7].copy_from_slice(b"abcdefg");
-        s.handle_filled(7, t);
-        s.handle_tcp(id, &[CLIENT_READY_BYTE], t);
-        drain(&mut s);
-        // The shell took 1 ms to send the round's 2 packets of 4 + 12 + 28 bytes.
-        s.handle_timeout(t + Duration::from_millis(1));
-        drain(&mut s);
-        let want = 2.0 * 44.0 / 1e-3;
-        assert!(
-            s.sent.is_some_and(|r| (r - want).abs() < 1e-6),
-            "{:?}",
-            s.sent
-        );
-    }
-
-    #[test]
     fn losses_are_run_length_encoded() {
         let mut st = SenderStats::default();
         assert_eq!(st.losses_compact(), "-");
@@ -1342,7 +1254,6 @@ mod tests {
         for (rate, lost) in [(100e6, 0), (100e6, 0), (50e6, 30), (200e6, 0)] {
             st.rounds.push(RoundStat {
                 rate,
-                sent: None,
                 packets: 100,
                 lost,
             });

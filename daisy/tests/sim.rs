@@ -47,10 +47,6 @@ struct Net {
     bottleneck: Option<Bottleneck>,
     /// Steps every datagram takes longer than the TCP connection (a relay's latency).
     trail: u32,
-    /// The sender's own link in bytes per second (a NIC, or a CPU-bound send path): the
-    /// shell's multicast send blocks until the datagrams have left at this rate, whatever
-    /// the pacing rate; `None` sends instantly.
-    nic: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +64,6 @@ const CLEAN: Net = Net {
     every: 0,
     bottleneck: None,
     trail: 0,
-    nic: None,
 };
 
 struct SimRx {
@@ -76,8 +71,6 @@ struct SimRx {
     core: Receiver,
     /// Bytes in flight sender → receiver.
     down: VecDeque<u8>,
-    /// Bytes the sender's shell queues once its blocking multicast send returns: (step, bytes).
-    later: VecDeque<(u32, Vec<u8>)>,
     /// Bytes in flight receiver → sender.
     up: VecDeque<u8>,
     /// Datagrams in flight: (due step, bytes).
@@ -138,7 +131,6 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
             kind: k,
             core: Receiver::new(rcfg(k != Kind::Plain), now),
             down: VecDeque::new(),
-            later: VecDeque::new(),
             up: VecDeque::new(),
             udp: Vec::new(),
             out: Vec::new(),
@@ -173,11 +165,6 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
     // Bottleneck queue: bytes held, as of step `queue_at`.
     let mut queued = 0.0f64;
     let mut queue_at = 0u32;
-    // The sender's link: when (in steps, fractional) it is free again. The shell is blocked
-    // in its multicast send, and calls the core again, only from `shell_step` on.
-    let mut nic_free = 0.0f64;
-    let mut shell_step = 0u32;
-    let mut finished = false;
     loop {
         step += 1;
         assert!(
@@ -185,25 +172,13 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
             "simulation did not finish within {MAX_STEPS} steps"
         );
         now += STEP;
-        for r in rxs.iter_mut() {
-            while r.later.front().is_some_and(|(t, _)| *t <= step) {
-                if let Some((_, b)) = r.later.pop_front() {
-                    r.down.extend(b);
-                }
-            }
-        }
-        let shell_free = step >= shell_step;
-        if shell_free {
-            s.handle_timeout(now);
-        }
-        while let Some(a) = shell_free.then(|| s.poll_action()).flatten() {
+        s.handle_timeout(now);
+        let mut finished = false;
+        while let Some(a) = s.poll_action() {
             match a {
                 Action::SendTcp { to, bytes } => {
                     let r = &mut rxs[to.0 as usize];
-                    if r.gone {
-                    } else if shell_step > step || !r.later.is_empty() {
-                        r.later.push_back((shell_step, bytes));
-                    } else {
+                    if !r.gone {
                         r.down.extend(bytes);
                     }
                 }
@@ -213,22 +188,11 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                         let mut d = h.to_vec();
                         d.extend_from_slice(p);
                         let seq = wire::parse_datagram(&d).expect("own datagram").0.seq;
-                        // The step the datagram leaves the sender.
-                        let sent = match net.nic {
-                            Some(nic) => {
-                                let per_step = nic * STEP.as_secs_f64();
-                                nic_free =
-                                    nic_free.max(f64::from(step)) + d.len() as f64 / per_step;
-                                shell_step = nic_free.ceil() as u32;
-                                shell_step
-                            }
-                            None => step,
-                        };
-                        let mut arrive = sent + net.trail;
+                        let mut arrive = step + net.trail;
                         if let Some(b) = net.bottleneck {
                             let per_step = b.bytes_per_sec * STEP.as_secs_f64();
-                            queued = (queued - per_step * f64::from(sent - queue_at)).max(0.0);
-                            queue_at = sent;
+                            queued = (queued - per_step * f64::from(step - queue_at)).max(0.0);
+                            queue_at = step;
                             if queued + d.len() as f64 > b.buffer {
                                 continue;
                             }
@@ -244,7 +208,7 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                                 let mut c = d.clone();
                                 let k = rng.gen_range(12..c.len());
                                 c[k] ^= 0x40;
-                                r.udp.push((sent, c));
+                                r.udp.push((step, c));
                             }
                             if rng.gen_bool(net.forge) {
                                 // Same seq, different payload, additive sum made valid; some
@@ -261,9 +225,9 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                                 let sum = wire::additive_sum(&f[12..]);
                                 f[4..8].copy_from_slice(&sum.to_le_bytes());
                                 let due = if rng.gen_bool(0.3) {
-                                    sent + rng.gen_range(1..12)
+                                    step + rng.gen_range(1..12)
                                 } else {
-                                    sent
+                                    step
                                 };
                                 r.udp.push((due, f));
                             }
@@ -277,7 +241,7 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                             };
                             r.udp.push((due, d.clone()));
                             if rng.gen_bool(net.dup) {
-                                r.udp.push((sent + 1, d.clone()));
+                                r.udp.push((step + 1, d.clone()));
                             }
                         }
                     }
@@ -352,7 +316,7 @@ fn run(seed: u64, kinds: &[Kind], net: Net, scfg: SenderConfig, len: usize) -> O
                     RecvAction::Finished => r.finished = true,
                 }
             }
-            if !r.up.is_empty() && !r.gone && step >= shell_step {
+            if !r.up.is_empty() && !r.gone {
                 let c = take_chunk(&mut r.up, &mut rng);
                 s.handle_tcp(ReceiverId(i as u32), &c, now);
             }
@@ -678,65 +642,6 @@ fn congestion_with_rate_independent_loss_settles_at_the_capacity() {
     eprintln!("congested + fixed 0.5 %: settled {settled:.0} MB/s, capacity {c:.0}");
     assert!(fin <= 1.3 * c && settled <= 1.3 * c, "above the capacity");
     assert!(settled >= 0.5 * c, "collapsed below the capacity");
-}
-
-/// Fraction of the packets after the first `skip` rounds that the worst receiver lost.
-fn loss_after(o: &Outcome, skip: usize) -> f64 {
-    let rest = &o.stats.rounds[skip..];
-    let lost: u64 = rest.iter().map(|r| u64::from(r.lost)).sum();
-    let packets: u64 = rest.iter().map(|r| u64::from(r.packets)).sum();
-    lost as f64 / packets as f64
-}
-
-#[test]
-fn a_bottleneck_behind_a_sender_slower_than_its_pacing_is_found() {
-    // The sender's own link carries 100 MB/s (a sixth of the 600 MB/s it starts pacing at),
-    // the bottleneck behind it 50 MB/s: a lower pacing rate that is still above 100 MB/s
-    // changes nothing, so only the rate a round really left at tells congestion apart.
-    let net = Net {
-        nic: Some(2.0 * CAPACITY),
-        ..congested()
-    };
-    let o = run(35, &[Kind::Ext, Kind::Plain], net, rate_cfg(2), RATE_LEN);
-    assert!(o.success);
-    assert_complete(&o, &[0, 1]);
-    let (_, _, fin, _) = rates("sender link 100 MB/s, bottleneck 50", &o);
-    let c = CAPACITY / 1e6;
-    let settled = settled_rate(&o);
-    let repaired = loss_after(&o, 2);
-    eprintln!(
-        "sender link 100 MB/s: settled {settled:.0} MB/s, capacity {c:.0}, {:.1} % lost after \
-         round 2",
-        100.0 * repaired
-    );
-    assert!(fin <= 1.3 * c && settled <= 1.3 * c, "above the capacity");
-    assert!(settled >= 0.5 * c, "collapsed below the capacity");
-    assert!(repaired <= 0.05, "{:.1} % repaired", 100.0 * repaired);
-    for r in &o.stats.rounds {
-        let sent = r.sent.expect("every round took time to leave");
-        assert!(
-            sent <= 2.0 * CAPACITY * 1.05,
-            "{r:?} left faster than the link"
-        );
-    }
-}
-
-#[test]
-fn a_sender_slower_than_its_pacing_keeps_its_speed_under_fixed_loss() {
-    // No bottleneck, a 100 MB/s sender, every 200th datagram lost whatever the rate: the
-    // pacing rate never holds the sender below 70 % of what its link carries.
-    let nic = 2.0 * CAPACITY;
-    let net = Net {
-        nic: Some(nic),
-        every: 200,
-        ..CLEAN
-    };
-    let o = run(36, &[Kind::Ext, Kind::Plain], net, rate_cfg(2), RATE_LEN);
-    assert!(o.success);
-    assert_complete(&o, &[0, 1]);
-    let (_, min, _, _) = rates("sender link 100 MB/s, fixed 0.5 %", &o);
-    assert!(o.stats.rounds.iter().all(|r| r.lost > 0), "loss each round");
-    assert!(min >= 0.7 * nic / 1e6, "the rate fell to {min:.0} MB/s");
 }
 
 #[test]
