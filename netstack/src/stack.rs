@@ -33,8 +33,8 @@ use crate::{sys, Addresses};
 const READ_BATCH: usize = 256;
 /// Each relayed connection's receive and send buffers in smoltcp: the receive buffer is the
 /// window the guest may fill, the send buffer what the host may have in flight to the guest.
-/// Measured with iperf3 (NETSTACK.md): 256 KiB gave about 2 Gbit/s each way, 1 MiB 6 to 9,
-/// 4 MiB less than 1 MiB (bursts overflow the queues).
+/// Larger buffers let bursts overflow the TUN and smoltcp queues, smaller ones cap the
+/// window; NETSTACK.md has the measurements behind the size.
 pub(crate) const TCP_BUFFER: usize = 1024 * 1024;
 /// How long the stack keeps relaying after the program exited, for the connections its
 /// kernel is still closing (bytes the program wrote before exiting are still on their way).
