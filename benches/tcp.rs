@@ -582,10 +582,11 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     .join(" ")
             };
             eprintln!(
-                "  {label}, {}: direct {} | monitor {}",
+                "  {label}, {}: direct {} | monitor {} | unconfined {}",
                 load.name(),
                 show(c.direct.values()),
-                show(c.monitor.values())
+                show(c.monitor.values()),
+                show(c.unconfined.values())
             );
         }
         let (d, m, u) = (c.direct.values(), c.monitor.values(), c.unconfined.values());
