@@ -23,7 +23,8 @@
 //! (`/proc/PID/stat`).
 //!
 //! Environment: `ARCA_BENCH_SHORT=1` (one round, small trials), `ARCA_BENCH_LOAD=quiet|loaded`
-//! (one load only), `ARCA_BENCH_SIDE=direct|monitor|relay` (one column, for profiling; the
+//! (one load only), `ARCA_BENCH_UNCONFINED=0` (no `--no-confine` monitor column),
+//! `ARCA_BENCH_SIDE=direct|monitor|unconfined|relay` (one column, for profiling; the
 //! ratio is then meaningless), `ARCA_BENCH_ROUNDS` (print every round), `ARCA_BENCH_PHASES`
 //! (a connection's phases), `ARCA_BENCH_SOURCE=stream` (send from 32 MiB of data rather than
 //! one cache-hot buffer). Argument `--only 64KiB|1KiB|rtt|conn` runs one row.
@@ -259,7 +260,9 @@ impl Drop for MonitorProc {
 
 /// Builds the monitor when Cargo started this bench (`cargo bench` sets `CARGO`), so the
 /// figures are of the code in the tree; otherwise uses the binary found next to this one.
-fn monitor() -> Result<(MonitorProc, ArcaSession), Error> {
+/// `confined: false` runs it with `--no-confine` (no seccomp, no Landlock), for the
+/// confined ÷ unconfined column.
+fn monitor(confined: bool) -> Result<(MonitorProc, ArcaSession), Error> {
     if std::env::var_os("CARGO").is_some() && std::env::var_os("ARCA_MONITOR_BIN").is_none() {
         cargo_build(
             &profile_dir()?,
@@ -275,9 +278,16 @@ fn monitor() -> Result<(MonitorProc, ArcaSession), Error> {
         )
         .into());
     }
-    let path = socket_path("bench-tcp");
+    let path = socket_path(if confined {
+        "bench-tcp"
+    } else {
+        "bench-tcp-unconfined"
+    });
     let mut cmd = Command::new(&bin);
     cmd.arg("serve").arg("--socket").arg(&path);
+    if !confined {
+        cmd.arg("--no-confine");
+    }
     let mut m = MonitorProc {
         proc: Proc::spawn("arca-monitor", &mut cmd)?,
         path,
@@ -364,6 +374,7 @@ impl Column {
 struct Cells {
     direct: Column,
     monitor: Column,
+    unconfined: Column,
     relay: Column,
     monitor_cpu: Duration,
     monitor_bytes: u64,
@@ -403,14 +414,30 @@ impl Target {
     }
 }
 
-fn print_line(name: &str, load: Load, unit: &str, d: &[f64], m: &[f64], relay: &str, t: Target) {
-    let (r, lo, hi) = ratio(m, d);
+/// One side's figures for a line: direct, the confined monitor, the unconfined monitor.
+struct Line<'a> {
+    d: &'a [f64],
+    m: &'a [f64],
+    u: &'a [f64],
+}
+
+fn print_line(name: &str, load: Load, unit: &str, l: Line, relay: &str, t: Target) {
+    let (r, lo, hi) = ratio(l.m, l.d);
     let med = |v: &[f64]| median(v).unwrap_or(f64::NAN);
+    let (unconfined, conf) = if l.u.is_empty() || l.m.is_empty() {
+        ("n/a".to_string(), "n/a".to_string())
+    } else {
+        let (c, clo, chi) = ratio(l.m, l.u);
+        (
+            format!("{:.3} {unit}", med(l.u)),
+            format!("{c:.2}× ({clo:.2}–{chi:.2})"),
+        )
+    };
     println!(
-        "| {name} | {} | {:.3} {unit} | {:.3} {unit} | {relay} | {r:.2}× ({lo:.2}–{hi:.2}) | {} | {} |",
+        "| {name} | {} | {:.3} {unit} | {:.3} {unit} | {unconfined} | {relay} | {r:.2}× ({lo:.2}–{hi:.2}) | {conf} | {} | {} |",
         load.name(),
-        med(d),
-        med(m),
+        med(l.d),
+        med(l.m),
         t.show(),
         t.met(r),
     );
@@ -429,13 +456,15 @@ struct Rig {
     servers: Servers,
     monitor: MonitorProc,
     session: ArcaSession,
+    /// The monitor run with `--no-confine`, unless `ARCA_BENCH_UNCONFINED=0`.
+    unconfined: Option<(MonitorProc, ArcaSession)>,
     relay_sink: Option<Socat>,
     relay_echo: Option<Socat>,
     sizes: Sizes,
 }
 
 impl Rig {
-    /// One trial of `kind` on `side` ("direct", "monitor", "relay"); for bulk rows through
+    /// One trial of `kind` on `side` ("direct", "monitor", "unconfined", "relay"); for bulk rows through
     /// the monitor, also the monitor's CPU time and the bytes moved.
     fn trial(&self, kind: Kind, write: usize, side: &str) -> Option<(Sample, Duration, u64)> {
         let s = self.sizes;
@@ -452,11 +481,19 @@ impl Rig {
             Some(match side {
                 "direct" => Box::new(TcpStream::connect(target).expect("direct connect")),
                 "monitor" => Box::new(self.session.connect(target).expect("guest connect")),
+                "unconfined" => Box::new(
+                    (self.unconfined.as_ref()?.1)
+                        .connect(target)
+                        .expect("unconfined guest connect"),
+                ),
                 _ => Box::new(TcpStream::connect(relay?).expect("relay connect")),
             })
         };
         if side == "relay" {
             relay?;
+        }
+        if side == "unconfined" {
+            self.unconfined.as_ref()?;
         }
         let cpu0 = cpu_time(self.monitor.proc.id()).unwrap_or_default();
         let (sample, bytes) = match kind {
@@ -507,7 +544,7 @@ impl Rig {
                     Load::Quiet => None,
                     Load::Loaded => Some(BusyLoad::per_cpu()?),
                 };
-                for name in ["direct", "monitor", "relay"] {
+                for name in ["direct", "monitor", "unconfined", "relay"] {
                     if !on(name) || (name == "relay" && *load == Load::Loaded) {
                         continue;
                     }
@@ -521,6 +558,7 @@ impl Rig {
                             cells.monitor_cpu += cpu;
                             cells.monitor_bytes += bytes;
                         }
+                        "unconfined" => cells.unconfined.samples.push(sample),
                         _ => cells.relay.samples.push(sample),
                     }
                 }
@@ -544,13 +582,14 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     .join(" ")
             };
             eprintln!(
-                "  {label}, {}: direct {} | monitor {}",
+                "  {label}, {}: direct {} | monitor {} | unconfined {}",
                 load.name(),
                 show(c.direct.values()),
-                show(c.monitor.values())
+                show(c.monitor.values()),
+                show(c.unconfined.values())
             );
         }
-        let (d, m) = (c.direct.values(), c.monitor.values());
+        let (d, m, u) = (c.direct.values(), c.monitor.values(), c.unconfined.values());
         match kind {
             Kind::Bulk => {
                 let t = match (load, label) {
@@ -562,8 +601,11 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     &format!("throughput, {label}"),
                     *load,
                     "GB/s",
-                    &d,
-                    &m,
+                    Line {
+                        d: &d,
+                        m: &m,
+                        u: &u,
+                    },
                     &relay(c.relay.values(), "GB/s"),
                     t,
                 );
@@ -572,7 +614,7 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     // The kernel counts CPU time in ticks (10 ms at 100 Hz): the total
                     // shows how coarse the figure is.
                     println!(
-                        "| monitor CPU per GiB, {label} | {} | — | {:.3} s ({:.2} s over {gib:.2} GiB) | — | — | — | — |",
+                        "| monitor CPU per GiB, {label} | {} | — | {:.3} s ({:.2} s over {gib:.2} GiB) | — | — | — | — | — | — |",
                         load.name(),
                         c.monitor_cpu.as_secs_f64() / gib,
                         c.monitor_cpu.as_secs_f64(),
@@ -588,8 +630,11 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     "64 B round trip, p50",
                     *load,
                     "µs",
-                    &d,
-                    &m,
+                    Line {
+                        d: &d,
+                        m: &m,
+                        u: &u,
+                    },
                     &relay(c.relay.values(), "µs"),
                     t,
                 );
@@ -601,8 +646,11 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     "64 B round trip, p99",
                     *load,
                     "µs",
-                    &c.direct.p99s(),
-                    &c.monitor.p99s(),
+                    Line {
+                        d: &c.direct.p99s(),
+                        m: &c.monitor.p99s(),
+                        u: &c.unconfined.p99s(),
+                    },
                     &relay(c.relay.p99s(), "µs"),
                     t,
                 );
@@ -616,8 +664,11 @@ fn print_row(kind: Kind, label: &str, rows: &[(Load, Cells)]) {
                     "connections/s (connect, 64 B exchange, close)",
                     *load,
                     "k/s",
-                    &d,
-                    &m,
+                    Line {
+                        d: &d,
+                        m: &m,
+                        u: &u,
+                    },
                     &relay(c.relay.values(), "k/s"),
                     t,
                 );
@@ -653,34 +704,42 @@ fn run() -> Result<(), Error> {
         }
     };
     match std::env::var("ARCA_BENCH_SIDE").as_deref() {
-        Err(_) | Ok("" | "direct" | "monitor" | "relay") => {}
+        Err(_) | Ok("" | "direct" | "monitor" | "unconfined" | "relay") => {}
         Ok(other) => {
-            return Err(
-                format!("ARCA_BENCH_SIDE={other}: expected direct, monitor or relay").into(),
+            return Err(format!(
+                "ARCA_BENCH_SIDE={other}: expected direct, monitor, unconfined or relay"
             )
+            .into())
         }
     }
 
     let servers = servers()?;
-    let (monitor, session) = monitor()?;
+    let unconfined = match std::env::var("ARCA_BENCH_UNCONFINED").as_deref() {
+        Ok("0") => None,
+        _ => Some(monitor(false)?),
+    };
+    let (monitor, session) = monitor(true)?;
     let rig = Rig {
         relay_sink: socat(servers.sink),
         relay_echo: socat(servers.echo),
         servers,
         monitor,
         session,
+        unconfined,
         sizes,
     };
     println!(
         "TCP through arca-monitor (its own process) vs direct loopback, quiet and beside a \
          busy-loop process per CPU ({} rounds, medians; ratio: median of the per-round \
-         monitor ÷ direct ratios, range in brackets)\n",
+         monitor ÷ direct ratios, range in brackets; confined ÷ unconfined: the default \
+         monitor over one run with --no-confine)\n",
         sizes.rounds
     );
     println!(
-        "| measure | load | direct | monitor | socat relay | monitor ÷ direct | target | met? |"
+        "| measure | load | direct | monitor | unconfined | socat relay | monitor ÷ direct | \
+         confined ÷ unconfined | target | met? |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (write, key, label) in [
         (64 << 10, "64KiB", "64 KiB writes"),
         (1 << 10, "1KiB", "1 KiB writes"),
